@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * bpfwall_maps.h: the single source of truth for every map key, value and
+ * constant shared between the datapath and userspace.
+ *
+ * Rust mirrors live in labels-policy/src/datapath_abi.rs. Each mirror names
+ * the struct it mirrors; const asserts check sizes there, and
+ * hook/tests/abi_layout.rs checks sizes and member offsets against the BTF
+ * of the compiled object. Change a layout here, bump the map's _vN suffix
+ * (and BPFWALL_ABI_VERSION) so a pinned map of the old layout is never
+ * misread by new code.
+ *
+ * Rules for this file: fixed-width types only, explicit padding fields, no
+ * bool, no bitfields. Fields in network byte order end in _be.
+ */
+#ifndef BPFWALL_MAPS_H
+#define BPFWALL_MAPS_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#define BPFWALL_ABI_VERSION 1
+
+/* ---- identities ------------------------------------------------------ */
+/* In a policy key, peer identity 0 means "any peer". */
+#define BPFWALL_IDENTITY_ANY 0
+#define BPFWALL_IDENTITY_HOST 1
+#define BPFWALL_IDENTITY_WORLD 2
+/* Container (label-set) identities: [FIRST_CONTAINER, FIRST_CIDR). */
+#define BPFWALL_IDENTITY_FIRST_CONTAINER 256
+/* CIDR identities, one per prefix some rule names. */
+#define BPFWALL_IDENTITY_FIRST_CIDR 0x01000000
+
+/* ---- directions and verdicts ---------------------------------------- */
+#define BPFWALL_DIR_INGRESS 0
+#define BPFWALL_DIR_EGRESS 1
+
+#define BPFWALL_VERDICT_ALLOW 1
+#define BPFWALL_VERDICT_DENY 2
+
+/* Named drop reasons; index into bpfwall_drops_v1. */
+#define BPFWALL_DROP_POLICY_DENY 1       /* an explicit deny entry matched */
+#define BPFWALL_DROP_POLICY_DEFAULT 2    /* enforced direction, no allow matched */
+#define BPFWALL_DROP_POLICY_ERROR 3      /* the endpoint's policy is invalid: closed */
+#define BPFWALL_DROP_UNKNOWN_ENDPOINT 4  /* attached cgroup not (or no longer) in bpfwall_endpoints_v1 */
+#define BPFWALL_DROP_MALFORMED 5         /* IP or L4 header could not be read */
+#define BPFWALL_DROP_REASON_MAX 6
+
+/* ---- endpoints: cgroup id -> endpoint -------------------------------- */
+#define BPFWALL_EP_ENFORCE_INGRESS 0x1   /* some rule applies to ingress: default deny */
+#define BPFWALL_EP_ENFORCE_EGRESS 0x2
+#define BPFWALL_EP_ERROR_INGRESS 0x4     /* ingress policy failed to compile: deny all new flows */
+#define BPFWALL_EP_ERROR_EGRESS 0x8
+
+struct endpoint_key {
+	__u64 cgroup_id;
+};
+
+struct endpoint_info {
+	__u32 endpoint_id; /* index into bpfwall_counters_v1, < BPFWALL_MAX_ENDPOINTS */
+	__u32 identity;    /* the endpoint's own (label-set) identity */
+	__u32 flags;       /* BPFWALL_EP_* */
+	__u32 pad;
+};
+
+/* ---- ipcache: address prefix -> identity ------------------------------ */
+#define BPFWALL_FAMILY_IPV4 4
+#define BPFWALL_FAMILY_IPV6 6
+/* prefixlen counts the family byte and padding (32 bits) plus address bits. */
+#define BPFWALL_IPCACHE_PREFIX_BASE 32
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u8 family; /* BPFWALL_FAMILY_* */
+	__u8 pad[3];
+	__u8 addr[16]; /* network order; IPv4 in addr[0..4], rest zero */
+};
+
+struct ipcache_value {
+	__u32 identity;
+};
+
+/* ---- policy: (local identity, peer, direction, proto, port) -> verdict */
+/*
+ * An LPM trie. local_identity, peer_identity and direction are always fully
+ * matched (72 bits); the protocol byte and then the port bits are matched
+ * as far as prefixlen says, so a port range is a few prefix entries and
+ * "any protocol" stops before the protocol byte.
+ */
+#define BPFWALL_POLICY_PREFIX_ANY_PROTO 72
+#define BPFWALL_POLICY_PREFIX_ANY_PORT 80
+#define BPFWALL_POLICY_PREFIX_FULL 96
+
+struct policy_key {
+	__u32 prefixlen;
+	__u32 local_identity;
+	__u32 peer_identity; /* BPFWALL_IDENTITY_ANY matches every peer */
+	__u8 direction;      /* BPFWALL_DIR_* */
+	__u8 protocol;       /* IPPROTO_* */
+	__be16 dport_be;     /* TCP/UDP destination port; ICMP type */
+};
+
+struct policy_value {
+	__u8 verdict; /* BPFWALL_VERDICT_* */
+	__u8 pad[3];
+};
+
+/* ---- conntrack, keyed from the endpoint's point of view -------------- */
+#define BPFWALL_CT_TCP_CLOSING 0x1 /* FIN or RST seen */
+
+struct ct_key {
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+	__be16 local_port_be;
+	__be16 remote_port_be;
+	__u8 protocol;
+	__u8 family;
+	__u16 pad;
+	__u32 endpoint_id;
+};
+
+struct ct_value {
+	__u64 last_seen_ns;   /* bpf_ktime_get_ns() */
+	__u8 origin_direction; /* direction of the packet that opened the flow */
+	__u8 flags;            /* BPFWALL_CT_* */
+	__u8 pad[6];
+};
+
+/* ---- counters -------------------------------------------------------- */
+struct endpoint_counters {
+	__u64 allowed_packets[2]; /* [BPFWALL_DIR_*] */
+	__u64 dropped_packets[2];
+	__u64 allowed_bytes[2];
+	__u64 dropped_bytes[2];
+};
+
+/* ---- map sizes ------------------------------------------------------- */
+#define BPFWALL_MAX_ENDPOINTS 16384
+#define BPFWALL_IPCACHE_ENTRIES 65536
+#define BPFWALL_POLICY_ENTRIES 524288
+#define BPFWALL_CT_ENTRIES 262144
+
+/* ---- the maps -------------------------------------------------------- */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFWALL_MAX_ENDPOINTS);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+} bpfwall_endpoints_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, BPFWALL_IPCACHE_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+} bpfwall_ipcache_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, BPFWALL_POLICY_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+} bpfwall_policy_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BPFWALL_CT_ENTRIES);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+} bpfwall_ct_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFWALL_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct endpoint_counters);
+} bpfwall_counters_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFWALL_DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} bpfwall_drops_v1 SEC(".maps");
+
+#endif /* BPFWALL_MAPS_H */

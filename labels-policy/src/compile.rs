@@ -1,0 +1,404 @@
+//! The compiler: containers, host addresses and rules in; the exact content
+//! of the endpoint, ipcache and policy maps out. Pure: the daemon diffs the
+//! result against what the maps hold and applies the difference.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::datapath_abi::{
+    self as abi, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+};
+use crate::identity::{IdentityAllocator, IdentityExhausted, IdentityKind};
+use crate::label_syntax::{policy_from_labels, LabelError};
+use crate::model::{Direction, LabelSet, Peer, PortSpec, Protocol, Rule, Selector, Verdict};
+
+/// A container attached to the datapath: its cgroup and counter slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attachment {
+    /// The cgroup v2 id (inode number of its directory).
+    pub cgroup_id: u64,
+    /// Its slot in the counters map, below `MAX_ENDPOINTS`.
+    pub endpoint_id: u32,
+}
+
+/// One container as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInput {
+    /// The container's name, for reports.
+    pub name: String,
+    /// All its labels.
+    pub labels: LabelSet,
+    /// Its addresses on every network it joined (none for host networking).
+    pub addresses: Vec<IpAddr>,
+    /// Set when bpfwall's programs are attached to it.
+    pub attachment: Option<Attachment>,
+}
+
+/// Rules that apply to every container a selector matches (host-wide files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPolicy {
+    /// Which containers the rules apply to.
+    pub subject: Selector,
+    /// The rules.
+    pub rules: Vec<Rule>,
+}
+
+/// Everything a compile reads.
+#[derive(Debug, Clone, Copy)]
+pub struct CompileInput<'a> {
+    /// Every container the runtime knows, attached or not: all are peers.
+    pub containers: &'a [ContainerInput],
+    /// The host's own addresses.
+    pub host_addresses: &'a [IpAddr],
+    /// Host-wide policies.
+    pub host_policies: &'a [HostPolicy],
+}
+
+/// What a compile says about one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerReport {
+    /// The container's name.
+    pub name: String,
+    /// Its identity.
+    pub identity: u32,
+    /// The rules in force for it, per direction (none for a direction in error).
+    pub ingress_rules: Vec<Rule>,
+    /// See `ingress_rules`.
+    pub egress_rules: Vec<Rule>,
+    /// Labels that failed to parse.
+    pub errors: Vec<LabelError>,
+    /// The endpoint flags (`EP_*`).
+    pub flags: u32,
+}
+
+/// A problem that does not stop the compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileWarning {
+    /// Two containers with different identities claim one address.
+    AddressConflict {
+        /// The address.
+        address: IpAddr,
+        /// The container whose identity the address keeps.
+        kept: String,
+        /// The container ignored for it.
+        ignored: String,
+    },
+}
+
+/// The desired content of every map bpfwall writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// `bpfwall_endpoints_v1`.
+    pub endpoints: BTreeMap<EndpointKey, EndpointInfo>,
+    /// `bpfwall_ipcache_v1`.
+    pub ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
+    /// `bpfwall_policy_v1`.
+    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    /// Every identity in use and what it stands for.
+    pub identities: BTreeMap<u32, IdentityKind>,
+    /// One report per container, in input order.
+    pub containers: Vec<ContainerReport>,
+    /// Problems that did not stop the compile.
+    pub warnings: Vec<CompileWarning>,
+}
+
+/// The rules and errors that apply to one label set.
+#[derive(Debug, Clone)]
+struct IdentityPolicy {
+    rules: Vec<Rule>,
+    errors: Vec<LabelError>,
+}
+
+impl IdentityPolicy {
+    fn for_labels(labels: &LabelSet, host_policies: &[HostPolicy]) -> Self {
+        let from_labels = policy_from_labels(labels);
+        let mut rules = from_labels.rules;
+        for hp in host_policies {
+            if hp.subject.matches(labels) {
+                rules.extend(hp.rules.iter().cloned());
+            }
+        }
+        IdentityPolicy {
+            rules,
+            errors: from_labels.errors,
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        for rule in &self.rules {
+            flags |= match rule.direction {
+                Direction::Ingress => abi::EP_ENFORCE_INGRESS,
+                Direction::Egress => abi::EP_ENFORCE_EGRESS,
+            };
+        }
+        for error in &self.errors {
+            for d in &error.closes {
+                flags |= match d {
+                    Direction::Ingress => abi::EP_ERROR_INGRESS,
+                    Direction::Egress => abi::EP_ERROR_EGRESS,
+                };
+            }
+        }
+        flags
+    }
+
+    fn in_error(&self, direction: Direction) -> bool {
+        self.errors.iter().any(|e| e.closes.contains(&direction))
+    }
+}
+
+/// Every prefix a rule names (prefixes and their excepts).
+fn rule_prefixes(rules: &[Rule], out: &mut BTreeSet<IpNet>) {
+    for rule in rules {
+        for peer in &rule.peers {
+            if let Peer::Cidr { prefix, except } = peer {
+                out.insert(*prefix);
+                out.extend(except.iter().copied());
+            }
+        }
+    }
+}
+
+/// Does a CIDR peer select the CIDR identity of `q`?
+pub(crate) fn cidr_selects(prefix: &IpNet, except: &[IpNet], q: &IpNet) -> bool {
+    prefix.contains(q) && !except.iter().any(|e| e.contains(q))
+}
+
+/// Does `peer` select an identity of this kind? `Peer::Any` is compiled to
+/// the wildcard identity instead and selects nothing here.
+pub(crate) fn peer_selects(peer: &Peer, kind: &IdentityKind) -> bool {
+    match (peer, kind) {
+        (Peer::Any, _) => true,
+        (Peer::Host, IdentityKind::Host) => true,
+        (Peer::World, IdentityKind::World | IdentityKind::Cidr(_)) => true,
+        (Peer::Endpoints(sel), IdentityKind::Containers(labels)) => sel.matches(labels),
+        (Peer::Cidr { prefix, except }, IdentityKind::Cidr(q)) => cidr_selects(prefix, except, q),
+        _ => false,
+    }
+}
+
+/// Splits an inclusive port range into aligned prefixes: (first port, number
+/// of leading port bits matched).
+pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    let mut start = u32::from(first);
+    let end = u32::from(last);
+    while start <= end {
+        let mut size: u32 = if start == 0 { 1 << 16 } else { 1 << start.trailing_zeros().min(16) };
+        while start + size - 1 > end {
+            size >>= 1;
+        }
+        // size is a power of two between 1 and 65536, start is below 65536.
+        out.push((start as u16, 16 - size.trailing_zeros()));
+        start += size;
+    }
+    out
+}
+
+/// The (protocol, port, prefixlen) triples a port spec compiles to.
+pub fn port_spec_keys(spec: &PortSpec) -> Vec<(u8, u16, u32)> {
+    let protocols: &[u8] = match spec.protocol {
+        Protocol::Tcp => &[abi::IPPROTO_TCP],
+        Protocol::Udp => &[abi::IPPROTO_UDP],
+        Protocol::Icmp => &[abi::IPPROTO_ICMP, abi::IPPROTO_ICMPV6],
+        Protocol::Any if spec.is_all_ports() => return vec![(0, 0, abi::POLICY_PREFIX_ANY_PROTO)],
+        Protocol::Any => &[abi::IPPROTO_TCP, abi::IPPROTO_UDP, abi::IPPROTO_SCTP],
+    };
+    let mut out = Vec::new();
+    for &p in protocols {
+        if spec.protocol != Protocol::Icmp && spec.is_all_ports() {
+            out.push((p, 0, abi::POLICY_PREFIX_ANY_PORT));
+            continue;
+        }
+        for (port, bits) in port_prefixes(spec.first, spec.last) {
+            out.push((p, port, abi::POLICY_PREFIX_ANY_PORT + bits));
+        }
+    }
+    out
+}
+
+/// The 24 bits after the fixed part of a policy key (protocol, then port)
+/// and how many of them the key matches.
+fn l4_bits(key: &PolicyKey) -> (u32, u32) {
+    let value = (u32::from(key.protocol) << 16) | u32::from(u16::from_be(key.dport_be));
+    (value, key.prefixlen - abi::POLICY_PREFIX_ANY_PROTO)
+}
+
+/// Does key `outer` cover every packet key `inner` covers? Both must share
+/// local identity, peer and direction.
+pub(crate) fn key_covers(outer: &PolicyKey, inner: &PolicyKey) -> bool {
+    let (ov, ob) = l4_bits(outer);
+    let (iv, ib) = l4_bits(inner);
+    if ob > ib {
+        return false;
+    }
+    let mask = if ob == 0 { 0 } else { (!0u32 << (24 - ob)) & 0x00ff_ffff };
+    ov & mask == iv & mask
+}
+
+/// Deny wins: drops every allow entry that a deny entry of the same
+/// (local, peer, direction) covers, so the longest match the trie returns is
+/// a deny whenever any deny covers the packet.
+fn resolve_deny_precedence(entries: BTreeMap<PolicyKey, u8>) -> BTreeMap<PolicyKey, PolicyValue> {
+    let group = |k: &PolicyKey| (k.local_identity, k.peer_identity, k.direction);
+    let mut denies: BTreeMap<(u32, u32, u8), Vec<PolicyKey>> = BTreeMap::new();
+    for (k, v) in &entries {
+        if *v == abi::VERDICT_DENY {
+            denies.entry(group(k)).or_default().push(*k);
+        }
+    }
+    entries
+        .into_iter()
+        .filter(|(k, v)| {
+            *v == abi::VERDICT_DENY
+                || !denies
+                    .get(&group(k))
+                    .is_some_and(|ds| ds.iter().any(|d| key_covers(d, k)))
+        })
+        .map(|(k, v)| (k, PolicyValue { verdict: v, pad: [0; 3] }))
+        .collect()
+}
+
+/// Compiles the whole host's state. Identities come from (and are recorded
+/// in) `allocator`.
+pub fn compile(input: CompileInput<'_>, allocator: &mut IdentityAllocator) -> Result<Compiled, IdentityExhausted> {
+    let mut out = Compiled::default();
+
+    // Identities of every label set, and the policy each label set has.
+    let mut label_identity: BTreeMap<&LabelSet, u32> = BTreeMap::new();
+    let mut policies: BTreeMap<u32, IdentityPolicy> = BTreeMap::new();
+    for c in input.containers {
+        if label_identity.contains_key(&c.labels) {
+            continue;
+        }
+        let id = allocator.container(&c.labels)?;
+        label_identity.insert(&c.labels, id);
+        out.identities.insert(id, IdentityKind::Containers(c.labels.clone()));
+        policies.insert(id, IdentityPolicy::for_labels(&c.labels, input.host_policies));
+    }
+    out.identities.insert(abi::IDENTITY_HOST, IdentityKind::Host);
+    out.identities.insert(abi::IDENTITY_WORLD, IdentityKind::World);
+
+    // CIDR identities for every prefix any rule names.
+    let mut prefixes = BTreeSet::new();
+    for p in policies.values() {
+        rule_prefixes(&p.rules, &mut prefixes);
+    }
+    for prefix in &prefixes {
+        let id = allocator.cidr(*prefix)?;
+        out.identities.insert(id, IdentityKind::Cidr(*prefix));
+        out.ipcache.insert(abi::ipcache_key(prefix), IpcacheValue { identity: id });
+    }
+    allocator.retain(&label_identity.keys().copied().collect(), &prefixes);
+
+    // Container addresses, then the host's (a host address always wins).
+    let mut owner: BTreeMap<IpAddr, (&str, u32)> = BTreeMap::new();
+    for c in input.containers {
+        let id = label_identity[&c.labels];
+        for addr in &c.addresses {
+            match owner.get(addr) {
+                Some((kept, kept_id)) if *kept_id != id => out.warnings.push(CompileWarning::AddressConflict {
+                    address: *addr,
+                    kept: (*kept).to_string(),
+                    ignored: c.name.clone(),
+                }),
+                Some(_) => {}
+                None => {
+                    owner.insert(*addr, (&c.name, id));
+                    out.ipcache.insert(abi::ipcache_key(&IpNet::from(*addr)), IpcacheValue { identity: id });
+                }
+            }
+        }
+    }
+    for addr in input.host_addresses {
+        out.ipcache.insert(
+            abi::ipcache_key(&IpNet::from(*addr)),
+            IpcacheValue {
+                identity: abi::IDENTITY_HOST,
+            },
+        );
+    }
+
+    // Policy entries per local identity.
+    let mut entries: BTreeMap<PolicyKey, u8> = BTreeMap::new();
+    for (&local, policy) in &policies {
+        for rule in &policy.rules {
+            if policy.in_error(rule.direction) {
+                continue;
+            }
+            let verdict = match rule.verdict {
+                Verdict::Allow => abi::VERDICT_ALLOW,
+                Verdict::Deny => abi::VERDICT_DENY,
+            };
+            let mut peers = BTreeSet::new();
+            for peer in &rule.peers {
+                if *peer == Peer::Any {
+                    peers.insert(abi::IDENTITY_ANY);
+                    continue;
+                }
+                peers.extend(
+                    out.identities
+                        .iter()
+                        .filter(|(_, kind)| peer_selects(peer, kind))
+                        .map(|(id, _)| *id),
+                );
+            }
+            let l4: Vec<(u8, u16, u32)> = if rule.ports.is_empty() {
+                vec![(0, 0, abi::POLICY_PREFIX_ANY_PROTO)]
+            } else {
+                rule.ports.iter().flat_map(port_spec_keys).collect()
+            };
+            for &peer in &peers {
+                for &(protocol, port, prefixlen) in &l4 {
+                    let key = PolicyKey {
+                        prefixlen,
+                        local_identity: local,
+                        peer_identity: peer,
+                        direction: rule.direction.as_datapath(),
+                        protocol,
+                        dport_be: port.to_be(),
+                    };
+                    let slot = entries.entry(key).or_insert(verdict);
+                    *slot = (*slot).max(verdict); // VERDICT_DENY > VERDICT_ALLOW
+                }
+            }
+        }
+    }
+    out.policy = resolve_deny_precedence(entries);
+
+    // Endpoints and reports.
+    for c in input.containers {
+        let id = label_identity[&c.labels];
+        let policy = &policies[&id];
+        let flags = policy.flags();
+        if let Some(a) = c.attachment {
+            out.endpoints.insert(
+                EndpointKey { cgroup_id: a.cgroup_id },
+                EndpointInfo {
+                    endpoint_id: a.endpoint_id,
+                    identity: id,
+                    flags,
+                    pad: 0,
+                },
+            );
+        }
+        let in_force = |d: Direction| -> Vec<Rule> {
+            if policy.in_error(d) {
+                return Vec::new();
+            }
+            policy.rules.iter().filter(|r| r.direction == d).cloned().collect()
+        };
+        out.containers.push(ContainerReport {
+            name: c.name.clone(),
+            identity: id,
+            ingress_rules: in_force(Direction::Ingress),
+            egress_rules: in_force(Direction::Egress),
+            errors: policy.errors.clone(),
+            flags,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,272 @@
+//! Rust mirrors of `bpf-src/bpfwall_maps.h`, the one header that defines every
+//! map key and value. Each struct names the C struct it mirrors. Sizes are
+//! checked here at compile time; sizes and member offsets are checked
+//! against the BTF of the compiled object by `hook/tests/abi_layout.rs`.
+//!
+//! All structs are `#[repr(C)]` with explicit padding, no `bool` and no
+//! bitfields, so any byte pattern the kernel hands back is a valid value.
+
+#![allow(
+    missing_docs,
+    reason = "constants and fields are documented once, in bpfwall_maps.h"
+)]
+
+/// `BPFWALL_ABI_VERSION`: bumped with every layout change, with the map names.
+pub const ABI_VERSION: u32 = 1;
+
+pub const MAP_ENDPOINTS: &str = "bpfwall_endpoints_v1";
+pub const MAP_IPCACHE: &str = "bpfwall_ipcache_v1";
+pub const MAP_POLICY: &str = "bpfwall_policy_v1";
+pub const MAP_CT: &str = "bpfwall_ct_v1";
+pub const MAP_COUNTERS: &str = "bpfwall_counters_v1";
+pub const MAP_DROPS: &str = "bpfwall_drops_v1";
+/// Every map the object defines, for pinning.
+pub const ALL_MAPS: [&str; 6] = [MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_CT, MAP_COUNTERS, MAP_DROPS];
+
+pub const PROG_INGRESS: &str = "bpfwall_ingress";
+pub const PROG_EGRESS: &str = "bpfwall_egress";
+
+pub const IDENTITY_ANY: u32 = 0;
+pub const IDENTITY_HOST: u32 = 1;
+pub const IDENTITY_WORLD: u32 = 2;
+pub const IDENTITY_FIRST_CONTAINER: u32 = 256;
+pub const IDENTITY_FIRST_CIDR: u32 = 0x0100_0000;
+
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+pub const VERDICT_ALLOW: u8 = 1;
+pub const VERDICT_DENY: u8 = 2;
+
+pub const EP_ENFORCE_INGRESS: u32 = 0x1;
+pub const EP_ENFORCE_EGRESS: u32 = 0x2;
+pub const EP_ERROR_INGRESS: u32 = 0x4;
+pub const EP_ERROR_EGRESS: u32 = 0x8;
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+pub const IPCACHE_PREFIX_BASE: u32 = 32;
+
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 72;
+pub const POLICY_PREFIX_ANY_PORT: u32 = 80;
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+pub const CT_TCP_CLOSING: u8 = 0x1;
+
+pub const MAX_ENDPOINTS: u32 = 16384;
+pub const IPCACHE_ENTRIES: u32 = 65536;
+pub const POLICY_ENTRIES: u32 = 524_288;
+pub const CT_ENTRIES: u32 = 262_144;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// Named drop reasons (`BPFWALL_DROP_*`), indices into `bpfwall_drops_v1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum DropReason {
+    PolicyDeny = 1,
+    PolicyDefault = 2,
+    PolicyError = 3,
+    UnknownEndpoint = 4,
+    Malformed = 5,
+}
+
+/// `BPFWALL_DROP_REASON_MAX`.
+pub const DROP_REASON_MAX: u32 = 6;
+
+impl DropReason {
+    /// Every reason, in index order.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::PolicyDeny,
+        DropReason::PolicyDefault,
+        DropReason::PolicyError,
+        DropReason::UnknownEndpoint,
+        DropReason::Malformed,
+    ];
+
+    /// The name operators see in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::PolicyDeny => "policy-deny",
+            DropReason::PolicyDefault => "policy-default-deny",
+            DropReason::PolicyError => "policy-error",
+            DropReason::UnknownEndpoint => "unknown-endpoint",
+            DropReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// Mirrors `struct endpoint_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct EndpointKey {
+    pub cgroup_id: u64,
+}
+
+/// Mirrors `struct endpoint_info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct EndpointInfo {
+    pub endpoint_id: u32,
+    pub identity: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+/// Mirrors `struct ipcache_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct IpcacheKey {
+    pub prefixlen: u32,
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// Mirrors `struct ipcache_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct IpcacheValue {
+    pub identity: u32,
+}
+
+/// Mirrors `struct policy_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct PolicyKey {
+    pub prefixlen: u32,
+    pub local_identity: u32,
+    pub peer_identity: u32,
+    pub direction: u8,
+    pub protocol: u8,
+    pub dport_be: u16,
+}
+
+/// Mirrors `struct policy_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct PolicyValue {
+    pub verdict: u8,
+    pub pad: [u8; 3],
+}
+
+/// Mirrors `struct ct_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct CtKey {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port_be: u16,
+    pub remote_port_be: u16,
+    pub protocol: u8,
+    pub family: u8,
+    pub pad: u16,
+    pub endpoint_id: u32,
+}
+
+/// Mirrors `struct ct_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct CtValue {
+    pub last_seen_ns: u64,
+    pub origin_direction: u8,
+    pub flags: u8,
+    pub pad: [u8; 6],
+}
+
+/// Mirrors `struct endpoint_counters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct EndpointCounters {
+    pub allowed_packets: [u64; 2],
+    pub dropped_packets: [u64; 2],
+    pub allowed_bytes: [u64; 2],
+    pub dropped_bytes: [u64; 2],
+}
+
+impl EndpointCounters {
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, other: &EndpointCounters) {
+        for d in 0..2 {
+            self.allowed_packets[d] += other.allowed_packets[d];
+            self.dropped_packets[d] += other.dropped_packets[d];
+            self.allowed_bytes[d] += other.allowed_bytes[d];
+            self.dropped_bytes[d] += other.dropped_bytes[d];
+        }
+    }
+}
+
+const _: () = {
+    assert!(size_of::<EndpointKey>() == 8);
+    assert!(size_of::<EndpointInfo>() == 16);
+    assert!(size_of::<IpcacheKey>() == 24);
+    assert!(size_of::<IpcacheValue>() == 4);
+    assert!(size_of::<PolicyKey>() == 16);
+    assert!(size_of::<PolicyValue>() == 4);
+    assert!(size_of::<CtKey>() == 44);
+    assert!(size_of::<CtValue>() == 16);
+    assert!(size_of::<EndpointCounters>() == 64);
+};
+
+/// One struct's layout as the tests compare it with the object's BTF:
+/// (C struct name, size, [(member, offset in bytes)]).
+pub type StructLayout = (&'static str, usize, Vec<(&'static str, usize)>);
+
+macro_rules! layout {
+    ($c:literal, $ty:ty, [$($field:ident),* $(,)?]) => {
+        ($c, size_of::<$ty>(), vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*])
+    };
+}
+
+/// Every mirrored struct with its size and member offsets, for the check
+/// against the compiled object.
+pub fn layouts() -> Vec<StructLayout> {
+    vec![
+        layout!("endpoint_key", EndpointKey, [cgroup_id]),
+        layout!("endpoint_info", EndpointInfo, [endpoint_id, identity, flags, pad]),
+        layout!("ipcache_key", IpcacheKey, [prefixlen, family, pad, addr]),
+        layout!("ipcache_value", IpcacheValue, [identity]),
+        layout!("policy_key", PolicyKey, [prefixlen, local_identity, peer_identity, direction, protocol, dport_be]),
+        layout!("policy_value", PolicyValue, [verdict, pad]),
+        layout!("ct_key", CtKey, [local_addr, remote_addr, local_port_be, remote_port_be, protocol, family, pad, endpoint_id]),
+        layout!("ct_value", CtValue, [last_seen_ns, origin_direction, flags, pad]),
+        layout!("endpoint_counters", EndpointCounters, [allowed_packets, dropped_packets, allowed_bytes, dropped_bytes]),
+    ]
+}
+
+/// The ipcache key for an address prefix.
+pub fn ipcache_key(net: &ipnet::IpNet) -> IpcacheKey {
+    let mut key = IpcacheKey {
+        prefixlen: IPCACHE_PREFIX_BASE + u32::from(net.prefix_len()),
+        ..IpcacheKey::default()
+    };
+    match net {
+        ipnet::IpNet::V4(n) => {
+            key.family = FAMILY_IPV4;
+            key.addr[..4].copy_from_slice(&n.network().octets());
+        }
+        ipnet::IpNet::V6(n) => {
+            key.family = FAMILY_IPV6;
+            key.addr.copy_from_slice(&n.network().octets());
+        }
+    }
+    key
+}
+
+/// The prefix an ipcache key stands for, or None for a key no compiler
+/// writes (unknown family, impossible length).
+pub fn ipcache_prefix(key: &IpcacheKey) -> Option<ipnet::IpNet> {
+    let bits = u8::try_from(key.prefixlen.checked_sub(IPCACHE_PREFIX_BASE)?).ok()?;
+    match key.family {
+        FAMILY_IPV4 => {
+            let a: [u8; 4] = key.addr[..4].try_into().ok()?;
+            ipnet::Ipv4Net::new(a.into(), bits).ok().map(ipnet::IpNet::V4)
+        }
+        FAMILY_IPV6 => ipnet::Ipv6Net::new(key.addr.into(), bits).ok().map(ipnet::IpNet::V6),
+        _ => None,
+    }
+}

@@ -1,0 +1,462 @@
+//! The datapath's decision, written again in Rust.
+//!
+//! [`decide`] walks the table of `bpf-src/policy.h` (and docs/design.md) over
+//! compiled map contents, as the C program walks it over the maps.
+//! [`evaluate_rules`] answers the same question from the rules themselves and
+//! names the rule that decided. Tests hold the two against each other and
+//! against [`cases`], which the `BPF_PROG_TEST_RUN` tests replay against
+//! the real program.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::compile::{cidr_selects, key_covers, Compiled};
+use crate::datapath_abi::{self as abi, DropReason, EndpointInfo, PolicyKey};
+use crate::identity::IdentityKind;
+use crate::model::{Direction, Peer, PortSpec, Protocol, Rule, RuleOrigin, Verdict};
+
+/// What happens to a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// It passes.
+    Pass,
+    /// It is dropped, for this reason.
+    Drop(DropReason),
+}
+
+/// What conntrack holds for the packet's flow at this endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtState {
+    /// Nothing (or an expired entry).
+    None,
+    /// A live flow opened in the other direction: this packet is a reply.
+    OpenedOtherWay,
+    /// A live flow opened in this direction.
+    OpenedThisWay,
+}
+
+/// One packet at one endpoint, as the program sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    /// Ingress or egress.
+    pub direction: Direction,
+    /// The other side's address.
+    pub remote: IpAddr,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Destination port (ICMP: type).
+    pub dport: u16,
+    /// A TCP SYN without ACK.
+    pub tcp_syn: bool,
+    /// Sent or received on the loopback device.
+    pub loopback: bool,
+}
+
+/// The identity the ipcache gives an address (longest prefix; world on miss).
+pub fn ipcache_identity(compiled: &Compiled, addr: IpAddr) -> u32 {
+    compiled
+        .ipcache
+        .iter()
+        .filter_map(|(k, v)| abi::ipcache_prefix(k).map(|p| (p, v.identity)))
+        .filter(|(p, _)| p.contains(&addr))
+        .max_by_key(|(p, _)| p.prefix_len())
+        .map_or(abi::IDENTITY_WORLD, |(_, id)| id)
+}
+
+/// Longest-prefix lookup in the compiled policy map, as the trie does it.
+pub fn policy_lookup(compiled: &Compiled, local: u32, peer: u32, direction: u8, protocol: u8, dport: u16) -> Option<u8> {
+    let packet_key = PolicyKey {
+        prefixlen: abi::POLICY_PREFIX_FULL,
+        local_identity: local,
+        peer_identity: peer,
+        direction,
+        protocol,
+        dport_be: dport.to_be(),
+    };
+    let lo = PolicyKey {
+        prefixlen: 0,
+        local_identity: local,
+        peer_identity: peer,
+        direction,
+        protocol: 0,
+        dport_be: 0,
+    };
+    let hi = PolicyKey {
+        prefixlen: u32::MAX,
+        protocol: u8::MAX,
+        dport_be: u16::MAX,
+        ..lo
+    };
+    compiled
+        .policy
+        .range(PolicyKey { prefixlen: 0, ..lo }..=hi)
+        .filter(|(k, _)| {
+            k.local_identity == local && k.peer_identity == peer && k.direction == direction && key_covers(k, &packet_key)
+        })
+        .max_by_key(|(k, _)| k.prefixlen)
+        .map(|(_, v)| v.verdict)
+}
+
+/// Steps 2 to 10 of the decision table for an endpoint found in step 4
+/// (step 1, non-IP, and step 3, unreadable headers, happen before a packet
+/// has this shape).
+pub fn decide(compiled: &Compiled, endpoint: &EndpointInfo, packet: &Packet, ct: CtState) -> Decision {
+    if packet.loopback {
+        return Decision::Pass;
+    }
+    if ct == CtState::OpenedOtherWay && !packet.tcp_syn {
+        return Decision::Pass;
+    }
+    let (enforce, error) = match packet.direction {
+        Direction::Ingress => (abi::EP_ENFORCE_INGRESS, abi::EP_ERROR_INGRESS),
+        Direction::Egress => (abi::EP_ENFORCE_EGRESS, abi::EP_ERROR_EGRESS),
+    };
+    if endpoint.flags & (enforce | error) == 0 {
+        return Decision::Pass;
+    }
+    if endpoint.flags & error != 0 {
+        return Decision::Drop(DropReason::PolicyError);
+    }
+    let peer = ipcache_identity(compiled, packet.remote);
+    let dir = packet.direction.as_datapath();
+    let specific = policy_lookup(compiled, endpoint.identity, peer, dir, packet.protocol, packet.dport);
+    let wildcard = policy_lookup(compiled, endpoint.identity, abi::IDENTITY_ANY, dir, packet.protocol, packet.dport);
+    if specific == Some(abi::VERDICT_DENY) || wildcard == Some(abi::VERDICT_DENY) {
+        return Decision::Drop(DropReason::PolicyDeny);
+    }
+    if specific.is_some() || wildcard.is_some() {
+        return Decision::Pass;
+    }
+    Decision::Drop(DropReason::PolicyDefault)
+}
+
+/// Does a port spec match a packet's protocol and port?
+pub fn port_matches(spec: &PortSpec, protocol: u8, dport: u16) -> bool {
+    let in_range = spec.first <= dport && dport <= spec.last;
+    match spec.protocol {
+        Protocol::Tcp => protocol == abi::IPPROTO_TCP && in_range,
+        Protocol::Udp => protocol == abi::IPPROTO_UDP && in_range,
+        Protocol::Icmp => (protocol == abi::IPPROTO_ICMP || protocol == abi::IPPROTO_ICMPV6) && in_range,
+        Protocol::Any if spec.is_all_ports() => true,
+        Protocol::Any => [abi::IPPROTO_TCP, abi::IPPROTO_UDP, abi::IPPROTO_SCTP].contains(&protocol) && in_range,
+    }
+}
+
+/// Does a rule's peer match a remote of this kind?
+pub fn peer_matches(peer: &Peer, remote: &IdentityKind) -> bool {
+    match (peer, remote) {
+        (Peer::Any, _) => true,
+        (Peer::Host, IdentityKind::Host) => true,
+        (Peer::World, IdentityKind::World | IdentityKind::Cidr(_)) => true,
+        (Peer::Endpoints(s), IdentityKind::Containers(labels)) => s.matches(labels),
+        (Peer::Cidr { prefix, except }, IdentityKind::Cidr(q)) => cidr_selects(prefix, except, q),
+        _ => false,
+    }
+}
+
+/// A verdict from the rules, with the rule that decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleVerdict {
+    /// The direction has no rules: open.
+    Unenforced,
+    /// An allow matched and no deny did.
+    Allowed(RuleOrigin),
+    /// A deny matched (the first deny in rule order is named).
+    Denied(RuleOrigin),
+    /// Rules apply but none matched.
+    DefaultDeny,
+}
+
+/// Evaluates rules directly: deny wins over allow, whatever their order or
+/// specificity; no rule in the direction means open.
+pub fn evaluate_rules(rules: &[Rule], direction: Direction, remote: &IdentityKind, protocol: u8, dport: u16) -> RuleVerdict {
+    let in_direction: Vec<&Rule> = rules.iter().filter(|r| r.direction == direction).collect();
+    if in_direction.is_empty() {
+        return RuleVerdict::Unenforced;
+    }
+    let matching = |r: &&&Rule| {
+        r.peers.iter().any(|p| peer_matches(p, remote))
+            && (r.ports.is_empty() || r.ports.iter().any(|s| port_matches(s, protocol, dport)))
+    };
+    if let Some(r) = in_direction.iter().filter(matching).find(|r| r.verdict == Verdict::Deny) {
+        return RuleVerdict::Denied(r.origin.clone());
+    }
+    if let Some(r) = in_direction.iter().find(matching) {
+        return RuleVerdict::Allowed(r.origin.clone());
+    }
+    RuleVerdict::DefaultDeny
+}
+
+/// Classifies an address the way the compiler fills the ipcache: host
+/// addresses, then container addresses, then the longest rule prefix, then
+/// the world. `prefixes` are the prefixes the rules name.
+pub fn classify_address(
+    addr: IpAddr,
+    host: &[IpAddr],
+    containers: &[(Vec<IpAddr>, crate::model::LabelSet)],
+    prefixes: &[IpNet],
+) -> IdentityKind {
+    if host.contains(&addr) {
+        return IdentityKind::Host;
+    }
+    if let Some((_, labels)) = containers.iter().find(|(a, _)| a.contains(&addr)) {
+        return IdentityKind::Containers(labels.clone());
+    }
+    prefixes
+        .iter()
+        .filter(|p| p.contains(&addr))
+        .max_by_key(|p| p.prefix_len())
+        .map_or(IdentityKind::World, |p| IdentityKind::Cidr(*p))
+}
+
+/// Who is on the other side in a table case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasePeer {
+    /// The case's peer container (labels `id=<name>`) at `CASE_PEER_ADDR`.
+    Container(&'static str),
+    /// The host, at `CASE_HOST_ADDR`.
+    Host,
+    /// An address that is neither.
+    Address(&'static str),
+}
+
+/// The local container's address in every case.
+pub const CASE_LOCAL_ADDR: &str = "172.31.0.2";
+/// The peer container's address.
+pub const CASE_PEER_ADDR: &str = "172.31.0.3";
+/// The host's address.
+pub const CASE_HOST_ADDR: &str = "172.31.0.1";
+
+/// One row of the shared decision table.
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    /// What the row shows.
+    pub name: &'static str,
+    /// The local container's policy labels (its other label is `id=local`).
+    pub labels: &'static [(&'static str, &'static str)],
+    /// The remote side.
+    pub peer: CasePeer,
+    /// Direction of the packet.
+    pub direction: Direction,
+    /// IP protocol.
+    pub protocol: u8,
+    /// Destination port or ICMP type.
+    pub dport: u16,
+    /// A TCP SYN without ACK.
+    pub tcp_syn: bool,
+    /// Conntrack state.
+    pub ct: CtState,
+    /// On the loopback device.
+    pub loopback: bool,
+    /// What must happen.
+    pub expect: Decision,
+}
+
+const IN: Direction = Direction::Ingress;
+const OUT: Direction = Direction::Egress;
+const TCP: u8 = abi::IPPROTO_TCP;
+const UDP: u8 = abi::IPPROTO_UDP;
+const ICMP: u8 = abi::IPPROTO_ICMP;
+const PASS: Decision = Decision::Pass;
+const DENY: Decision = Decision::Drop(DropReason::PolicyDeny);
+const DEFAULT: Decision = Decision::Drop(DropReason::PolicyDefault);
+const ERROR: Decision = Decision::Drop(DropReason::PolicyError);
+
+const fn case(
+    name: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    peer: CasePeer,
+    direction: Direction,
+    protocol: u8,
+    dport: u16,
+    expect: Decision,
+) -> Case {
+    Case {
+        name,
+        labels,
+        peer,
+        direction,
+        protocol,
+        dport,
+        tcp_syn: protocol == TCP,
+        ct: CtState::None,
+        loopback: false,
+        expect,
+    }
+}
+
+const ARTICLE: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2 port 80/tcp")];
+const L3_ONLY: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2")];
+const L4_ONLY: &[(&str, &str)] = &[("bpfwall.ingress", "allow from any port 53/udp")];
+const DENY_NARROW: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2; deny from id=app2 port 22/tcp")];
+const DENY_ANY_PEER: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2 port 80/tcp; deny from any port 80/tcp")];
+const DENY_PEER: &[(&str, &str)] = &[("bpfwall.ingress", "deny from id=app3; allow from any")];
+const RANGE: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2 port 8000-8100/tcp")];
+const EGRESS_CIDR: &[(&str, &str)] = &[("bpfwall.egress", "allow to cidr 198.18.0.0/15 except 198.18.1.0/24")];
+const CIDR_OVER_CONTAINERS: &[(&str, &str)] = &[("bpfwall.egress", "allow to cidr 172.31.0.0/16")];
+const EGRESS_WORLD: &[(&str, &str)] = &[("bpfwall.egress", "allow to world port 443/tcp")];
+const HOST_ONLY: &[(&str, &str)] = &[("bpfwall.ingress", "allow from host")];
+const ICMP_ONLY: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2 port icmp")];
+const BROKEN: &[(&str, &str)] = &[("bpfwall.ingress", "allow form id=app2")];
+const NAMED: &[(&str, &str)] = &[
+    ("bpfwall.ingress.web", "allow from id=app2 port 80/tcp"),
+    ("bpfwall.ingress.admin", "allow from id=app3 port 22/tcp"),
+];
+
+/// The shared decision table: every row must hold for [`decide`] and for
+/// the real program under `BPF_PROG_TEST_RUN`.
+pub fn cases() -> Vec<Case> {
+    use CasePeer::{Address, Container, Host};
+    let app2 = Container("app2");
+    let app3 = Container("app3");
+    vec![
+        case("L3+L4: app2 may reach 80/tcp", ARTICLE, app2, IN, TCP, 80, PASS),
+        case("L3+L4: app2 may not reach 81/tcp", ARTICLE, app2, IN, TCP, 81, DEFAULT),
+        case("L3+L4: app3 may not reach 80/tcp", ARTICLE, app3, IN, TCP, 80, DEFAULT),
+        case("L3+L4: 80/udp is not 80/tcp", ARTICLE, app2, IN, UDP, 80, DEFAULT),
+        case("L4 only: anyone on 53/udp", L4_ONLY, app3, IN, UDP, 53, PASS),
+        case("L4 only: host on 53/udp", L4_ONLY, Host, IN, UDP, 53, PASS),
+        case("L4 only: not 53/tcp", L4_ONLY, app3, IN, TCP, 53, DEFAULT),
+        case("L3 only: app2 on any port", L3_ONLY, app2, IN, TCP, 31337, PASS),
+        case("L3 only: app2 with udp", L3_ONLY, app2, IN, UDP, 9, PASS),
+        case("L3 only: app3 refused", L3_ONLY, app3, IN, TCP, 80, DEFAULT),
+        case("deny precedence: narrow deny beats broad allow", DENY_NARROW, app2, IN, TCP, 22, DENY),
+        case("deny precedence: the rest of the allow holds", DENY_NARROW, app2, IN, TCP, 23, PASS),
+        case("deny precedence: any-peer deny beats peer allow", DENY_ANY_PEER, app2, IN, TCP, 80, DENY),
+        case("deny precedence: peer deny beats allow-any", DENY_PEER, app3, IN, TCP, 80, DENY),
+        case("deny precedence: allow-any for others", DENY_PEER, app2, IN, TCP, 80, PASS),
+        case("port range: inside", RANGE, app2, IN, TCP, 8050, PASS),
+        case("port range: first", RANGE, app2, IN, TCP, 8000, PASS),
+        case("port range: last", RANGE, app2, IN, TCP, 8100, PASS),
+        case("port range: past the end", RANGE, app2, IN, TCP, 8101, DEFAULT),
+        case("unenforced direction: egress is open", ARTICLE, app3, OUT, TCP, 80, PASS),
+        case("no policy: open", &[], app3, IN, TCP, 80, PASS),
+        Case {
+            ct: CtState::OpenedOtherWay,
+            tcp_syn: false,
+            ..case("conntrack: reply passes default deny", ARTICLE, app3, IN, TCP, 40000, PASS)
+        },
+        Case {
+            ct: CtState::OpenedOtherWay,
+            tcp_syn: true,
+            ..case("conntrack: a SYN is never a reply", ARTICLE, app3, IN, TCP, 80, DEFAULT)
+        },
+        Case {
+            ct: CtState::OpenedThisWay,
+            tcp_syn: false,
+            ..case("conntrack: same-direction traffic is policed", ARTICLE, app3, IN, TCP, 80, DEFAULT)
+        },
+        Case {
+            loopback: true,
+            ..case("loopback: not policed", ARTICLE, app3, IN, TCP, 80, PASS)
+        },
+        case("cidr: inside the prefix", EGRESS_CIDR, Address("198.18.0.5"), OUT, TCP, 80, PASS),
+        case("cidr: inside except", EGRESS_CIDR, Address("198.18.1.5"), OUT, TCP, 80, DEFAULT),
+        case("cidr: outside", EGRESS_CIDR, Address("203.0.113.9"), OUT, TCP, 80, DEFAULT),
+        case("cidr: containers are not cidr", CIDR_OVER_CONTAINERS, app2, OUT, TCP, 80, DEFAULT),
+        case("cidr: the host is not cidr", CIDR_OVER_CONTAINERS, Host, OUT, TCP, 80, DEFAULT),
+        case("cidr: other addresses in it are", CIDR_OVER_CONTAINERS, Address("172.31.9.9"), OUT, TCP, 80, PASS),
+        case("world: an outside address", EGRESS_WORLD, Address("203.0.113.9"), OUT, TCP, 443, PASS),
+        case("world: not the host", EGRESS_WORLD, Host, OUT, TCP, 443, DEFAULT),
+        case("world: not a container", EGRESS_WORLD, app2, OUT, TCP, 443, DEFAULT),
+        case("host: the host may", HOST_ONLY, Host, IN, TCP, 80, PASS),
+        case("host: a container may not", HOST_ONLY, app2, IN, TCP, 80, DEFAULT),
+        case("icmp: echo request allowed", ICMP_ONLY, app2, IN, ICMP, 8, PASS),
+        case("icmp: tcp is not icmp", ICMP_ONLY, app2, IN, TCP, 80, DEFAULT),
+        case("named labels: first", NAMED, app2, IN, TCP, 80, PASS),
+        case("named labels: second", NAMED, app3, IN, TCP, 22, PASS),
+        case("named labels: not crossed", NAMED, app3, IN, TCP, 80, DEFAULT),
+        case("bad label: direction closed", BROKEN, app2, IN, TCP, 80, ERROR),
+        case("bad label: other direction open", BROKEN, app2, OUT, TCP, 80, PASS),
+        Case {
+            ct: CtState::OpenedOtherWay,
+            tcp_syn: false,
+            ..case("bad label: replies still pass", BROKEN, app2, IN, TCP, 40000, PASS)
+        },
+    ]
+}
+
+/// A case turned into compiled maps, the local endpoint and the packet.
+#[derive(Debug, Clone)]
+pub struct CaseSetup {
+    /// The compiled maps for the local container, app2, app3 and the host.
+    pub compiled: Compiled,
+    /// The local container's endpoint entry.
+    pub endpoint: EndpointInfo,
+    /// The packet.
+    pub packet: Packet,
+    /// The local address the packet uses.
+    pub local: IpAddr,
+}
+
+fn parse_addr(text: &str) -> IpAddr {
+    // Only called on the constants of this module, which are valid.
+    text.parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// Compiles a case: the local container (labels `id=local` plus the case's)
+/// attached at `cgroup_id`, peers app2 and app3 (app3 at a further address)
+/// and the host.
+pub fn case_setup(case: &Case, cgroup_id: u64) -> Result<CaseSetup, crate::identity::IdentityExhausted> {
+    use crate::compile::{compile, Attachment, CompileInput, ContainerInput};
+    let labels = |extra: &[(&str, &str)], id: &str| {
+        let mut l: crate::model::LabelSet = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        l.insert("id".into(), id.into());
+        l
+    };
+    let app3_addr = "172.31.0.4";
+    let containers = vec![
+        ContainerInput {
+            name: "local".into(),
+            labels: labels(case.labels, "local"),
+            addresses: vec![parse_addr(CASE_LOCAL_ADDR)],
+            attachment: Some(Attachment { cgroup_id, endpoint_id: 7 }),
+        },
+        ContainerInput {
+            name: "app2".into(),
+            labels: labels(&[], "app2"),
+            addresses: vec![parse_addr(CASE_PEER_ADDR)],
+            attachment: None,
+        },
+        ContainerInput {
+            name: "app3".into(),
+            labels: labels(&[], "app3"),
+            addresses: vec![parse_addr(app3_addr)],
+            attachment: None,
+        },
+    ];
+    let host = [parse_addr(CASE_HOST_ADDR)];
+    let compiled = compile(
+        CompileInput {
+            containers: &containers,
+            host_addresses: &host,
+            host_policies: &[],
+        },
+        &mut crate::identity::IdentityAllocator::new(),
+    )?;
+    let remote = match case.peer {
+        CasePeer::Container("app2") => parse_addr(CASE_PEER_ADDR),
+        CasePeer::Container(_) => parse_addr(app3_addr),
+        CasePeer::Host => parse_addr(CASE_HOST_ADDR),
+        CasePeer::Address(a) => parse_addr(a),
+    };
+    let endpoint = compiled
+        .endpoints
+        .get(&abi::EndpointKey { cgroup_id })
+        .copied()
+        .unwrap_or_default();
+    Ok(CaseSetup {
+        compiled,
+        endpoint,
+        packet: Packet {
+            direction: case.direction,
+            remote,
+            protocol: case.protocol,
+            dport: case.dport,
+            tcp_syn: case.tcp_syn,
+            loopback: case.loopback,
+        },
+        local: parse_addr(CASE_LOCAL_ADDR),
+    })
+}

@@ -1,0 +1,128 @@
+//! Identities: numbers the datapath compares instead of addresses.
+//!
+//! Containers with the same label set share one identity, as in Cilium. The
+//! host and the world are reserved; each address prefix a rule names gets a
+//! CIDR identity of its own. Allocation is remembered across reconciles so
+//! the maps change only where the world did, and it can adopt the numbers a
+//! previous daemon left pinned.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+
+use crate::datapath_abi::{IDENTITY_FIRST_CIDR, IDENTITY_FIRST_CONTAINER, IDENTITY_HOST, IDENTITY_WORLD};
+use crate::model::LabelSet;
+
+/// The last container identity (the CIDR range starts after it).
+pub const IDENTITY_LAST_CONTAINER: u32 = IDENTITY_FIRST_CIDR - 1;
+/// The last CIDR identity.
+pub const IDENTITY_LAST_CIDR: u32 = 0x01ff_ffff;
+
+/// What an identity stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// The Docker host.
+    Host,
+    /// Everything else.
+    World,
+    /// Containers carrying exactly these labels.
+    Containers(LabelSet),
+    /// Addresses in this prefix that no container or host address claims.
+    Cidr(IpNet),
+}
+
+/// A name for an identity in logs and `status`.
+pub fn describe(identity: u32) -> &'static str {
+    match identity {
+        IDENTITY_HOST => "host",
+        IDENTITY_WORLD => "world",
+        i if (IDENTITY_FIRST_CONTAINER..=IDENTITY_LAST_CONTAINER).contains(&i) => "container",
+        i if (IDENTITY_FIRST_CIDR..=IDENTITY_LAST_CIDR).contains(&i) => "cidr",
+        _ => "reserved",
+    }
+}
+
+/// Hands out identities and remembers them.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityAllocator {
+    containers: BTreeMap<LabelSet, u32>,
+    cidrs: BTreeMap<IpNet, u32>,
+}
+
+/// The allocator ran out of numbers in a range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no free {kind} identity is left (range {first}..={last})")]
+pub struct IdentityExhausted {
+    /// "container" or "cidr".
+    pub kind: &'static str,
+    /// First number of the range.
+    pub first: u32,
+    /// Last number of the range.
+    pub last: u32,
+}
+
+fn lowest_free<'a>(used: impl Iterator<Item = &'a u32>, first: u32, last: u32) -> Option<u32> {
+    let used: BTreeSet<u32> = used.copied().collect();
+    (first..=last).find(|n| !used.contains(n))
+}
+
+impl IdentityAllocator {
+    /// An allocator that has handed out nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes over a container identity a previous run allocated. Returns
+    /// false (and changes nothing) when the number is out of range or already
+    /// stands for other labels, or the labels already have another number.
+    pub fn adopt_container(&mut self, labels: &LabelSet, identity: u32) -> bool {
+        if !(IDENTITY_FIRST_CONTAINER..=IDENTITY_LAST_CONTAINER).contains(&identity) {
+            return false;
+        }
+        if let Some(existing) = self.containers.get(labels) {
+            return *existing == identity;
+        }
+        if self.containers.values().any(|v| *v == identity) {
+            return false;
+        }
+        self.containers.insert(labels.clone(), identity);
+        true
+    }
+
+    /// The identity of containers with these labels, allocated on first use.
+    pub fn container(&mut self, labels: &LabelSet) -> Result<u32, IdentityExhausted> {
+        if let Some(id) = self.containers.get(labels) {
+            return Ok(*id);
+        }
+        let id = lowest_free(self.containers.values(), IDENTITY_FIRST_CONTAINER, IDENTITY_LAST_CONTAINER)
+            .ok_or(IdentityExhausted {
+                kind: "container",
+                first: IDENTITY_FIRST_CONTAINER,
+                last: IDENTITY_LAST_CONTAINER,
+            })?;
+        self.containers.insert(labels.clone(), id);
+        Ok(id)
+    }
+
+    /// The identity of an address prefix, allocated on first use.
+    pub fn cidr(&mut self, prefix: IpNet) -> Result<u32, IdentityExhausted> {
+        if let Some(id) = self.cidrs.get(&prefix) {
+            return Ok(*id);
+        }
+        let id = lowest_free(self.cidrs.values(), IDENTITY_FIRST_CIDR, IDENTITY_LAST_CIDR).ok_or(
+            IdentityExhausted {
+                kind: "cidr",
+                first: IDENTITY_FIRST_CIDR,
+                last: IDENTITY_LAST_CIDR,
+            },
+        )?;
+        self.cidrs.insert(prefix, id);
+        Ok(id)
+    }
+
+    /// Forgets every identity not in use any more.
+    pub fn retain(&mut self, labels: &BTreeSet<&LabelSet>, prefixes: &BTreeSet<IpNet>) {
+        self.containers.retain(|l, _| labels.contains(l));
+        self.cidrs.retain(|p, _| prefixes.contains(p));
+    }
+}

@@ -1,0 +1,282 @@
+//! The policy model: what every input (labels today, Cilium files later)
+//! compiles to, and what the compiler turns into map entries.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ipnet::IpNet;
+
+/// A container's labels, as Docker reports them (image labels included).
+pub type LabelSet = BTreeMap<String, String>;
+
+/// Which way a packet crosses the endpoint's boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Towards the container.
+    Ingress,
+    /// Away from the container.
+    Egress,
+}
+
+impl Direction {
+    /// Both directions, ingress first.
+    pub const ALL: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    /// The value the datapath uses (`BPFWALL_DIR_*`).
+    pub fn as_datapath(self) -> u8 {
+        match self {
+            Direction::Ingress => crate::datapath_abi::DIR_INGRESS,
+            Direction::Egress => crate::datapath_abi::DIR_EGRESS,
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+/// What a rule does with the traffic it matches. Deny wins over allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    /// Let the traffic through.
+    Allow,
+    /// Drop the traffic, whatever any allow says.
+    Deny,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        })
+    }
+}
+
+/// The L4 protocol a port rule names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP (6).
+    Tcp,
+    /// UDP (17).
+    Udp,
+    /// ICMP for IPv4 (1) and ICMPv6 (58); the "port" is the ICMP type.
+    Icmp,
+    /// Every protocol; with a port range, every protocol that has ports.
+    Any,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+            Protocol::Any => "any",
+        })
+    }
+}
+
+/// One protocol and an inclusive range of ports (ICMP: types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortSpec {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// First port of the range.
+    pub first: u16,
+    /// Last port of the range, inclusive.
+    pub last: u16,
+}
+
+impl PortSpec {
+    /// Every port of `protocol` (every ICMP type for ICMP).
+    pub fn all_ports(protocol: Protocol) -> PortSpec {
+        let last = if protocol == Protocol::Icmp { 255 } else { u16::MAX };
+        PortSpec {
+            protocol,
+            first: 0,
+            last,
+        }
+    }
+
+    /// True when the spec covers every port of its protocol.
+    pub fn is_all_ports(&self) -> bool {
+        *self == PortSpec::all_ports(self.protocol)
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_all_ports() {
+            write!(f, "any/{}", self.protocol)
+        } else if self.first == self.last {
+            write!(f, "{}/{}", self.first, self.protocol)
+        } else {
+            write!(f, "{}-{}/{}", self.first, self.last, self.protocol)
+        }
+    }
+}
+
+/// An operator of a set-based selector requirement (Kubernetes semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SelectorOperator {
+    /// The label's value is one of the values.
+    In,
+    /// The label is absent, or its value is none of the values.
+    NotIn,
+    /// The label is present.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+}
+
+/// One set-based requirement of a selector.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Requirement {
+    /// The label key.
+    pub key: String,
+    /// How the key's value is tested.
+    pub operator: SelectorOperator,
+    /// The values, for In and NotIn.
+    pub values: Vec<String>,
+}
+
+/// A label selector: every pair and every requirement must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Selector {
+    /// Labels that must be present with exactly these values.
+    pub match_labels: BTreeMap<String, String>,
+    /// Further set-based requirements.
+    pub match_expressions: Vec<Requirement>,
+}
+
+impl Selector {
+    /// True when `labels` satisfy every part of the selector. An empty
+    /// selector matches every label set.
+    pub fn matches(&self, labels: &LabelSet) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator {
+                    SelectorOperator::In => value.is_some_and(|v| r.values.contains(v)),
+                    SelectorOperator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    SelectorOperator::Exists => value.is_some(),
+                    SelectorOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (k, v) in &self.match_labels {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{k}={v}")?;
+        }
+        for r in &self.match_expressions {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{} {:?} {:?}", r.key, r.operator, r.values)?;
+        }
+        Ok(())
+    }
+}
+
+/// Who is on the other side of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    /// Every peer: containers, the host and the world.
+    Any,
+    /// The Docker host itself (its own addresses).
+    Host,
+    /// Anything that is neither a container nor the host.
+    World,
+    /// Containers whose labels match.
+    Endpoints(Selector),
+    /// Addresses outside containers and the host within `prefix`, minus `except`.
+    Cidr {
+        /// The prefix.
+        prefix: IpNet,
+        /// Sub-prefixes carved out of it.
+        except: Vec<IpNet>,
+    },
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Any => f.write_str("any"),
+            Peer::Host => f.write_str("host"),
+            Peer::World => f.write_str("world"),
+            Peer::Endpoints(s) => write!(f, "{s}"),
+            Peer::Cidr { prefix, except } => {
+                write!(f, "cidr {prefix}")?;
+                if !except.is_empty() {
+                    let list: Vec<String> = except.iter().map(ToString::to_string).collect();
+                    write!(f, " except {}", list.join(","))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where a rule was written, so tools can say which rule decided.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleOrigin {
+    /// The label key (`bpfwall.ingress.web`) or the file the rule came from.
+    pub source: String,
+    /// The rule's position within its source, from 0.
+    pub index: usize,
+}
+
+impl fmt::Display for RuleOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.source, self.index)
+    }
+}
+
+/// One rule: a verdict for traffic in one direction with any of `peers` on
+/// any of `ports`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rule {
+    /// Ingress or egress.
+    pub direction: Direction,
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// The peers the rule applies to (any of them).
+    pub peers: Vec<Peer>,
+    /// The ports (any of them); empty means all traffic.
+    pub ports: Vec<PortSpec>,
+    /// Where the rule was written.
+    pub origin: RuleOrigin,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = match self.direction {
+            Direction::Ingress => "from",
+            Direction::Egress => "to",
+        };
+        let peers: Vec<String> = self.peers.iter().map(ToString::to_string).collect();
+        write!(f, "{} {} {}", self.verdict, word, peers.join(" | "))?;
+        if !self.ports.is_empty() {
+            let ports: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
+            write!(f, " port {}", ports.join(","))?;
+        }
+        Ok(())
+    }
+}

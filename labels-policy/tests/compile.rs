@@ -1,0 +1,197 @@
+//! The compiler's output, entry by entry, and its properties.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use labels_policy::compile::{port_prefixes, port_spec_keys};
+use labels_policy::datapath_abi::{self as abi, PolicyKey};
+use labels_policy::decision::{classify_address, decide, evaluate_rules, CtState, Decision, Packet, RuleVerdict};
+use labels_policy::{compile, Attachment, CompileInput, ContainerInput, Direction, IdentityAllocator, LabelSet};
+use proptest::prelude::*;
+
+fn labels(pairs: &[(&str, &str)]) -> LabelSet {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn container(name: &str, pairs: &[(&str, &str)], addr: &str, cgroup: Option<u64>) -> ContainerInput {
+    ContainerInput {
+        name: name.into(),
+        labels: labels(pairs),
+        addresses: vec![addr.parse().unwrap()],
+        attachment: cgroup.map(|c| Attachment { cgroup_id: c, endpoint_id: c as u32 }),
+    }
+}
+
+#[test]
+fn article_policy_compiles_to_one_entry() {
+    let containers = vec![
+        container("app1", &[("id", "app1"), ("bpfwall.ingress", "allow from id=app2 port 80/tcp")], "172.17.0.2", Some(11)),
+        container("app2", &[("id", "app2")], "172.17.0.3", Some(12)),
+        container("app3", &[("id", "app3")], "172.17.0.4", Some(13)),
+    ];
+    let host: Vec<IpAddr> = vec!["172.17.0.1".parse().unwrap()];
+    let mut alloc = IdentityAllocator::new();
+    let out = compile(CompileInput { containers: &containers, host_addresses: &host, host_policies: &[] }, &mut alloc).unwrap();
+    let app1 = out.containers[0].identity;
+    let app2 = out.containers[1].identity;
+    assert_eq!(out.policy.len(), 1);
+    let (k, v) = out.policy.iter().next().unwrap();
+    assert_eq!(
+        *k,
+        PolicyKey {
+            prefixlen: abi::POLICY_PREFIX_FULL,
+            local_identity: app1,
+            peer_identity: app2,
+            direction: abi::DIR_INGRESS,
+            protocol: abi::IPPROTO_TCP,
+            dport_be: 80u16.to_be(),
+        }
+    );
+    assert_eq!(v.verdict, abi::VERDICT_ALLOW);
+    assert_eq!(out.endpoints.len(), 3);
+    assert_eq!(out.endpoints[&abi::EndpointKey { cgroup_id: 11 }].flags, abi::EP_ENFORCE_INGRESS);
+    assert_eq!(out.endpoints[&abi::EndpointKey { cgroup_id: 12 }].flags, 0);
+    assert_eq!(out.ipcache.len(), 4);
+    // Identities are stable across compiles.
+    let again = compile(CompileInput { containers: &containers, host_addresses: &host, host_policies: &[] }, &mut alloc).unwrap();
+    assert_eq!(out, again);
+}
+
+#[test]
+fn a_new_peer_gets_entries_without_touching_old_ones() {
+    let mut containers = vec![
+        container("app1", &[("id", "app1"), ("bpfwall.ingress", "allow from role=client port 80/tcp")], "172.17.0.2", Some(1)),
+        container("c1", &[("role", "client"), ("n", "1")], "172.17.0.3", Some(2)),
+    ];
+    let mut alloc = IdentityAllocator::new();
+    let before = compile(CompileInput { containers: &containers, host_addresses: &[], host_policies: &[] }, &mut alloc).unwrap();
+    containers.push(container("c2", &[("role", "client"), ("n", "2")], "172.17.0.4", Some(3)));
+    let after = compile(CompileInput { containers: &containers, host_addresses: &[], host_policies: &[] }, &mut alloc).unwrap();
+    assert_eq!(before.policy.len(), 1);
+    assert_eq!(after.policy.len(), 2);
+    assert!(before.policy.keys().all(|k| after.policy.contains_key(k)));
+}
+
+#[test]
+fn covered_allows_are_removed_and_narrow_denies_kept() {
+    let containers = vec![
+        container("a", &[("id", "a"), ("bpfwall.ingress", "allow from id=b port 80/tcp; deny from id=b; allow from id=c; deny from id=c port 22/tcp")], "10.0.0.1", Some(1)),
+        container("b", &[("id", "b")], "10.0.0.2", None),
+        container("c", &[("id", "c")], "10.0.0.3", None),
+    ];
+    let out = compile(CompileInput { containers: &containers, host_addresses: &[], host_policies: &[] }, &mut IdentityAllocator::new()).unwrap();
+    let verdicts: BTreeSet<(u32, u8, u8)> = out.policy.iter().map(|(k, v)| (k.peer_identity, k.protocol, v.verdict)).collect();
+    let b = out.containers[1].identity;
+    let c = out.containers[2].identity;
+    // b: only the broad deny is left; c: broad allow plus the narrow deny.
+    assert_eq!(
+        verdicts,
+        BTreeSet::from([(b, 0, abi::VERDICT_DENY), (c, 0, abi::VERDICT_ALLOW), (c, abi::IPPROTO_TCP, abi::VERDICT_DENY)])
+    );
+}
+
+#[test]
+fn address_conflicts_are_reported() {
+    let containers = vec![
+        container("a", &[("id", "a")], "10.0.0.1", None),
+        container("b", &[("id", "b")], "10.0.0.1", None),
+    ];
+    let out = compile(CompileInput { containers: &containers, host_addresses: &[], host_policies: &[] }, &mut IdentityAllocator::new()).unwrap();
+    assert_eq!(out.warnings.len(), 1);
+}
+
+#[test]
+fn icmp_and_any_protocol_keys() {
+    let icmp = port_spec_keys(&labels_policy::PortSpec::all_ports(labels_policy::Protocol::Icmp));
+    assert_eq!(icmp, vec![(abi::IPPROTO_ICMP, 0, 88), (abi::IPPROTO_ICMPV6, 0, 88)]);
+    let any = port_spec_keys(&labels_policy::PortSpec::all_ports(labels_policy::Protocol::Any));
+    assert_eq!(any, vec![(0, 0, abi::POLICY_PREFIX_ANY_PROTO)]);
+    let tcp = port_spec_keys(&labels_policy::PortSpec::all_ports(labels_policy::Protocol::Tcp));
+    assert_eq!(tcp, vec![(abi::IPPROTO_TCP, 0, abi::POLICY_PREFIX_ANY_PORT)]);
+}
+
+proptest! {
+    #[test]
+    fn port_prefixes_cover_exactly_the_range(a in 0u16.., b in 0u16..) {
+        let (first, last) = (a.min(b), a.max(b));
+        let prefixes = port_prefixes(first, last);
+        prop_assert!(prefixes.len() <= 32);
+        let mut covered: u32 = 0;
+        let mut next = u32::from(first);
+        for (start, bits) in prefixes {
+            let size = 1u32 << (16 - bits);
+            prop_assert_eq!(u32::from(start), next, "prefixes must be contiguous");
+            prop_assert_eq!(u32::from(start) % size, 0, "prefix must be aligned");
+            next += size;
+            covered += size;
+        }
+        prop_assert_eq!(covered, u32::from(last) - u32::from(first) + 1);
+    }
+}
+
+// ---- compiled maps agree with the rules ---------------------------------
+
+const PEERS: &[&str] = &["id=b", "id=c", "role=x", "any", "host", "world", "cidr 198.18.0.0/15", "cidr 198.18.1.0/24", "cidr 0.0.0.0/0 except 198.18.0.0/16"];
+const PORTS: &[&str] = &["", " port 80/tcp", " port 22/tcp", " port 1-1024/tcp", " port 53/udp", " port 53/any", " port icmp", " port any/udp", " port 80-90/tcp,53/udp"];
+
+fn rule_text() -> impl Strategy<Value = String> {
+    (any::<bool>(), 0..PEERS.len(), 0..PORTS.len()).prop_map(|(deny, p, q)| {
+        format!("{} {{dir}} {}{}", if deny { "deny" } else { "allow" }, PEERS[p], PORTS[q])
+    })
+}
+
+const REMOTES: &[&str] = &["10.0.0.2", "10.0.0.3", "10.0.0.9", "172.17.0.1", "198.18.0.7", "198.18.1.7", "203.0.113.5"];
+const PROBES: &[(u8, u16)] = &[(6, 80), (6, 22), (6, 85), (6, 1024), (6, 1025), (17, 53), (17, 9), (1, 8), (58, 128), (132, 53), (47, 0)];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #[test]
+    fn map_decisions_agree_with_rule_evaluation(
+        ingress in prop::collection::vec(rule_text(), 0..5),
+        egress in prop::collection::vec(rule_text(), 0..5),
+    ) {
+        let mut a_labels = vec![("id".to_string(), "a".to_string())];
+        if !ingress.is_empty() {
+            a_labels.push(("bpfwall.ingress".into(), ingress.join("; ").replace("{dir}", "from")));
+        }
+        if !egress.is_empty() {
+            a_labels.push(("bpfwall.egress".into(), egress.join("; ").replace("{dir}", "to")));
+        }
+        let a_labels: LabelSet = a_labels.into_iter().collect();
+        let containers = vec![
+            ContainerInput { name: "a".into(), labels: a_labels.clone(), addresses: vec!["10.0.0.1".parse().unwrap()], attachment: Some(Attachment { cgroup_id: 1, endpoint_id: 1 }) },
+            container("b", &[("id", "b"), ("role", "x")], "10.0.0.2", None),
+            container("c", &[("id", "c")], "10.0.0.3", None),
+            container("d", &[("id", "d"), ("role", "x")], "10.0.0.9", None),
+        ];
+        let host: Vec<IpAddr> = vec!["172.17.0.1".parse().unwrap()];
+        let out = compile(CompileInput { containers: &containers, host_addresses: &host, host_policies: &[] }, &mut IdentityAllocator::new()).unwrap();
+        let endpoint = out.endpoints[&abi::EndpointKey { cgroup_id: 1 }];
+        let rules = labels_policy::policy_from_labels(&a_labels);
+        prop_assert!(rules.errors.is_empty(), "{:?}", rules.errors);
+        let prefixes: Vec<ipnet::IpNet> = ["198.18.0.0/15", "198.18.1.0/24", "0.0.0.0/0", "198.18.0.0/16"]
+            .iter()
+            .filter(|p| a_labels.values().any(|v| v.contains(*p)))
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let peers: Vec<(Vec<IpAddr>, LabelSet)> = containers.iter().map(|c| (c.addresses.clone(), c.labels.clone())).collect();
+        for direction in Direction::ALL {
+            for remote in REMOTES {
+                let remote: IpAddr = remote.parse().unwrap();
+                let kind = classify_address(remote, &host, &peers, &prefixes);
+                for &(protocol, dport) in PROBES {
+                    let packet = Packet { direction, remote, protocol, dport, tcp_syn: protocol == 6, loopback: false };
+                    let maps = decide(&out, &endpoint, &packet, CtState::None);
+                    let model = evaluate_rules(&rules.rules, direction, &kind, protocol, dport);
+                    let agree = matches!(
+                        (maps, &model),
+                        (Decision::Pass, RuleVerdict::Unenforced | RuleVerdict::Allowed(_))
+                            | (Decision::Drop(abi::DropReason::PolicyDeny), RuleVerdict::Denied(_))
+                            | (Decision::Drop(abi::DropReason::PolicyDefault), RuleVerdict::DefaultDeny)
+                    );
+                    prop_assert!(agree, "{direction} {remote} {protocol}/{dport}: maps {maps:?}, rules {model:?}\nlabels {a_labels:?}");
+                }
+            }
+        }
+    }
+}
