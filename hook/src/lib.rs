@@ -1,0 +1,6 @@
+//! The bpfwall daemon's parts: cgroup discovery, the eBPF datapath, the
+//! Docker listener, the reconciler and the local API. The `bpfwall` binary
+//! (src/main.rs) wires them together.
+
+pub mod cgroup;
+pub mod datapath;

@@ -1,0 +1,221 @@
+//! The real cgroup/skb programs under BPF_PROG_TEST_RUN, over the shared
+//! decision table (labels_policy::decision::cases): for every row, compile
+//! the row's policy, write it into the program's (private) maps, build the
+//! packet, run the ingress or egress program and check the verdict and the
+//! drop reason it counted.
+//!
+//! Needs root and BPF. The test runs in a network namespace of its own with
+//! a dummy device of its own, because the kernel treats a test packet as
+//! arriving on the device given by ifindex (loopback if none).
+
+use std::net::IpAddr;
+use std::process::Command;
+
+use aya::programs::{TestRun, TestRunOptions};
+use bpfwall::datapath::maps::diff;
+use bpfwall::datapath::Datapath;
+use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason};
+use labels_policy::decision::{case_setup, cases, CtState, Decision};
+use labels_policy::Direction;
+
+const SKB_CTX_SIZE: usize = 192; // sizeof(struct __sk_buff)
+const SKB_CTX_IFINDEX: usize = 40; // offsetof(struct __sk_buff, ifindex)
+const REMOTE_OR_LOCAL_SPORT: u16 = 5555;
+
+/// Puts this thread in a new network namespace with a veth pair of its own
+/// (this kernel has no dummy driver); returns one end's ifindex.
+fn own_netns_with_device() -> u32 {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET) needs root");
+    for args in [&["link", "add", "bpfwt0", "type", "veth", "peer", "name", "bpfwt1"][..], &["link", "set", "bpfwt0", "up"]] {
+        let st = Command::new("ip").args(args).status().expect("ip (iproute2) must be installed");
+        assert!(st.success(), "ip {args:?} failed");
+    }
+    nix::net::if_::if_nametoindex("bpfwt0").expect("bpfwt0 exists in the test's netns")
+}
+
+fn own_cgroup_id() -> u64 {
+    let mount = bpfwall::cgroup::cgroup2_mount().unwrap();
+    let dir = bpfwall::cgroup::cgroup_dir_of_pid(&mount, std::process::id()).unwrap();
+    bpfwall::cgroup::cgroup_id(&dir).unwrap()
+}
+
+fn octets(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn addr16(addr: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let o = octets(addr);
+    out[..o.len()].copy_from_slice(&o);
+    out
+}
+
+/// Ethernet + IPv4 + L4 header bytes.
+fn packet(src: IpAddr, dst: IpAddr, protocol: u8, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    match protocol {
+        abi::IPPROTO_TCP => {
+            l4.extend_from_slice(&sport.to_be_bytes());
+            l4.extend_from_slice(&dport.to_be_bytes());
+            l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // seq, ack
+            l4.push(5 << 4); // data offset
+            l4.push(if syn { 0x02 } else { 0x10 });
+            l4.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, csum, urg
+        }
+        abi::IPPROTO_UDP => {
+            l4.extend_from_slice(&sport.to_be_bytes());
+            l4.extend_from_slice(&dport.to_be_bytes());
+            l4.extend_from_slice(&[0, 8, 0, 0]);
+        }
+        _ => {
+            // ICMP: type, code, checksum, id, sequence
+            l4.extend_from_slice(&[dport as u8, 0, 0, 0, 0x12, 0x34, 0, 1]);
+        }
+    }
+    let total = 20 + l4.len();
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&[0x08, 0x00]);
+    p.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64, protocol, 0, 0]);
+    p.extend_from_slice(&octets(src));
+    p.extend_from_slice(&octets(dst));
+    p.extend_from_slice(&l4);
+    p
+}
+
+#[test]
+fn decision_table_holds_in_the_kernel() {
+    let ifindex = own_netns_with_device();
+    let cgroup_id = own_cgroup_id();
+    let mut dp = Datapath::load(None).expect("load the datapath (needs root and BPF)");
+    let mut current = bpfwall::datapath::maps::MapContents::default();
+    let mut failures = Vec::new();
+    let table = cases();
+    for case in &table {
+        let setup = case_setup(case, cgroup_id).unwrap();
+        // Write this row's maps: diff from the previous row's.
+        {
+            let mut maps = dp.maps().unwrap();
+            let e = diff(&current.endpoints, &setup.compiled.endpoints);
+            let i = diff(&current.ipcache, &setup.compiled.ipcache);
+            let p = diff(&current.policy, &setup.compiled.policy);
+            maps.apply_removals(&e, &i, &p).unwrap();
+            maps.apply_upserts(&e, &i, &p).unwrap();
+            assert_eq!(maps.read().unwrap().policy, setup.compiled.policy, "{}: policy map content", case.name);
+            maps.forget_conntrack(&[setup.endpoint.endpoint_id].into()).unwrap();
+            let (local_port, remote_port) = match case.direction {
+                Direction::Ingress => (case.dport, REMOTE_OR_LOCAL_SPORT),
+                Direction::Egress => (REMOTE_OR_LOCAL_SPORT, case.dport),
+            };
+            let origin = match (case.ct, case.direction) {
+                (CtState::None, _) => None,
+                (CtState::OpenedOtherWay, Direction::Ingress) | (CtState::OpenedThisWay, Direction::Egress) => Some(abi::DIR_EGRESS),
+                _ => Some(abi::DIR_INGRESS),
+            };
+            if let Some(origin) = origin {
+                let key = CtKey {
+                    local_addr: addr16(setup.local),
+                    remote_addr: addr16(setup.packet.remote),
+                    local_port_be: local_port.to_be(),
+                    remote_port_be: remote_port.to_be(),
+                    protocol: case.protocol,
+                    family: abi::FAMILY_IPV4,
+                    pad: 0,
+                    endpoint_id: setup.endpoint.endpoint_id,
+                };
+                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+                let value = CtValue {
+                    last_seen_ns: now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64,
+                    origin_direction: origin,
+                    ..CtValue::default()
+                };
+                maps.insert_conntrack(key, value).unwrap();
+            }
+        }
+        current = bpfwall::datapath::maps::MapContents {
+            endpoints: setup.compiled.endpoints.clone(),
+            ipcache: setup.compiled.ipcache.clone(),
+            policy: setup.compiled.policy.clone(),
+        };
+        let (src, dst) = match case.direction {
+            Direction::Ingress => (setup.packet.remote, setup.local),
+            Direction::Egress => (setup.local, setup.packet.remote),
+        };
+        let bytes = packet(src, dst, case.protocol, REMOTE_OR_LOCAL_SPORT, case.dport, case.tcp_syn);
+        let mut ctx = [0u8; SKB_CTX_SIZE];
+        let dev = if case.loopback { 1 } else { ifindex };
+        ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&dev.to_ne_bytes());
+
+        let drops_before = dp.maps().unwrap().drops().unwrap();
+        let name = match case.direction {
+            Direction::Ingress => abi::PROG_INGRESS,
+            Direction::Egress => abi::PROG_EGRESS,
+        };
+        let result = dp
+            .program(name)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&bytes),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name));
+        let drops_after = dp.maps().unwrap().drops().unwrap();
+        let counted: Vec<DropReason> = DropReason::ALL
+            .into_iter()
+            .filter(|r| drops_after[r] > drops_before[r])
+            .collect();
+        let got = match (result.return_value, counted.as_slice()) {
+            (1, []) => Decision::Pass,
+            (0, [reason]) => Decision::Drop(*reason),
+            (rv, counted) => {
+                failures.push(format!("{}: returned {rv} with drop counters {counted:?}", case.name));
+                continue;
+            }
+        };
+        if got != case.expect {
+            failures.push(format!("{}: expected {:?}, the program said {:?}", case.name, case.expect, got));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), table.len(), failures.join("\n"));
+}
+
+#[test]
+fn conntrack_records_allowed_flows_and_passes_their_replies() {
+    // End to end inside the kernel: an allowed egress SYN creates the entry,
+    // the reply on ingress (default deny) then passes.
+    let ifindex = own_netns_with_device();
+    let cgroup_id = own_cgroup_id();
+    let mut dp = Datapath::load(None).unwrap();
+    let case = cases().into_iter().find(|c| c.name.starts_with("L3+L4: app2 may reach")).unwrap();
+    let setup = case_setup(&case, cgroup_id).unwrap();
+    {
+        let mut maps = dp.maps().unwrap();
+        let empty = Default::default();
+        let e = diff(&empty, &setup.compiled.endpoints);
+        let i = diff(&Default::default(), &setup.compiled.ipcache);
+        let p = diff(&Default::default(), &setup.compiled.policy);
+        maps.apply_upserts(&e, &i, &p).unwrap();
+    }
+    let mut ctx = [0u8; SKB_CTX_SIZE];
+    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    let local = setup.local;
+    let app3: IpAddr = "172.31.0.4".parse().unwrap();
+    let mut run = |name: &'static str, bytes: Vec<u8>| {
+        dp.program(name)
+            .unwrap()
+            .test_run(TestRunOptions { data_in: Some(&bytes), ctx_in: Some(&ctx), ..TestRunOptions::default() })
+            .unwrap()
+            .return_value
+    };
+    // The reply before any request: ingress is enforced, app3 is not allowed.
+    assert_eq!(run(abi::PROG_INGRESS, packet(app3, local, abi::IPPROTO_TCP, 80, 41000, false)), 0);
+    // The container connects out (egress is open) ...
+    assert_eq!(run(abi::PROG_EGRESS, packet(local, app3, abi::IPPROTO_TCP, 41000, 80, true)), 1);
+    // ... and now the reply passes ...
+    assert_eq!(run(abi::PROG_INGRESS, packet(app3, local, abi::IPPROTO_TCP, 80, 41000, false)), 1);
+    // ... but app3 still cannot open a connection of its own on that tuple.
+    assert_eq!(run(abi::PROG_INGRESS, packet(app3, local, abi::IPPROTO_TCP, 80, 41000, true)), 0);
+}
