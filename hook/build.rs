@@ -16,7 +16,8 @@ fn multiarch_include() -> Option<PathBuf> {
 }
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let src_dir = manifest.join("../bpf-src");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("bpfwall.o");
     println!("cargo:rerun-if-env-changed=CLANG");
@@ -38,5 +39,8 @@ fn main() {
     let status = cmd.status().unwrap_or_else(|e| {
         panic!("cannot run {clang} to build the eBPF datapath ({e}); run scripts/setup.sh or install clang")
     });
-    assert!(status.success(), "{clang} failed to compile bpf-src/bpfwall_cgroup_skb.c");
+    assert!(
+        status.success(),
+        "{clang} failed to compile bpf-src/bpfwall_cgroup_skb.c"
+    );
 }

@@ -37,7 +37,10 @@ pub enum CgroupError {
 /// Reads the cgroup2 mount point of this mount namespace.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let path = PathBuf::from("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read {
+        path: path.clone(),
+        source,
+    })?;
     parse_cgroup2_mount(&text).ok_or(CgroupError::NoCgroup2Mount { path })
 }
 
@@ -82,7 +85,10 @@ pub fn parse_unified_path(proc_cgroup: &str) -> Option<&str> {
 /// A process's cgroup v2 directory.
 pub fn cgroup_dir_of_pid(mount: &Path, pid: u32) -> Result<PathBuf, CgroupError> {
     let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
-    let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read {
+        path: path.clone(),
+        source,
+    })?;
     let rel = parse_unified_path(&text).ok_or(CgroupError::NoUnifiedLine { path })?;
     Ok(mount.join(rel.trim_start_matches('/')))
 }
@@ -92,7 +98,10 @@ pub fn cgroup_dir_of_pid(mount: &Path, pid: u32) -> Result<PathBuf, CgroupError>
 pub fn cgroup_id(dir: &Path) -> Result<u64, CgroupError> {
     std::fs::metadata(dir)
         .map(|m| m.ino())
-        .map_err(|source| CgroupError::Read { path: dir.to_path_buf(), source })
+        .map_err(|source| CgroupError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -104,12 +113,24 @@ mod tests {
         let hybrid = "30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
                       41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
                       42 31 0:39 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n";
-        assert_eq!(parse_cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            parse_cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let pure = "29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(parse_cgroup2_mount(pure), Some(PathBuf::from("/sys/fs/cgroup")));
-        assert_eq!(parse_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount(pure),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
         let escaped = "41 31 0:38 / /mnt/cg\\040two rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_cgroup2_mount(escaped), Some(PathBuf::from("/mnt/cg two")));
+        assert_eq!(
+            parse_cgroup2_mount(escaped),
+            Some(PathBuf::from("/mnt/cg two"))
+        );
     }
 
     #[test]
@@ -117,7 +138,10 @@ mod tests {
         let hybrid = "9:name=systemd:/docker/abc\n1:cpu:/docker/abc\n0::/docker/abc\n";
         assert_eq!(parse_unified_path(hybrid), Some("/docker/abc"));
         let systemd = "0::/system.slice/docker-abc.scope\n";
-        assert_eq!(parse_unified_path(systemd), Some("/system.slice/docker-abc.scope"));
+        assert_eq!(
+            parse_unified_path(systemd),
+            Some("/system.slice/docker-abc.scope")
+        );
         assert_eq!(parse_unified_path("1:cpu:/x\n"), None);
     }
 

@@ -2,5 +2,10 @@
 //! Docker listener, the reconciler and the local API. The `bpfwall` binary
 //! (src/main.rs) wires them together.
 
+pub mod api;
 pub mod cgroup;
+pub mod daemon;
 pub mod datapath;
+pub mod docker_events;
+pub mod reconcile;
+pub mod status;

@@ -19,7 +19,11 @@ fn mirrors_match_the_object_btf() {
         .output()
         .expect("bpftool must be installed (scripts/setup.sh installs it)");
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(out.status.success(), "bpftool failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let btf: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let types = btf["types"].as_array().expect("bpftool JSON has types");
 
@@ -31,21 +35,38 @@ fn mirrors_match_the_object_btf() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|m| (m["name"].as_str().unwrap().to_string(), m["bits_offset"].as_u64().unwrap() / 8))
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap().to_string(),
+                        m["bits_offset"].as_u64().unwrap() / 8,
+                    )
+                })
                 .collect();
-            structs.insert(t["name"].as_str().unwrap_or("").to_string(), (t["size"].as_u64().unwrap(), members));
+            structs.insert(
+                t["name"].as_str().unwrap_or("").to_string(),
+                (t["size"].as_u64().unwrap(), members),
+            );
         }
     }
     let mut checked = 0;
     for (name, size, members) in layouts() {
-        let (c_size, c_members) = structs.get(name).unwrap_or_else(|| panic!("struct {name} is not in the object's BTF"));
+        let (c_size, c_members) = structs
+            .get(name)
+            .unwrap_or_else(|| panic!("struct {name} is not in the object's BTF"));
         assert_eq!(*c_size as usize, size, "sizeof(struct {name})");
-        assert_eq!(c_members.len(), members.len(), "struct {name} member count: C has {c_members:?}");
+        assert_eq!(
+            c_members.len(),
+            members.len(),
+            "struct {name} member count: C has {c_members:?}"
+        );
         for (member, offset) in members {
             let c_offset = c_members
                 .get(member)
                 .unwrap_or_else(|| panic!("struct {name} has no member {member} in C"));
-            assert_eq!(*c_offset as usize, offset, "offsetof(struct {name}, {member})");
+            assert_eq!(
+                *c_offset as usize, offset,
+                "offsetof(struct {name}, {member})"
+            );
         }
         checked += 1;
     }

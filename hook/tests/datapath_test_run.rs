@@ -25,9 +25,18 @@ const REMOTE_OR_LOCAL_SPORT: u16 = 5555;
 /// Puts this thread in a new network namespace with a veth pair of its own
 /// (this kernel has no dummy driver); returns one end's ifindex.
 fn own_netns_with_device() -> u32 {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET) needs root");
-    for args in [&["link", "add", "bpfwt0", "type", "veth", "peer", "name", "bpfwt1"][..], &["link", "set", "bpfwt0", "up"]] {
-        let st = Command::new("ip").args(args).status().expect("ip (iproute2) must be installed");
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET) needs root");
+    for args in [
+        &[
+            "link", "add", "bpfwt0", "type", "veth", "peer", "name", "bpfwt1",
+        ][..],
+        &["link", "set", "bpfwt0", "up"],
+    ] {
+        let st = Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip (iproute2) must be installed");
         assert!(st.success(), "ip {args:?} failed");
     }
     nix::net::if_::if_nametoindex("bpfwt0").expect("bpfwt0 exists in the test's netns")
@@ -78,7 +87,20 @@ fn packet(src: IpAddr, dst: IpAddr, protocol: u8, sport: u16, dport: u16, syn: b
     let total = 20 + l4.len();
     let mut p = vec![0u8; 12];
     p.extend_from_slice(&[0x08, 0x00]);
-    p.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64, protocol, 0, 0]);
+    p.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        protocol,
+        0,
+        0,
+    ]);
     p.extend_from_slice(&octets(src));
     p.extend_from_slice(&octets(dst));
     p.extend_from_slice(&l4);
@@ -103,15 +125,22 @@ fn decision_table_holds_in_the_kernel() {
             let p = diff(&current.policy, &setup.compiled.policy);
             maps.apply_removals(&e, &i, &p).unwrap();
             maps.apply_upserts(&e, &i, &p).unwrap();
-            assert_eq!(maps.read().unwrap().policy, setup.compiled.policy, "{}: policy map content", case.name);
-            maps.forget_conntrack(&[setup.endpoint.endpoint_id].into()).unwrap();
+            assert_eq!(
+                maps.read().unwrap().policy,
+                setup.compiled.policy,
+                "{}: policy map content",
+                case.name
+            );
+            maps.forget_conntrack(&[setup.endpoint.endpoint_id].into())
+                .unwrap();
             let (local_port, remote_port) = match case.direction {
                 Direction::Ingress => (case.dport, REMOTE_OR_LOCAL_SPORT),
                 Direction::Egress => (REMOTE_OR_LOCAL_SPORT, case.dport),
             };
             let origin = match (case.ct, case.direction) {
                 (CtState::None, _) => None,
-                (CtState::OpenedOtherWay, Direction::Ingress) | (CtState::OpenedThisWay, Direction::Egress) => Some(abi::DIR_EGRESS),
+                (CtState::OpenedOtherWay, Direction::Ingress)
+                | (CtState::OpenedThisWay, Direction::Egress) => Some(abi::DIR_EGRESS),
                 _ => Some(abi::DIR_INGRESS),
             };
             if let Some(origin) = origin {
@@ -143,7 +172,14 @@ fn decision_table_holds_in_the_kernel() {
             Direction::Ingress => (setup.packet.remote, setup.local),
             Direction::Egress => (setup.local, setup.packet.remote),
         };
-        let bytes = packet(src, dst, case.protocol, REMOTE_OR_LOCAL_SPORT, case.dport, case.tcp_syn);
+        let bytes = packet(
+            src,
+            dst,
+            case.protocol,
+            REMOTE_OR_LOCAL_SPORT,
+            case.dport,
+            case.tcp_syn,
+        );
         let mut ctx = [0u8; SKB_CTX_SIZE];
         let dev = if case.loopback { 1 } else { ifindex };
         ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&dev.to_ne_bytes());
@@ -171,15 +207,27 @@ fn decision_table_holds_in_the_kernel() {
             (1, []) => Decision::Pass,
             (0, [reason]) => Decision::Drop(*reason),
             (rv, counted) => {
-                failures.push(format!("{}: returned {rv} with drop counters {counted:?}", case.name));
+                failures.push(format!(
+                    "{}: returned {rv} with drop counters {counted:?}",
+                    case.name
+                ));
                 continue;
             }
         };
         if got != case.expect {
-            failures.push(format!("{}: expected {:?}, the program said {:?}", case.name, case.expect, got));
+            failures.push(format!(
+                "{}: expected {:?}, the program said {:?}",
+                case.name, case.expect, got
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), table.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        table.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -189,7 +237,10 @@ fn conntrack_records_allowed_flows_and_passes_their_replies() {
     let ifindex = own_netns_with_device();
     let cgroup_id = own_cgroup_id();
     let mut dp = Datapath::load(None).unwrap();
-    let case = cases().into_iter().find(|c| c.name.starts_with("L3+L4: app2 may reach")).unwrap();
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("L3+L4: app2 may reach"))
+        .unwrap();
     let setup = case_setup(&case, cgroup_id).unwrap();
     {
         let mut maps = dp.maps().unwrap();
@@ -206,16 +257,44 @@ fn conntrack_records_allowed_flows_and_passes_their_replies() {
     let mut run = |name: &'static str, bytes: Vec<u8>| {
         dp.program(name)
             .unwrap()
-            .test_run(TestRunOptions { data_in: Some(&bytes), ctx_in: Some(&ctx), ..TestRunOptions::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(&bytes),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
             .unwrap()
             .return_value
     };
     // The reply before any request: ingress is enforced, app3 is not allowed.
-    assert_eq!(run(abi::PROG_INGRESS, packet(app3, local, abi::IPPROTO_TCP, 80, 41000, false)), 0);
+    assert_eq!(
+        run(
+            abi::PROG_INGRESS,
+            packet(app3, local, abi::IPPROTO_TCP, 80, 41000, false)
+        ),
+        0
+    );
     // The container connects out (egress is open) ...
-    assert_eq!(run(abi::PROG_EGRESS, packet(local, app3, abi::IPPROTO_TCP, 41000, 80, true)), 1);
+    assert_eq!(
+        run(
+            abi::PROG_EGRESS,
+            packet(local, app3, abi::IPPROTO_TCP, 41000, 80, true)
+        ),
+        1
+    );
     // ... and now the reply passes ...
-    assert_eq!(run(abi::PROG_INGRESS, packet(app3, local, abi::IPPROTO_TCP, 80, 41000, false)), 1);
+    assert_eq!(
+        run(
+            abi::PROG_INGRESS,
+            packet(app3, local, abi::IPPROTO_TCP, 80, 41000, false)
+        ),
+        1
+    );
     // ... but app3 still cannot open a connection of its own on that tuple.
-    assert_eq!(run(abi::PROG_INGRESS, packet(app3, local, abi::IPPROTO_TCP, 80, 41000, true)), 0);
+    assert_eq!(
+        run(
+            abi::PROG_INGRESS,
+            packet(app3, local, abi::IPPROTO_TCP, 80, 41000, true)
+        ),
+        0
+    );
 }

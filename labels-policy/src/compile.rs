@@ -187,7 +187,11 @@ pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u32)> {
     let mut start = u32::from(first);
     let end = u32::from(last);
     while start <= end {
-        let mut size: u32 = if start == 0 { 1 << 16 } else { 1 << start.trailing_zeros().min(16) };
+        let mut size: u32 = if start == 0 {
+            1 << 16
+        } else {
+            1 << start.trailing_zeros().min(16)
+        };
         while start + size - 1 > end {
             size >>= 1;
         }
@@ -235,7 +239,11 @@ pub(crate) fn key_covers(outer: &PolicyKey, inner: &PolicyKey) -> bool {
     if ob > ib {
         return false;
     }
-    let mask = if ob == 0 { 0 } else { (!0u32 << (24 - ob)) & 0x00ff_ffff };
+    let mask = if ob == 0 {
+        0
+    } else {
+        (!0u32 << (24 - ob)) & 0x00ff_ffff
+    };
     ov & mask == iv & mask
 }
 
@@ -258,13 +266,24 @@ fn resolve_deny_precedence(entries: BTreeMap<PolicyKey, u8>) -> BTreeMap<PolicyK
                     .get(&group(k))
                     .is_some_and(|ds| ds.iter().any(|d| key_covers(d, k)))
         })
-        .map(|(k, v)| (k, PolicyValue { verdict: v, pad: [0; 3] }))
+        .map(|(k, v)| {
+            (
+                k,
+                PolicyValue {
+                    verdict: v,
+                    pad: [0; 3],
+                },
+            )
+        })
         .collect()
 }
 
 /// Compiles the whole host's state. Identities come from (and are recorded
 /// in) `allocator`.
-pub fn compile(input: CompileInput<'_>, allocator: &mut IdentityAllocator) -> Result<Compiled, IdentityExhausted> {
+pub fn compile(
+    input: CompileInput<'_>,
+    allocator: &mut IdentityAllocator,
+) -> Result<Compiled, IdentityExhausted> {
     let mut out = Compiled::default();
 
     // Identities of every label set, and the policy each label set has.
@@ -276,11 +295,17 @@ pub fn compile(input: CompileInput<'_>, allocator: &mut IdentityAllocator) -> Re
         }
         let id = allocator.container(&c.labels)?;
         label_identity.insert(&c.labels, id);
-        out.identities.insert(id, IdentityKind::Containers(c.labels.clone()));
-        policies.insert(id, IdentityPolicy::for_labels(&c.labels, input.host_policies));
+        out.identities
+            .insert(id, IdentityKind::Containers(c.labels.clone()));
+        policies.insert(
+            id,
+            IdentityPolicy::for_labels(&c.labels, input.host_policies),
+        );
     }
-    out.identities.insert(abi::IDENTITY_HOST, IdentityKind::Host);
-    out.identities.insert(abi::IDENTITY_WORLD, IdentityKind::World);
+    out.identities
+        .insert(abi::IDENTITY_HOST, IdentityKind::Host);
+    out.identities
+        .insert(abi::IDENTITY_WORLD, IdentityKind::World);
 
     // CIDR identities for every prefix any rule names.
     let mut prefixes = BTreeSet::new();
@@ -290,7 +315,8 @@ pub fn compile(input: CompileInput<'_>, allocator: &mut IdentityAllocator) -> Re
     for prefix in &prefixes {
         let id = allocator.cidr(*prefix)?;
         out.identities.insert(id, IdentityKind::Cidr(*prefix));
-        out.ipcache.insert(abi::ipcache_key(prefix), IpcacheValue { identity: id });
+        out.ipcache
+            .insert(abi::ipcache_key(prefix), IpcacheValue { identity: id });
     }
     allocator.retain(&label_identity.keys().copied().collect(), &prefixes);
 
@@ -300,15 +326,20 @@ pub fn compile(input: CompileInput<'_>, allocator: &mut IdentityAllocator) -> Re
         let id = label_identity[&c.labels];
         for addr in &c.addresses {
             match owner.get(addr) {
-                Some((kept, kept_id)) if *kept_id != id => out.warnings.push(CompileWarning::AddressConflict {
-                    address: *addr,
-                    kept: (*kept).to_string(),
-                    ignored: c.name.clone(),
-                }),
+                Some((kept, kept_id)) if *kept_id != id => {
+                    out.warnings.push(CompileWarning::AddressConflict {
+                        address: *addr,
+                        kept: (*kept).to_string(),
+                        ignored: c.name.clone(),
+                    })
+                }
                 Some(_) => {}
                 None => {
                     owner.insert(*addr, (&c.name, id));
-                    out.ipcache.insert(abi::ipcache_key(&IpNet::from(*addr)), IpcacheValue { identity: id });
+                    out.ipcache.insert(
+                        abi::ipcache_key(&IpNet::from(*addr)),
+                        IpcacheValue { identity: id },
+                    );
                 }
             }
         }
@@ -376,7 +407,9 @@ pub fn compile(input: CompileInput<'_>, allocator: &mut IdentityAllocator) -> Re
         let flags = policy.flags();
         if let Some(a) = c.attachment {
             out.endpoints.insert(
-                EndpointKey { cgroup_id: a.cgroup_id },
+                EndpointKey {
+                    cgroup_id: a.cgroup_id,
+                },
                 EndpointInfo {
                     endpoint_id: a.endpoint_id,
                     identity: id,
@@ -389,7 +422,12 @@ pub fn compile(input: CompileInput<'_>, allocator: &mut IdentityAllocator) -> Re
             if policy.in_error(d) {
                 return Vec::new();
             }
-            policy.rules.iter().filter(|r| r.direction == d).cloned().collect()
+            policy
+                .rules
+                .iter()
+                .filter(|r| r.direction == d)
+                .cloned()
+                .collect()
         };
         out.containers.push(ContainerReport {
             name: c.name.clone(),

@@ -21,7 +21,14 @@ pub const MAP_CT: &str = "bpfwall_ct_v1";
 pub const MAP_COUNTERS: &str = "bpfwall_counters_v1";
 pub const MAP_DROPS: &str = "bpfwall_drops_v1";
 /// Every map the object defines, for pinning.
-pub const ALL_MAPS: [&str; 6] = [MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_CT, MAP_COUNTERS, MAP_DROPS];
+pub const ALL_MAPS: [&str; 6] = [
+    MAP_ENDPOINTS,
+    MAP_IPCACHE,
+    MAP_POLICY,
+    MAP_CT,
+    MAP_COUNTERS,
+    MAP_DROPS,
+];
 
 pub const PROG_INGRESS: &str = "bpfwall_ingress";
 pub const PROG_EGRESS: &str = "bpfwall_egress";
@@ -227,14 +234,55 @@ macro_rules! layout {
 pub fn layouts() -> Vec<StructLayout> {
     vec![
         layout!("endpoint_key", EndpointKey, [cgroup_id]),
-        layout!("endpoint_info", EndpointInfo, [endpoint_id, identity, flags, pad]),
+        layout!(
+            "endpoint_info",
+            EndpointInfo,
+            [endpoint_id, identity, flags, pad]
+        ),
         layout!("ipcache_key", IpcacheKey, [prefixlen, family, pad, addr]),
         layout!("ipcache_value", IpcacheValue, [identity]),
-        layout!("policy_key", PolicyKey, [prefixlen, local_identity, peer_identity, direction, protocol, dport_be]),
+        layout!(
+            "policy_key",
+            PolicyKey,
+            [
+                prefixlen,
+                local_identity,
+                peer_identity,
+                direction,
+                protocol,
+                dport_be
+            ]
+        ),
         layout!("policy_value", PolicyValue, [verdict, pad]),
-        layout!("ct_key", CtKey, [local_addr, remote_addr, local_port_be, remote_port_be, protocol, family, pad, endpoint_id]),
-        layout!("ct_value", CtValue, [last_seen_ns, origin_direction, flags, pad]),
-        layout!("endpoint_counters", EndpointCounters, [allowed_packets, dropped_packets, allowed_bytes, dropped_bytes]),
+        layout!(
+            "ct_key",
+            CtKey,
+            [
+                local_addr,
+                remote_addr,
+                local_port_be,
+                remote_port_be,
+                protocol,
+                family,
+                pad,
+                endpoint_id
+            ]
+        ),
+        layout!(
+            "ct_value",
+            CtValue,
+            [last_seen_ns, origin_direction, flags, pad]
+        ),
+        layout!(
+            "endpoint_counters",
+            EndpointCounters,
+            [
+                allowed_packets,
+                dropped_packets,
+                allowed_bytes,
+                dropped_bytes
+            ]
+        ),
     ]
 }
 
@@ -264,9 +312,13 @@ pub fn ipcache_prefix(key: &IpcacheKey) -> Option<ipnet::IpNet> {
     match key.family {
         FAMILY_IPV4 => {
             let a: [u8; 4] = key.addr[..4].try_into().ok()?;
-            ipnet::Ipv4Net::new(a.into(), bits).ok().map(ipnet::IpNet::V4)
+            ipnet::Ipv4Net::new(a.into(), bits)
+                .ok()
+                .map(ipnet::IpNet::V4)
         }
-        FAMILY_IPV6 => ipnet::Ipv6Net::new(key.addr.into(), bits).ok().map(ipnet::IpNet::V6),
+        FAMILY_IPV6 => ipnet::Ipv6Net::new(key.addr.into(), bits)
+            .ok()
+            .map(ipnet::IpNet::V6),
         _ => None,
     }
 }

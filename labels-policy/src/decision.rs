@@ -65,7 +65,14 @@ pub fn ipcache_identity(compiled: &Compiled, addr: IpAddr) -> u32 {
 }
 
 /// Longest-prefix lookup in the compiled policy map, as the trie does it.
-pub fn policy_lookup(compiled: &Compiled, local: u32, peer: u32, direction: u8, protocol: u8, dport: u16) -> Option<u8> {
+pub fn policy_lookup(
+    compiled: &Compiled,
+    local: u32,
+    peer: u32,
+    direction: u8,
+    protocol: u8,
+    dport: u16,
+) -> Option<u8> {
     let packet_key = PolicyKey {
         prefixlen: abi::POLICY_PREFIX_FULL,
         local_identity: local,
@@ -92,7 +99,10 @@ pub fn policy_lookup(compiled: &Compiled, local: u32, peer: u32, direction: u8, 
         .policy
         .range(PolicyKey { prefixlen: 0, ..lo }..=hi)
         .filter(|(k, _)| {
-            k.local_identity == local && k.peer_identity == peer && k.direction == direction && key_covers(k, &packet_key)
+            k.local_identity == local
+                && k.peer_identity == peer
+                && k.direction == direction
+                && key_covers(k, &packet_key)
         })
         .max_by_key(|(k, _)| k.prefixlen)
         .map(|(_, v)| v.verdict)
@@ -101,7 +111,12 @@ pub fn policy_lookup(compiled: &Compiled, local: u32, peer: u32, direction: u8, 
 /// Steps 2 to 10 of the decision table for an endpoint found in step 4
 /// (step 1, non-IP, and step 3, unreadable headers, happen before a packet
 /// has this shape).
-pub fn decide(compiled: &Compiled, endpoint: &EndpointInfo, packet: &Packet, ct: CtState) -> Decision {
+pub fn decide(
+    compiled: &Compiled,
+    endpoint: &EndpointInfo,
+    packet: &Packet,
+    ct: CtState,
+) -> Decision {
     if packet.loopback {
         return Decision::Pass;
     }
@@ -120,8 +135,22 @@ pub fn decide(compiled: &Compiled, endpoint: &EndpointInfo, packet: &Packet, ct:
     }
     let peer = ipcache_identity(compiled, packet.remote);
     let dir = packet.direction.as_datapath();
-    let specific = policy_lookup(compiled, endpoint.identity, peer, dir, packet.protocol, packet.dport);
-    let wildcard = policy_lookup(compiled, endpoint.identity, abi::IDENTITY_ANY, dir, packet.protocol, packet.dport);
+    let specific = policy_lookup(
+        compiled,
+        endpoint.identity,
+        peer,
+        dir,
+        packet.protocol,
+        packet.dport,
+    );
+    let wildcard = policy_lookup(
+        compiled,
+        endpoint.identity,
+        abi::IDENTITY_ANY,
+        dir,
+        packet.protocol,
+        packet.dport,
+    );
     if specific == Some(abi::VERDICT_DENY) || wildcard == Some(abi::VERDICT_DENY) {
         return Decision::Drop(DropReason::PolicyDeny);
     }
@@ -137,9 +166,13 @@ pub fn port_matches(spec: &PortSpec, protocol: u8, dport: u16) -> bool {
     match spec.protocol {
         Protocol::Tcp => protocol == abi::IPPROTO_TCP && in_range,
         Protocol::Udp => protocol == abi::IPPROTO_UDP && in_range,
-        Protocol::Icmp => (protocol == abi::IPPROTO_ICMP || protocol == abi::IPPROTO_ICMPV6) && in_range,
+        Protocol::Icmp => {
+            (protocol == abi::IPPROTO_ICMP || protocol == abi::IPPROTO_ICMPV6) && in_range
+        }
         Protocol::Any if spec.is_all_ports() => true,
-        Protocol::Any => [abi::IPPROTO_TCP, abi::IPPROTO_UDP, abi::IPPROTO_SCTP].contains(&protocol) && in_range,
+        Protocol::Any => {
+            [abi::IPPROTO_TCP, abi::IPPROTO_UDP, abi::IPPROTO_SCTP].contains(&protocol) && in_range
+        }
     }
 }
 
@@ -170,7 +203,13 @@ pub enum RuleVerdict {
 
 /// Evaluates rules directly: deny wins over allow, whatever their order or
 /// specificity; no rule in the direction means open.
-pub fn evaluate_rules(rules: &[Rule], direction: Direction, remote: &IdentityKind, protocol: u8, dport: u16) -> RuleVerdict {
+pub fn evaluate_rules(
+    rules: &[Rule],
+    direction: Direction,
+    remote: &IdentityKind,
+    protocol: u8,
+    dport: u16,
+) -> RuleVerdict {
     let in_direction: Vec<&Rule> = rules.iter().filter(|r| r.direction == direction).collect();
     if in_direction.is_empty() {
         return RuleVerdict::Unenforced;
@@ -179,7 +218,11 @@ pub fn evaluate_rules(rules: &[Rule], direction: Direction, remote: &IdentityKin
         r.peers.iter().any(|p| peer_matches(p, remote))
             && (r.ports.is_empty() || r.ports.iter().any(|s| port_matches(s, protocol, dport)))
     };
-    if let Some(r) = in_direction.iter().filter(matching).find(|r| r.verdict == Verdict::Deny) {
+    if let Some(r) = in_direction
+        .iter()
+        .filter(matching)
+        .find(|r| r.verdict == Verdict::Deny)
+    {
         return RuleVerdict::Denied(r.origin.clone());
     }
     if let Some(r) = in_direction.iter().find(matching) {
@@ -289,11 +332,20 @@ const fn case(
 const ARTICLE: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2 port 80/tcp")];
 const L3_ONLY: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2")];
 const L4_ONLY: &[(&str, &str)] = &[("bpfwall.ingress", "allow from any port 53/udp")];
-const DENY_NARROW: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2; deny from id=app2 port 22/tcp")];
-const DENY_ANY_PEER: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2 port 80/tcp; deny from any port 80/tcp")];
+const DENY_NARROW: &[(&str, &str)] = &[(
+    "bpfwall.ingress",
+    "allow from id=app2; deny from id=app2 port 22/tcp",
+)];
+const DENY_ANY_PEER: &[(&str, &str)] = &[(
+    "bpfwall.ingress",
+    "allow from id=app2 port 80/tcp; deny from any port 80/tcp",
+)];
 const DENY_PEER: &[(&str, &str)] = &[("bpfwall.ingress", "deny from id=app3; allow from any")];
 const RANGE: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2 port 8000-8100/tcp")];
-const EGRESS_CIDR: &[(&str, &str)] = &[("bpfwall.egress", "allow to cidr 198.18.0.0/15 except 198.18.1.0/24")];
+const EGRESS_CIDR: &[(&str, &str)] = &[(
+    "bpfwall.egress",
+    "allow to cidr 198.18.0.0/15 except 198.18.1.0/24",
+)];
 const CIDR_OVER_CONTAINERS: &[(&str, &str)] = &[("bpfwall.egress", "allow to cidr 172.31.0.0/16")];
 const EGRESS_WORLD: &[(&str, &str)] = &[("bpfwall.egress", "allow to world port 443/tcp")];
 const HOST_ONLY: &[(&str, &str)] = &[("bpfwall.ingress", "allow from host")];
@@ -311,68 +363,324 @@ pub fn cases() -> Vec<Case> {
     let app2 = Container("app2");
     let app3 = Container("app3");
     vec![
-        case("L3+L4: app2 may reach 80/tcp", ARTICLE, app2, IN, TCP, 80, PASS),
-        case("L3+L4: app2 may not reach 81/tcp", ARTICLE, app2, IN, TCP, 81, DEFAULT),
-        case("L3+L4: app3 may not reach 80/tcp", ARTICLE, app3, IN, TCP, 80, DEFAULT),
-        case("L3+L4: 80/udp is not 80/tcp", ARTICLE, app2, IN, UDP, 80, DEFAULT),
-        case("L4 only: anyone on 53/udp", L4_ONLY, app3, IN, UDP, 53, PASS),
+        case(
+            "L3+L4: app2 may reach 80/tcp",
+            ARTICLE,
+            app2,
+            IN,
+            TCP,
+            80,
+            PASS,
+        ),
+        case(
+            "L3+L4: app2 may not reach 81/tcp",
+            ARTICLE,
+            app2,
+            IN,
+            TCP,
+            81,
+            DEFAULT,
+        ),
+        case(
+            "L3+L4: app3 may not reach 80/tcp",
+            ARTICLE,
+            app3,
+            IN,
+            TCP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "L3+L4: 80/udp is not 80/tcp",
+            ARTICLE,
+            app2,
+            IN,
+            UDP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "L4 only: anyone on 53/udp",
+            L4_ONLY,
+            app3,
+            IN,
+            UDP,
+            53,
+            PASS,
+        ),
         case("L4 only: host on 53/udp", L4_ONLY, Host, IN, UDP, 53, PASS),
         case("L4 only: not 53/tcp", L4_ONLY, app3, IN, TCP, 53, DEFAULT),
-        case("L3 only: app2 on any port", L3_ONLY, app2, IN, TCP, 31337, PASS),
+        case(
+            "L3 only: app2 on any port",
+            L3_ONLY,
+            app2,
+            IN,
+            TCP,
+            31337,
+            PASS,
+        ),
         case("L3 only: app2 with udp", L3_ONLY, app2, IN, UDP, 9, PASS),
         case("L3 only: app3 refused", L3_ONLY, app3, IN, TCP, 80, DEFAULT),
-        case("deny precedence: narrow deny beats broad allow", DENY_NARROW, app2, IN, TCP, 22, DENY),
-        case("deny precedence: the rest of the allow holds", DENY_NARROW, app2, IN, TCP, 23, PASS),
-        case("deny precedence: any-peer deny beats peer allow", DENY_ANY_PEER, app2, IN, TCP, 80, DENY),
-        case("deny precedence: peer deny beats allow-any", DENY_PEER, app3, IN, TCP, 80, DENY),
-        case("deny precedence: allow-any for others", DENY_PEER, app2, IN, TCP, 80, PASS),
+        case(
+            "deny precedence: narrow deny beats broad allow",
+            DENY_NARROW,
+            app2,
+            IN,
+            TCP,
+            22,
+            DENY,
+        ),
+        case(
+            "deny precedence: the rest of the allow holds",
+            DENY_NARROW,
+            app2,
+            IN,
+            TCP,
+            23,
+            PASS,
+        ),
+        case(
+            "deny precedence: any-peer deny beats peer allow",
+            DENY_ANY_PEER,
+            app2,
+            IN,
+            TCP,
+            80,
+            DENY,
+        ),
+        case(
+            "deny precedence: peer deny beats allow-any",
+            DENY_PEER,
+            app3,
+            IN,
+            TCP,
+            80,
+            DENY,
+        ),
+        case(
+            "deny precedence: allow-any for others",
+            DENY_PEER,
+            app2,
+            IN,
+            TCP,
+            80,
+            PASS,
+        ),
         case("port range: inside", RANGE, app2, IN, TCP, 8050, PASS),
         case("port range: first", RANGE, app2, IN, TCP, 8000, PASS),
         case("port range: last", RANGE, app2, IN, TCP, 8100, PASS),
-        case("port range: past the end", RANGE, app2, IN, TCP, 8101, DEFAULT),
-        case("unenforced direction: egress is open", ARTICLE, app3, OUT, TCP, 80, PASS),
+        case(
+            "port range: past the end",
+            RANGE,
+            app2,
+            IN,
+            TCP,
+            8101,
+            DEFAULT,
+        ),
+        case(
+            "unenforced direction: egress is open",
+            ARTICLE,
+            app3,
+            OUT,
+            TCP,
+            80,
+            PASS,
+        ),
         case("no policy: open", &[], app3, IN, TCP, 80, PASS),
         Case {
             ct: CtState::OpenedOtherWay,
             tcp_syn: false,
-            ..case("conntrack: reply passes default deny", ARTICLE, app3, IN, TCP, 40000, PASS)
+            ..case(
+                "conntrack: reply passes default deny",
+                ARTICLE,
+                app3,
+                IN,
+                TCP,
+                40000,
+                PASS,
+            )
         },
         Case {
             ct: CtState::OpenedOtherWay,
             tcp_syn: true,
-            ..case("conntrack: a SYN is never a reply", ARTICLE, app3, IN, TCP, 80, DEFAULT)
+            ..case(
+                "conntrack: a SYN is never a reply",
+                ARTICLE,
+                app3,
+                IN,
+                TCP,
+                80,
+                DEFAULT,
+            )
         },
         Case {
             ct: CtState::OpenedThisWay,
             tcp_syn: false,
-            ..case("conntrack: same-direction traffic is policed", ARTICLE, app3, IN, TCP, 80, DEFAULT)
+            ..case(
+                "conntrack: same-direction traffic is policed",
+                ARTICLE,
+                app3,
+                IN,
+                TCP,
+                80,
+                DEFAULT,
+            )
         },
         Case {
             loopback: true,
             ..case("loopback: not policed", ARTICLE, app3, IN, TCP, 80, PASS)
         },
-        case("cidr: inside the prefix", EGRESS_CIDR, Address("198.18.0.5"), OUT, TCP, 80, PASS),
-        case("cidr: inside except", EGRESS_CIDR, Address("198.18.1.5"), OUT, TCP, 80, DEFAULT),
-        case("cidr: outside", EGRESS_CIDR, Address("203.0.113.9"), OUT, TCP, 80, DEFAULT),
-        case("cidr: containers are not cidr", CIDR_OVER_CONTAINERS, app2, OUT, TCP, 80, DEFAULT),
-        case("cidr: the host is not cidr", CIDR_OVER_CONTAINERS, Host, OUT, TCP, 80, DEFAULT),
-        case("cidr: other addresses in it are", CIDR_OVER_CONTAINERS, Address("172.31.9.9"), OUT, TCP, 80, PASS),
-        case("world: an outside address", EGRESS_WORLD, Address("203.0.113.9"), OUT, TCP, 443, PASS),
-        case("world: not the host", EGRESS_WORLD, Host, OUT, TCP, 443, DEFAULT),
-        case("world: not a container", EGRESS_WORLD, app2, OUT, TCP, 443, DEFAULT),
+        case(
+            "cidr: inside the prefix",
+            EGRESS_CIDR,
+            Address("198.18.0.5"),
+            OUT,
+            TCP,
+            80,
+            PASS,
+        ),
+        case(
+            "cidr: inside except",
+            EGRESS_CIDR,
+            Address("198.18.1.5"),
+            OUT,
+            TCP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "cidr: outside",
+            EGRESS_CIDR,
+            Address("203.0.113.9"),
+            OUT,
+            TCP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "cidr: containers are not cidr",
+            CIDR_OVER_CONTAINERS,
+            app2,
+            OUT,
+            TCP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "cidr: the host is not cidr",
+            CIDR_OVER_CONTAINERS,
+            Host,
+            OUT,
+            TCP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "cidr: other addresses in it are",
+            CIDR_OVER_CONTAINERS,
+            Address("172.31.9.9"),
+            OUT,
+            TCP,
+            80,
+            PASS,
+        ),
+        case(
+            "world: an outside address",
+            EGRESS_WORLD,
+            Address("203.0.113.9"),
+            OUT,
+            TCP,
+            443,
+            PASS,
+        ),
+        case(
+            "world: not the host",
+            EGRESS_WORLD,
+            Host,
+            OUT,
+            TCP,
+            443,
+            DEFAULT,
+        ),
+        case(
+            "world: not a container",
+            EGRESS_WORLD,
+            app2,
+            OUT,
+            TCP,
+            443,
+            DEFAULT,
+        ),
         case("host: the host may", HOST_ONLY, Host, IN, TCP, 80, PASS),
-        case("host: a container may not", HOST_ONLY, app2, IN, TCP, 80, DEFAULT),
-        case("icmp: echo request allowed", ICMP_ONLY, app2, IN, ICMP, 8, PASS),
-        case("icmp: tcp is not icmp", ICMP_ONLY, app2, IN, TCP, 80, DEFAULT),
+        case(
+            "host: a container may not",
+            HOST_ONLY,
+            app2,
+            IN,
+            TCP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "icmp: echo request allowed",
+            ICMP_ONLY,
+            app2,
+            IN,
+            ICMP,
+            8,
+            PASS,
+        ),
+        case(
+            "icmp: tcp is not icmp",
+            ICMP_ONLY,
+            app2,
+            IN,
+            TCP,
+            80,
+            DEFAULT,
+        ),
         case("named labels: first", NAMED, app2, IN, TCP, 80, PASS),
         case("named labels: second", NAMED, app3, IN, TCP, 22, PASS),
-        case("named labels: not crossed", NAMED, app3, IN, TCP, 80, DEFAULT),
-        case("bad label: direction closed", BROKEN, app2, IN, TCP, 80, ERROR),
-        case("bad label: other direction open", BROKEN, app2, OUT, TCP, 80, PASS),
+        case(
+            "named labels: not crossed",
+            NAMED,
+            app3,
+            IN,
+            TCP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "bad label: direction closed",
+            BROKEN,
+            app2,
+            IN,
+            TCP,
+            80,
+            ERROR,
+        ),
+        case(
+            "bad label: other direction open",
+            BROKEN,
+            app2,
+            OUT,
+            TCP,
+            80,
+            PASS,
+        ),
         Case {
             ct: CtState::OpenedOtherWay,
             tcp_syn: false,
-            ..case("bad label: replies still pass", BROKEN, app2, IN, TCP, 40000, PASS)
+            ..case(
+                "bad label: replies still pass",
+                BROKEN,
+                app2,
+                IN,
+                TCP,
+                40000,
+                PASS,
+            )
         },
     ]
 }
@@ -392,16 +700,23 @@ pub struct CaseSetup {
 
 fn parse_addr(text: &str) -> IpAddr {
     // Only called on the constants of this module, which are valid.
-    text.parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    text.parse()
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
 /// Compiles a case: the local container (labels `id=local` plus the case's)
 /// attached at `cgroup_id`, peers app2 and app3 (app3 at a further address)
 /// and the host.
-pub fn case_setup(case: &Case, cgroup_id: u64) -> Result<CaseSetup, crate::identity::IdentityExhausted> {
+pub fn case_setup(
+    case: &Case,
+    cgroup_id: u64,
+) -> Result<CaseSetup, crate::identity::IdentityExhausted> {
     use crate::compile::{compile, Attachment, CompileInput, ContainerInput};
     let labels = |extra: &[(&str, &str)], id: &str| {
-        let mut l: crate::model::LabelSet = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut l: crate::model::LabelSet = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         l.insert("id".into(), id.into());
         l
     };
@@ -411,7 +726,10 @@ pub fn case_setup(case: &Case, cgroup_id: u64) -> Result<CaseSetup, crate::ident
             name: "local".into(),
             labels: labels(case.labels, "local"),
             addresses: vec![parse_addr(CASE_LOCAL_ADDR)],
-            attachment: Some(Attachment { cgroup_id, endpoint_id: 7 }),
+            attachment: Some(Attachment {
+                cgroup_id,
+                endpoint_id: 7,
+            }),
         },
         ContainerInput {
             name: "app2".into(),

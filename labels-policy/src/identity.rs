@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use crate::datapath_abi::{IDENTITY_FIRST_CIDR, IDENTITY_FIRST_CONTAINER, IDENTITY_HOST, IDENTITY_WORLD};
+use crate::datapath_abi::{
+    IDENTITY_FIRST_CIDR, IDENTITY_FIRST_CONTAINER, IDENTITY_HOST, IDENTITY_WORLD,
+};
 use crate::model::LabelSet;
 
 /// The last container identity (the CIDR range starts after it).
@@ -94,12 +96,16 @@ impl IdentityAllocator {
         if let Some(id) = self.containers.get(labels) {
             return Ok(*id);
         }
-        let id = lowest_free(self.containers.values(), IDENTITY_FIRST_CONTAINER, IDENTITY_LAST_CONTAINER)
-            .ok_or(IdentityExhausted {
-                kind: "container",
-                first: IDENTITY_FIRST_CONTAINER,
-                last: IDENTITY_LAST_CONTAINER,
-            })?;
+        let id = lowest_free(
+            self.containers.values(),
+            IDENTITY_FIRST_CONTAINER,
+            IDENTITY_LAST_CONTAINER,
+        )
+        .ok_or(IdentityExhausted {
+            kind: "container",
+            first: IDENTITY_FIRST_CONTAINER,
+            last: IDENTITY_LAST_CONTAINER,
+        })?;
         self.containers.insert(labels.clone(), id);
         Ok(id)
     }

@@ -110,7 +110,11 @@ pub fn policy_from_labels(labels: &LabelSet) -> LabelPolicy {
 }
 
 /// Parses one label value of the given direction.
-pub fn parse_rules(label: &str, direction: Direction, value: &str) -> Result<Vec<Rule>, LabelError> {
+pub fn parse_rules(
+    label: &str,
+    direction: Direction,
+    value: &str,
+) -> Result<Vec<Rule>, LabelError> {
     let tokens = lex(value);
     let mut parser = Parser {
         label,
@@ -233,7 +237,12 @@ impl Parser<'_> {
         }
     }
 
-    fn error_at(&self, column: usize, expected: impl Into<String>, found: impl Into<String>) -> LabelError {
+    fn error_at(
+        &self,
+        column: usize,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> LabelError {
         LabelError {
             label: self.label.to_string(),
             column,
@@ -312,7 +321,8 @@ impl Parser<'_> {
     }
 
     fn peer(&mut self) -> Result<Peer, LabelError> {
-        const EXPECTED: &str = "a peer: 'any', 'host', 'world', 'cidr PREFIX' or a selector key=value";
+        const EXPECTED: &str =
+            "a peer: 'any', 'host', 'world', 'cidr PREFIX' or a selector key=value";
         let (word, column) = self.word(EXPECTED)?;
         match word.as_str() {
             "any" => Ok(Peer::Any),
@@ -332,7 +342,12 @@ impl Parser<'_> {
         }
     }
 
-    fn selector_pair(&self, word: &str, column: usize, selector: &mut Selector) -> Result<(), LabelError> {
+    fn selector_pair(
+        &self,
+        word: &str,
+        column: usize,
+        selector: &mut Selector,
+    ) -> Result<(), LabelError> {
         let Some((key, value)) = word.split_once('=') else {
             return Err(self.error_at(
                 column,
@@ -340,7 +355,11 @@ impl Parser<'_> {
                 format!("'{word}'"),
             ));
         };
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+        {
             return Err(self.error_at(
                 column,
                 "a label key of letters, digits, '.', '_', '-' or '/'",
@@ -348,7 +367,10 @@ impl Parser<'_> {
             ));
         }
         if value.contains('=') {
-            let at = column + key.chars().count() + 1 + value.find('=').map_or(0, |i| value[..i].chars().count());
+            let at = column
+                + key.chars().count()
+                + 1
+                + value.find('=').map_or(0, |i| value[..i].chars().count());
             return Err(self.error_at(at, "',' between key=value pairs", "'='"));
         }
         if let Some(previous) = selector.match_labels.get(key) {
@@ -360,7 +382,9 @@ impl Parser<'_> {
                 ));
             }
         }
-        selector.match_labels.insert(key.to_string(), value.to_string());
+        selector
+            .match_labels
+            .insert(key.to_string(), value.to_string());
         Ok(())
     }
 
@@ -396,7 +420,8 @@ impl Parser<'_> {
     fn ports(&mut self) -> Result<Vec<PortSpec>, LabelError> {
         let mut out = Vec::new();
         loop {
-            let (word, column) = self.word("a port such as 80/tcp, 8000-8100/tcp, any/udp or icmp")?;
+            let (word, column) =
+                self.word("a port such as 80/tcp, 8000-8100/tcp, any/udp or icmp")?;
             out.push(parse_port(&word).map_err(|(offset, expected)| {
                 self.error_at(column + offset, expected, format!("'{word}'"))
             })?);
@@ -412,7 +437,8 @@ impl Parser<'_> {
 /// prefix must have no bits set past its length.
 pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
     let net = if text.contains('/') {
-        IpNet::from_str(text).map_err(|_| "an address prefix such as 10.0.0.0/8 or fd00::/64".to_string())?
+        IpNet::from_str(text)
+            .map_err(|_| "an address prefix such as 10.0.0.0/8 or fd00::/64".to_string())?
     } else {
         let addr = std::net::IpAddr::from_str(text)
             .map_err(|_| "an address prefix such as 10.0.0.0/8 or fd00::/64".to_string())?;
@@ -460,7 +486,10 @@ pub fn parse_port(word: &str) -> Result<PortSpec, (usize, String)> {
             let first = number(a, 0)?;
             let last = number(b, a.chars().count() + 1)?;
             if last < first {
-                return Err((0, format!("a range whose end is not below its start ({first}-{last})")));
+                return Err((
+                    0,
+                    format!("a range whose end is not below its start ({first}-{last})"),
+                ));
             }
             (first, last)
         }

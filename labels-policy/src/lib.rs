@@ -11,7 +11,11 @@ pub mod identity;
 pub mod label_syntax;
 pub mod model;
 
-pub use compile::{compile, Attachment, CompileInput, Compiled, ContainerInput, ContainerReport, HostPolicy};
+pub use compile::{
+    compile, Attachment, CompileInput, Compiled, ContainerInput, ContainerReport, HostPolicy,
+};
 pub use identity::{IdentityAllocator, IdentityKind};
 pub use label_syntax::{parse_rules, policy_from_labels, LabelError, LabelPolicy};
-pub use model::{Direction, LabelSet, Peer, PortSpec, Protocol, Rule, RuleOrigin, Selector, Verdict};
+pub use model::{
+    Direction, LabelSet, Peer, PortSpec, Protocol, Rule, RuleOrigin, Selector, Verdict,
+};

@@ -96,7 +96,11 @@ pub struct PortSpec {
 impl PortSpec {
     /// Every port of `protocol` (every ICMP type for ICMP).
     pub fn all_ports(protocol: Protocol) -> PortSpec {
-        let last = if protocol == Protocol::Icmp { 255 } else { u16::MAX };
+        let last = if protocol == Protocol::Icmp {
+            255
+        } else {
+            u16::MAX
+        };
         PortSpec {
             protocol,
             first: 0,

@@ -5,33 +5,64 @@ use std::net::IpAddr;
 
 use labels_policy::compile::{port_prefixes, port_spec_keys};
 use labels_policy::datapath_abi::{self as abi, PolicyKey};
-use labels_policy::decision::{classify_address, decide, evaluate_rules, CtState, Decision, Packet, RuleVerdict};
-use labels_policy::{compile, Attachment, CompileInput, ContainerInput, Direction, IdentityAllocator, LabelSet};
+use labels_policy::decision::{
+    classify_address, decide, evaluate_rules, CtState, Decision, Packet, RuleVerdict,
+};
+use labels_policy::{
+    compile, Attachment, CompileInput, ContainerInput, Direction, IdentityAllocator, LabelSet,
+};
 use proptest::prelude::*;
 
 fn labels(pairs: &[(&str, &str)]) -> LabelSet {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
-fn container(name: &str, pairs: &[(&str, &str)], addr: &str, cgroup: Option<u64>) -> ContainerInput {
+fn container(
+    name: &str,
+    pairs: &[(&str, &str)],
+    addr: &str,
+    cgroup: Option<u64>,
+) -> ContainerInput {
     ContainerInput {
         name: name.into(),
         labels: labels(pairs),
         addresses: vec![addr.parse().unwrap()],
-        attachment: cgroup.map(|c| Attachment { cgroup_id: c, endpoint_id: c as u32 }),
+        attachment: cgroup.map(|c| Attachment {
+            cgroup_id: c,
+            endpoint_id: c as u32,
+        }),
     }
 }
 
 #[test]
 fn article_policy_compiles_to_one_entry() {
     let containers = vec![
-        container("app1", &[("id", "app1"), ("bpfwall.ingress", "allow from id=app2 port 80/tcp")], "172.17.0.2", Some(11)),
+        container(
+            "app1",
+            &[
+                ("id", "app1"),
+                ("bpfwall.ingress", "allow from id=app2 port 80/tcp"),
+            ],
+            "172.17.0.2",
+            Some(11),
+        ),
         container("app2", &[("id", "app2")], "172.17.0.3", Some(12)),
         container("app3", &[("id", "app3")], "172.17.0.4", Some(13)),
     ];
     let host: Vec<IpAddr> = vec!["172.17.0.1".parse().unwrap()];
     let mut alloc = IdentityAllocator::new();
-    let out = compile(CompileInput { containers: &containers, host_addresses: &host, host_policies: &[] }, &mut alloc).unwrap();
+    let out = compile(
+        CompileInput {
+            containers: &containers,
+            host_addresses: &host,
+            host_policies: &[],
+        },
+        &mut alloc,
+    )
+    .unwrap();
     let app1 = out.containers[0].identity;
     let app2 = out.containers[1].identity;
     assert_eq!(out.policy.len(), 1);
@@ -49,24 +80,69 @@ fn article_policy_compiles_to_one_entry() {
     );
     assert_eq!(v.verdict, abi::VERDICT_ALLOW);
     assert_eq!(out.endpoints.len(), 3);
-    assert_eq!(out.endpoints[&abi::EndpointKey { cgroup_id: 11 }].flags, abi::EP_ENFORCE_INGRESS);
+    assert_eq!(
+        out.endpoints[&abi::EndpointKey { cgroup_id: 11 }].flags,
+        abi::EP_ENFORCE_INGRESS
+    );
     assert_eq!(out.endpoints[&abi::EndpointKey { cgroup_id: 12 }].flags, 0);
     assert_eq!(out.ipcache.len(), 4);
     // Identities are stable across compiles.
-    let again = compile(CompileInput { containers: &containers, host_addresses: &host, host_policies: &[] }, &mut alloc).unwrap();
+    let again = compile(
+        CompileInput {
+            containers: &containers,
+            host_addresses: &host,
+            host_policies: &[],
+        },
+        &mut alloc,
+    )
+    .unwrap();
     assert_eq!(out, again);
 }
 
 #[test]
 fn a_new_peer_gets_entries_without_touching_old_ones() {
     let mut containers = vec![
-        container("app1", &[("id", "app1"), ("bpfwall.ingress", "allow from role=client port 80/tcp")], "172.17.0.2", Some(1)),
-        container("c1", &[("role", "client"), ("n", "1")], "172.17.0.3", Some(2)),
+        container(
+            "app1",
+            &[
+                ("id", "app1"),
+                ("bpfwall.ingress", "allow from role=client port 80/tcp"),
+            ],
+            "172.17.0.2",
+            Some(1),
+        ),
+        container(
+            "c1",
+            &[("role", "client"), ("n", "1")],
+            "172.17.0.3",
+            Some(2),
+        ),
     ];
     let mut alloc = IdentityAllocator::new();
-    let before = compile(CompileInput { containers: &containers, host_addresses: &[], host_policies: &[] }, &mut alloc).unwrap();
-    containers.push(container("c2", &[("role", "client"), ("n", "2")], "172.17.0.4", Some(3)));
-    let after = compile(CompileInput { containers: &containers, host_addresses: &[], host_policies: &[] }, &mut alloc).unwrap();
+    let before = compile(
+        CompileInput {
+            containers: &containers,
+            host_addresses: &[],
+            host_policies: &[],
+        },
+        &mut alloc,
+    )
+    .unwrap();
+    containers.push(container(
+        "c2",
+        &[("role", "client"), ("n", "2")],
+        "172.17.0.4",
+        Some(3),
+    ));
+    let after = compile(
+        CompileInput {
+            containers: &containers,
+            host_addresses: &[],
+            host_policies: &[],
+        },
+        &mut alloc,
+    )
+    .unwrap();
     assert_eq!(before.policy.len(), 1);
     assert_eq!(after.policy.len(), 2);
     assert!(before.policy.keys().all(|k| after.policy.contains_key(k)));
@@ -79,14 +155,30 @@ fn covered_allows_are_removed_and_narrow_denies_kept() {
         container("b", &[("id", "b")], "10.0.0.2", None),
         container("c", &[("id", "c")], "10.0.0.3", None),
     ];
-    let out = compile(CompileInput { containers: &containers, host_addresses: &[], host_policies: &[] }, &mut IdentityAllocator::new()).unwrap();
-    let verdicts: BTreeSet<(u32, u8, u8)> = out.policy.iter().map(|(k, v)| (k.peer_identity, k.protocol, v.verdict)).collect();
+    let out = compile(
+        CompileInput {
+            containers: &containers,
+            host_addresses: &[],
+            host_policies: &[],
+        },
+        &mut IdentityAllocator::new(),
+    )
+    .unwrap();
+    let verdicts: BTreeSet<(u32, u8, u8)> = out
+        .policy
+        .iter()
+        .map(|(k, v)| (k.peer_identity, k.protocol, v.verdict))
+        .collect();
     let b = out.containers[1].identity;
     let c = out.containers[2].identity;
     // b: only the broad deny is left; c: broad allow plus the narrow deny.
     assert_eq!(
         verdicts,
-        BTreeSet::from([(b, 0, abi::VERDICT_DENY), (c, 0, abi::VERDICT_ALLOW), (c, abi::IPPROTO_TCP, abi::VERDICT_DENY)])
+        BTreeSet::from([
+            (b, 0, abi::VERDICT_DENY),
+            (c, 0, abi::VERDICT_ALLOW),
+            (c, abi::IPPROTO_TCP, abi::VERDICT_DENY)
+        ])
     );
 }
 
@@ -96,18 +188,38 @@ fn address_conflicts_are_reported() {
         container("a", &[("id", "a")], "10.0.0.1", None),
         container("b", &[("id", "b")], "10.0.0.1", None),
     ];
-    let out = compile(CompileInput { containers: &containers, host_addresses: &[], host_policies: &[] }, &mut IdentityAllocator::new()).unwrap();
+    let out = compile(
+        CompileInput {
+            containers: &containers,
+            host_addresses: &[],
+            host_policies: &[],
+        },
+        &mut IdentityAllocator::new(),
+    )
+    .unwrap();
     assert_eq!(out.warnings.len(), 1);
 }
 
 #[test]
 fn icmp_and_any_protocol_keys() {
-    let icmp = port_spec_keys(&labels_policy::PortSpec::all_ports(labels_policy::Protocol::Icmp));
-    assert_eq!(icmp, vec![(abi::IPPROTO_ICMP, 0, 88), (abi::IPPROTO_ICMPV6, 0, 88)]);
-    let any = port_spec_keys(&labels_policy::PortSpec::all_ports(labels_policy::Protocol::Any));
+    let icmp = port_spec_keys(&labels_policy::PortSpec::all_ports(
+        labels_policy::Protocol::Icmp,
+    ));
+    assert_eq!(
+        icmp,
+        vec![(abi::IPPROTO_ICMP, 0, 88), (abi::IPPROTO_ICMPV6, 0, 88)]
+    );
+    let any = port_spec_keys(&labels_policy::PortSpec::all_ports(
+        labels_policy::Protocol::Any,
+    ));
     assert_eq!(any, vec![(0, 0, abi::POLICY_PREFIX_ANY_PROTO)]);
-    let tcp = port_spec_keys(&labels_policy::PortSpec::all_ports(labels_policy::Protocol::Tcp));
-    assert_eq!(tcp, vec![(abi::IPPROTO_TCP, 0, abi::POLICY_PREFIX_ANY_PORT)]);
+    let tcp = port_spec_keys(&labels_policy::PortSpec::all_ports(
+        labels_policy::Protocol::Tcp,
+    ));
+    assert_eq!(
+        tcp,
+        vec![(abi::IPPROTO_TCP, 0, abi::POLICY_PREFIX_ANY_PORT)]
+    );
 }
 
 proptest! {
@@ -131,17 +243,62 @@ proptest! {
 
 // ---- compiled maps agree with the rules ---------------------------------
 
-const PEERS: &[&str] = &["id=b", "id=c", "role=x", "any", "host", "world", "cidr 198.18.0.0/15", "cidr 198.18.1.0/24", "cidr 0.0.0.0/0 except 198.18.0.0/16"];
-const PORTS: &[&str] = &["", " port 80/tcp", " port 22/tcp", " port 1-1024/tcp", " port 53/udp", " port 53/any", " port icmp", " port any/udp", " port 80-90/tcp,53/udp"];
+const PEERS: &[&str] = &[
+    "id=b",
+    "id=c",
+    "role=x",
+    "any",
+    "host",
+    "world",
+    "cidr 198.18.0.0/15",
+    "cidr 198.18.1.0/24",
+    "cidr 0.0.0.0/0 except 198.18.0.0/16",
+];
+const PORTS: &[&str] = &[
+    "",
+    " port 80/tcp",
+    " port 22/tcp",
+    " port 1-1024/tcp",
+    " port 53/udp",
+    " port 53/any",
+    " port icmp",
+    " port any/udp",
+    " port 80-90/tcp,53/udp",
+];
 
 fn rule_text() -> impl Strategy<Value = String> {
     (any::<bool>(), 0..PEERS.len(), 0..PORTS.len()).prop_map(|(deny, p, q)| {
-        format!("{} {{dir}} {}{}", if deny { "deny" } else { "allow" }, PEERS[p], PORTS[q])
+        format!(
+            "{} {{dir}} {}{}",
+            if deny { "deny" } else { "allow" },
+            PEERS[p],
+            PORTS[q]
+        )
     })
 }
 
-const REMOTES: &[&str] = &["10.0.0.2", "10.0.0.3", "10.0.0.9", "172.17.0.1", "198.18.0.7", "198.18.1.7", "203.0.113.5"];
-const PROBES: &[(u8, u16)] = &[(6, 80), (6, 22), (6, 85), (6, 1024), (6, 1025), (17, 53), (17, 9), (1, 8), (58, 128), (132, 53), (47, 0)];
+const REMOTES: &[&str] = &[
+    "10.0.0.2",
+    "10.0.0.3",
+    "10.0.0.9",
+    "172.17.0.1",
+    "198.18.0.7",
+    "198.18.1.7",
+    "203.0.113.5",
+];
+const PROBES: &[(u8, u16)] = &[
+    (6, 80),
+    (6, 22),
+    (6, 85),
+    (6, 1024),
+    (6, 1025),
+    (17, 53),
+    (17, 9),
+    (1, 8),
+    (58, 128),
+    (132, 53),
+    (47, 0),
+];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]

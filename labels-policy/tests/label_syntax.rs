@@ -5,21 +5,38 @@ use labels_policy::model::{Direction, Peer, PortSpec, Protocol, Verdict};
 use labels_policy::LabelSet;
 
 fn labels(pairs: &[(&str, &str)]) -> LabelSet {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
 fn article_rule_parses() {
-    let rules = parse_rules("bpfwall.ingress", Direction::Ingress, "allow from id=app2 port 80/tcp").unwrap();
+    let rules = parse_rules(
+        "bpfwall.ingress",
+        Direction::Ingress,
+        "allow from id=app2 port 80/tcp",
+    )
+    .unwrap();
     assert_eq!(rules.len(), 1);
     let r = &rules[0];
     assert_eq!(r.verdict, Verdict::Allow);
     assert_eq!(r.direction, Direction::Ingress);
     match &r.peers[..] {
-        [Peer::Endpoints(sel)] => assert_eq!(sel.match_labels.get("id").map(String::as_str), Some("app2")),
+        [Peer::Endpoints(sel)] => {
+            assert_eq!(sel.match_labels.get("id").map(String::as_str), Some("app2"))
+        }
         other => panic!("unexpected peers {other:?}"),
     }
-    assert_eq!(r.ports, vec![PortSpec { protocol: Protocol::Tcp, first: 80, last: 80 }]);
+    assert_eq!(
+        r.ports,
+        vec![PortSpec {
+            protocol: Protocol::Tcp,
+            first: 80,
+            last: 80
+        }]
+    );
     assert_eq!(r.origin.source, "bpfwall.ingress");
     assert_eq!(r.origin.index, 0);
 }
@@ -43,7 +60,9 @@ fn every_peer_form_parses() {
         other => panic!("{other:?}"),
     }
     assert_eq!(rules[3].ports.len(), 2);
-    assert!(matches!(&rules[4].peers[0], Peer::Cidr { prefix, .. } if prefix.to_string() == "fd00::/64"));
+    assert!(
+        matches!(&rules[4].peers[0], Peer::Cidr { prefix, .. } if prefix.to_string() == "fd00::/64")
+    );
     match &rules[5].peers[0] {
         Peer::Endpoints(sel) => {
             assert_eq!(sel.match_labels.len(), 2);
@@ -51,19 +70,51 @@ fn every_peer_form_parses() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(rules[5].ports, vec![PortSpec { protocol: Protocol::Tcp, first: 8000, last: 8100 }]);
-    assert_eq!(rules.iter().map(|r| r.origin.index).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(
+        rules[5].ports,
+        vec![PortSpec {
+            protocol: Protocol::Tcp,
+            first: 8000,
+            last: 8100
+        }]
+    );
+    assert_eq!(
+        rules.iter().map(|r| r.origin.index).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4, 5]
+    );
 }
 
 #[test]
 fn port_forms() {
-    assert_eq!(parse_port("icmp").unwrap(), PortSpec::all_ports(Protocol::Icmp));
-    assert_eq!(parse_port("any/icmp").unwrap(), PortSpec::all_ports(Protocol::Icmp));
-    assert_eq!(parse_port("any").unwrap(), PortSpec::all_ports(Protocol::Any));
-    assert_eq!(parse_port("any/udp").unwrap(), PortSpec::all_ports(Protocol::Udp));
-    assert_eq!(parse_port("53/any").unwrap(), PortSpec { protocol: Protocol::Any, first: 53, last: 53 });
+    assert_eq!(
+        parse_port("icmp").unwrap(),
+        PortSpec::all_ports(Protocol::Icmp)
+    );
+    assert_eq!(
+        parse_port("any/icmp").unwrap(),
+        PortSpec::all_ports(Protocol::Icmp)
+    );
+    assert_eq!(
+        parse_port("any").unwrap(),
+        PortSpec::all_ports(Protocol::Any)
+    );
+    assert_eq!(
+        parse_port("any/udp").unwrap(),
+        PortSpec::all_ports(Protocol::Udp)
+    );
+    assert_eq!(
+        parse_port("53/any").unwrap(),
+        PortSpec {
+            protocol: Protocol::Any,
+            first: 53,
+            last: 53
+        }
+    );
     assert_eq!(parse_port("80/tcp").unwrap().to_string(), "80/tcp");
-    assert_eq!(parse_port("1-65535/udp").unwrap().to_string(), "1-65535/udp");
+    assert_eq!(
+        parse_port("1-65535/udp").unwrap().to_string(),
+        "1-65535/udp"
+    );
     assert_eq!(parse_port("80").unwrap_err().0, 0);
     assert_eq!(parse_port("80/tpc").unwrap_err().0, 3);
     assert_eq!(parse_port("0/tcp").unwrap_err().0, 0);
@@ -89,7 +140,11 @@ const BAD_INGRESS: &[(&str, usize, &str)] = &[
     ("allow from id=a=b", 16, "','"),
     ("allow from cidr 10.0.0.0/33", 17, "prefix"),
     ("allow from cidr 10.0.0.1/8", 17, "no host bits"),
-    ("allow from cidr 10.0.0.0/8 except 11.0.0.0/16", 35, "inside 10.0.0.0/8"),
+    (
+        "allow from cidr 10.0.0.0/8 except 11.0.0.0/16",
+        35,
+        "inside 10.0.0.0/8",
+    ),
     ("allow from id=a,id=b", 17, "one value"),
     ("", 1, "a rule"),
     (" ; ", 4, "a rule"),
@@ -102,10 +157,17 @@ fn errors_name_the_label_and_column() {
             .expect_err(&format!("'{value}' must not parse"));
         assert_eq!(err.label, "bpfwall.ingress.web", "{value}");
         assert_eq!(err.column, *column, "column for '{value}': {err}");
-        assert!(err.expected.contains(mention), "'{value}': expected '{}' to mention {mention}", err.expected);
+        assert!(
+            err.expected.contains(mention),
+            "'{value}': expected '{}' to mention {mention}",
+            err.expected
+        );
         assert_eq!(err.closes, vec![Direction::Ingress]);
         let text = err.to_string();
-        assert!(text.starts_with("label 'bpfwall.ingress.web' column "), "{text}");
+        assert!(
+            text.starts_with("label 'bpfwall.ingress.web' column "),
+            "{text}"
+        );
     }
 }
 
@@ -120,9 +182,23 @@ fn multiple_labels_and_separators() {
     ]));
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert_eq!(p.rules.len(), 4);
-    assert_eq!(p.rules.iter().filter(|r| r.direction == Direction::Egress).count(), 1);
+    assert_eq!(
+        p.rules
+            .iter()
+            .filter(|r| r.direction == Direction::Egress)
+            .count(),
+        1
+    );
     let sources: Vec<&str> = p.rules.iter().map(|r| r.origin.source.as_str()).collect();
-    assert_eq!(sources, vec!["bpfwall.egress.dns", "bpfwall.ingress", "bpfwall.ingress", "bpfwall.ingress.admin"]);
+    assert_eq!(
+        sources,
+        vec![
+            "bpfwall.egress.dns",
+            "bpfwall.ingress",
+            "bpfwall.ingress",
+            "bpfwall.ingress.admin"
+        ]
+    );
 }
 
 #[test]

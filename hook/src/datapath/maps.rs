@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use labels_policy::datapath_abi::{
-    self as abi, CtKey, CtValue, DropReason, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
-    PolicyKey, PolicyValue,
+    self as abi, CtKey, CtValue, DropReason, EndpointCounters, EndpointInfo, EndpointKey,
+    IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
 };
 
 use super::pod::{self, IpcacheData, PolicyData, P};
@@ -70,14 +70,21 @@ impl<K, V> Diff<K, V> {
 }
 
 /// The difference between what a map holds and what it should hold.
-pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Diff<K, V> {
+pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> Diff<K, V> {
     Diff {
         upsert: desired
             .iter()
             .filter(|(k, v)| current.get(k) != Some(v))
             .map(|(k, v)| (*k, *v))
             .collect(),
-        remove: current.keys().filter(|k| !desired.contains_key(k)).copied().collect(),
+        remove: current
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect(),
     }
 }
 
@@ -90,14 +97,20 @@ impl<'a> Maps<'a> {
                 found.insert(known, map);
             }
         }
-        let mut take = |name: &'static str| found.remove(name).ok_or(DatapathError::MissingMap { name });
+        let mut take =
+            |name: &'static str| found.remove(name).ok_or(DatapathError::MissingMap { name });
         Ok(Maps {
-            endpoints: HashMap::try_from(take(abi::MAP_ENDPOINTS)?).map_err(map_err(abi::MAP_ENDPOINTS, "open"))?,
-            ipcache: LpmTrie::try_from(take(abi::MAP_IPCACHE)?).map_err(map_err(abi::MAP_IPCACHE, "open"))?,
-            policy: LpmTrie::try_from(take(abi::MAP_POLICY)?).map_err(map_err(abi::MAP_POLICY, "open"))?,
+            endpoints: HashMap::try_from(take(abi::MAP_ENDPOINTS)?)
+                .map_err(map_err(abi::MAP_ENDPOINTS, "open"))?,
+            ipcache: LpmTrie::try_from(take(abi::MAP_IPCACHE)?)
+                .map_err(map_err(abi::MAP_IPCACHE, "open"))?,
+            policy: LpmTrie::try_from(take(abi::MAP_POLICY)?)
+                .map_err(map_err(abi::MAP_POLICY, "open"))?,
             ct: HashMap::try_from(take(abi::MAP_CT)?).map_err(map_err(abi::MAP_CT, "open"))?,
-            counters: PerCpuArray::try_from(take(abi::MAP_COUNTERS)?).map_err(map_err(abi::MAP_COUNTERS, "open"))?,
-            drops: PerCpuArray::try_from(take(abi::MAP_DROPS)?).map_err(map_err(abi::MAP_DROPS, "open"))?,
+            counters: PerCpuArray::try_from(take(abi::MAP_COUNTERS)?)
+                .map_err(map_err(abi::MAP_COUNTERS, "open"))?,
+            drops: PerCpuArray::try_from(take(abi::MAP_DROPS)?)
+                .map_err(map_err(abi::MAP_DROPS, "open"))?,
         })
     }
 
@@ -153,19 +166,25 @@ impl<'a> Maps<'a> {
         policy: &Diff<PolicyKey, PolicyValue>,
     ) -> Result<(), DatapathError> {
         for k in &endpoints.remove {
-            ignore_missing(self.endpoints.remove(&P(*k))).map_err(map_err(abi::MAP_ENDPOINTS, "remove"))?;
+            ignore_missing(self.endpoints.remove(&P(*k)))
+                .map_err(map_err(abi::MAP_ENDPOINTS, "remove"))?;
         }
         for k in &ipcache.remove {
-            ignore_missing(self.ipcache.remove(&pod::ipcache_trie_key(k))).map_err(map_err(abi::MAP_IPCACHE, "remove"))?;
+            ignore_missing(self.ipcache.remove(&pod::ipcache_trie_key(k)))
+                .map_err(map_err(abi::MAP_IPCACHE, "remove"))?;
         }
         for k in &policy.remove {
-            ignore_missing(self.policy.remove(&pod::policy_trie_key(k))).map_err(map_err(abi::MAP_POLICY, "remove"))?;
+            ignore_missing(self.policy.remove(&pod::policy_trie_key(k)))
+                .map_err(map_err(abi::MAP_POLICY, "remove"))?;
         }
         Ok(())
     }
 
     /// Deletes every conntrack entry of these endpoints. Returns how many.
-    pub fn forget_conntrack(&mut self, endpoint_ids: &BTreeSet<u32>) -> Result<usize, DatapathError> {
+    pub fn forget_conntrack(
+        &mut self,
+        endpoint_ids: &BTreeSet<u32>,
+    ) -> Result<usize, DatapathError> {
         if endpoint_ids.is_empty() {
             return Ok(0);
         }
@@ -209,11 +228,13 @@ impl<'a> Maps<'a> {
             path: "/sys/devices/system/cpu/possible".into(),
             source: e,
         })?;
-        let zero = PerCpuValues::try_from(vec![P(EndpointCounters::default()); cpus])
-            .map_err(|e| DatapathError::Io {
-                op: "build per-CPU values for",
-                path: abi::MAP_COUNTERS.into(),
-                source: e,
+        let zero =
+            PerCpuValues::try_from(vec![P(EndpointCounters::default()); cpus]).map_err(|e| {
+                DatapathError::Io {
+                    op: "build per-CPU values for",
+                    path: abi::MAP_COUNTERS.into(),
+                    source: e,
+                }
             })?;
         self.counters
             .set(endpoint_id, zero, 0)
@@ -237,7 +258,11 @@ impl<'a> Maps<'a> {
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(ref e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

@@ -6,9 +6,11 @@
 //!
 //! ```text
 //! maps/bpfwall_<what>_v1         every map, shared by all links
-//! links/<name>.<cgroup id>.ingress
-//! links/<name>.<cgroup id>.egress
+//! links/<name>_<cgroup id>_ingress
+//! links/<name>_<cgroup id>_egress
 //! ```
+//!
+//! (bpffs refuses names with a '.', so the parts are joined by '_'.)
 //!
 //! Links hold the programs in the kernel, so enforcement goes on while no
 //! daemon runs; a new daemon reuses the pinned maps and reads the links
@@ -138,11 +140,11 @@ pub struct LinkPin {
 
 impl LinkPin {
     fn file_name(&self) -> String {
-        format!("{}.{}.{}", self.owner, self.cgroup_id, self.direction)
+        format!("{}_{}_{}", self.owner, self.cgroup_id, self.direction)
     }
 
     fn parse(name: &str) -> Option<LinkPin> {
-        let mut parts = name.rsplitn(3, '.');
+        let mut parts = name.rsplitn(3, '_');
         let direction = match parts.next()? {
             "ingress" => "ingress",
             "egress" => "egress",
@@ -169,11 +171,16 @@ pub fn ensure_bpffs(mount: &Path) -> Result<(), DatapathError> {
         return Ok(());
     }
     tracing::info!(path = %mount.display(), "mounting bpffs");
-    nix::mount::mount(Some("bpf"), mount, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).map_err(|e| {
-        DatapathError::Mount {
-            path: mount.to_path_buf(),
-            source: e,
-        }
+    nix::mount::mount(
+        Some("bpf"),
+        mount,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| DatapathError::Mount {
+        path: mount.to_path_buf(),
+        source: e,
     })
 }
 
@@ -206,7 +213,9 @@ impl Datapath {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in [abi::PROG_INGRESS, abi::PROG_EGRESS] {
             program(&mut ebpf, name)?
                 .load()
@@ -238,7 +247,12 @@ impl Datapath {
     /// Attaches both programs to a cgroup and pins the links under
     /// `owner`. Without a pin root the links are dropped at once (tests
     /// that need links use a pin root).
-    pub fn attach(&mut self, owner: &str, cgroup_dir: &Path, cgroup_id: u64) -> Result<(), DatapathError> {
+    pub fn attach(
+        &mut self,
+        owner: &str,
+        cgroup_dir: &Path,
+        cgroup_id: u64,
+    ) -> Result<(), DatapathError> {
         let links_dir = self.links_dir();
         for (name, attach_type, direction) in [
             (abi::PROG_INGRESS, CgroupSkbAttachType::Ingress, "ingress"),
@@ -260,16 +274,16 @@ impl Datapath {
                 cgroup: cgroup_dir.to_path_buf(),
                 source: Box::new(source),
             };
-            let id = prog.attach(&cgroup, attach_type, CgroupAttachMode::Single).map_err(attach)?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(attach)?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| DatapathError::Link {
+            let id = prog
+                .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                .map_err(attach)?;
+            let link: FdLink = prog.take_link(id).map_err(attach)?.try_into().map_err(
+                |e: aya::programs::links::LinkError| DatapathError::Link {
                     name,
                     cgroup: cgroup_dir.to_path_buf(),
                     source: Box::new(e),
-                })?;
+                },
+            )?;
             if let Some(path) = path {
                 link.pin(&path).map_err(|e| DatapathError::Pin {
                     path: path.clone(),
@@ -351,7 +365,7 @@ mod tests {
             direction: "egress",
         };
         assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin));
-        assert_eq!(LinkPin::parse("x.12.sideways"), None);
-        assert_eq!(LinkPin::parse("x.notanumber.ingress"), None);
+        assert_eq!(LinkPin::parse("x_12_sideways"), None);
+        assert_eq!(LinkPin::parse("x_notanumber_ingress"), None);
     }
 }

@@ -9,7 +9,8 @@
 use aya::maps::lpm_trie::Key;
 use aya::Pod;
 use labels_policy::datapath_abi::{
-    CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+    CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
+    PolicyKey, PolicyValue,
 };
 
 /// A mirror struct as an aya map key or value.
