@@ -1,1 +1,467 @@
+//! The end-to-end harness: a real bpfwall daemon, a real dockerd, real
+//! containers, real packets.
+//!
+//! Every test makes a [`TestEnv`] with a name of its own. The env runs its
+//! own daemon (pins under /sys/fs/bpf/bpfwall_v1_e2e_<name>, API socket under
+//! /run/bpfwall-e2e/) that attaches only to containers labelled
+//! `bpfwall-e2e.test=<name>`, so tests run side by side and never touch
+//! containers they did not create. Dropping the env (also when the test
+//! panics) kills the daemon and removes its containers, networks, network
+//! namespaces, links and pins.
+//!
+//! Needs root, dockerd and the test image (scripts/setup.sh makes all three).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test harness: a failed step is a failed test"
+)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The image scripts/build-test-image.sh builds.
+pub const IMAGE: &str = "bpfwall-test:latest";
+/// The label that marks (and scopes) every object a test creates.
+pub const TEST_LABEL: &str = "bpfwall-e2e.test";
+
+/// Runs a command, returning its output; panics only if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its trimmed stdout.
+pub fn must(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn docker() -> Command {
+    Command::new("docker")
+}
+
+/// The bpfwall binary under test.
+pub fn bpfwall_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("BPFWALL_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let candidates = [target.join("debug/bpfwall"), target.join("release/bpfwall")];
+    candidates
+        .iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .cloned()
+        .expect("no bpfwall binary: run scripts/test.sh, or cargo build -p bpfwall first")
+}
+
+/// A container a test started.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// Its name.
+    pub name: String,
+}
+
+/// A network namespace a test made, reachable from containers through the host.
+#[derive(Debug, Clone)]
+pub struct Netns {
+    /// Its name.
+    pub name: String,
+}
+
+/// One test's world.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// The test's name.
+    pub name: String,
+    /// The daemon's pin root.
+    pub pin_root: PathBuf,
+    /// The daemon's API socket.
+    pub socket: PathBuf,
+    log: PathBuf,
+    daemon: Option<Child>,
+    networks: Vec<String>,
+    netns: Vec<String>,
+    links: Vec<String>,
+}
+
+impl TestEnv {
+    /// Cleans whatever an earlier run of this test left, then starts the daemon.
+    pub fn new(name: &str) -> TestEnv {
+        let out = run(docker().arg("image").arg("inspect").arg(IMAGE));
+        assert!(
+            out.status.success(),
+            "test image {IMAGE} is missing: run scripts/setup.sh"
+        );
+        let dir = PathBuf::from("/run/bpfwall-e2e");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut env = TestEnv {
+            name: name.to_string(),
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/bpfwall_v1_e2e_{name}")),
+            socket: dir.join(format!("{name}.sock")),
+            log: dir.join(format!("{name}.log")),
+            daemon: None,
+            networks: Vec::new(),
+            netns: Vec::new(),
+            links: Vec::new(),
+        };
+        env.remove_containers();
+        let _ = std::fs::remove_dir_all(&env.pin_root);
+        env.start_daemon();
+        env
+    }
+
+    /// Starts the daemon and waits until it answers and has listed Docker.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bpfwall_bin())
+            .args(["daemon", "-v", "--bpffs-root"])
+            .arg(&self.pin_root)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--manage-label")
+            .arg(format!("{TEST_LABEL}={}", self.name))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start bpfwall daemon");
+        self.daemon = Some(child);
+        self.wait_for("the daemon to answer and list docker", |env| {
+            env.try_status()
+                .is_some_and(|s| s["docker_connected"] == true)
+        });
+    }
+
+    /// Kills the daemon with SIGKILL (no cleanup of its own).
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Polls `cond` every 100 ms for up to 15 s.
+    pub fn wait_for(&self, what: &str, cond: impl Fn(&TestEnv) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if cond(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}\n{}", self.daemon_log());
+    }
+
+    /// The daemon's log so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `bpfwall status --json`, or None if the daemon does not answer.
+    pub fn try_status(&self) -> Option<Value> {
+        let out = run(Command::new(bpfwall_bin())
+            .arg("status")
+            .arg("--json")
+            .arg("--socket")
+            .arg(&self.socket));
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// `bpfwall status --json`.
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("bpfwall status failed\n{}", self.daemon_log()))
+    }
+
+    /// `bpfwall status` as a person reads it.
+    pub fn status_text(&self) -> String {
+        must(
+            Command::new(bpfwall_bin())
+                .arg("status")
+                .arg("--socket")
+                .arg(&self.socket),
+        )
+    }
+
+    /// The status entry of one container.
+    pub fn endpoint(&self, c: &Container) -> Option<Value> {
+        self.status()["endpoints"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == c.name.as_str())
+            .cloned()
+    }
+
+    /// Creates a user-defined network of the test's own.
+    pub fn network(&mut self, suffix: &str) -> String {
+        let name = format!("e2e-{}-{suffix}", self.name);
+        let _ = run(docker().args(["network", "rm", &name]));
+        must(
+            docker()
+                .args(["network", "create", "--label"])
+                .arg(format!("{TEST_LABEL}={}", self.name))
+                .arg(&name),
+        );
+        self.networks.push(name.clone());
+        name
+    }
+
+    /// Starts a detached container `e2e-<test>-<role>` with the test label.
+    /// `options` go before the image, `cmd` after it.
+    pub fn start(&self, role: &str, options: &[&str], cmd: &[&str]) -> Container {
+        let name = format!("e2e-{}-{role}", self.name);
+        must(
+            docker()
+                .args(["run", "-d", "--name", &name, "--label"])
+                .arg(format!("{TEST_LABEL}={}", self.name))
+                .args(options)
+                .arg(IMAGE)
+                .args(cmd),
+        );
+        Container { name }
+    }
+
+    /// Starts a container and waits until the daemon has attached to it.
+    pub fn start_attached(&self, role: &str, options: &[&str], cmd: &[&str]) -> Container {
+        let c = self.start(role, options, cmd);
+        self.wait_attached(&c);
+        c
+    }
+
+    /// Waits until the daemon reports the container attached.
+    pub fn wait_attached(&self, c: &Container) {
+        self.wait_for(&format!("{} to be attached", c.name), |env| {
+            env.endpoint(c).is_some_and(|e| e["attached"] == true)
+        });
+    }
+
+    /// A container's address on a network (default: its first).
+    pub fn ip(&self, c: &Container) -> String {
+        let ips = must(docker().args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            &c.name,
+        ]));
+        ips.split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("{} has no address", c.name))
+            .to_string()
+    }
+
+    /// Runs a command in a container; true when it exits 0.
+    pub fn exec_ok(&self, c: &Container, cmd: &[&str]) -> bool {
+        run(docker().arg("exec").arg(&c.name).args(cmd))
+            .status
+            .success()
+    }
+
+    /// An HTTP GET from a container (allowed flows get 5 s, enough for a SYN retry).
+    pub fn http(&self, from: &Container, url: &str, seconds: u32) -> bool {
+        let secs = seconds.to_string();
+        self.exec_ok(
+            from,
+            &["timeout", &secs, "wget", "-q", "-O", "/dev/null", url],
+        )
+    }
+
+    /// A UDP echo round trip from a container.
+    pub fn udp(&self, from: &Container, addr: &str, port: u16, millis: u32) -> bool {
+        self.exec_ok(
+            from,
+            &[
+                "udp_echo",
+                "ask",
+                addr,
+                &port.to_string(),
+                &millis.to_string(),
+            ],
+        )
+    }
+
+    /// Asserts an HTTP GET works.
+    pub fn assert_http_allowed(&self, from: &Container, url: &str) {
+        assert!(
+            self.http(from, url, 6),
+            "{} -> {url} should be allowed\n{}",
+            from.name,
+            self.status_text()
+        );
+    }
+
+    /// Asserts an HTTP GET is blocked.
+    pub fn assert_http_blocked(&self, from: &Container, url: &str) {
+        assert!(
+            !self.http(from, url, 2),
+            "{} -> {url} should be blocked\n{}",
+            from.name,
+            self.status_text()
+        );
+    }
+
+    /// A network namespace of the test's own, routed from the host: a veth
+    /// pair whose namespace end holds `addrs` (each /24 routed to it from
+    /// the host). Containers reach it through the host, as an outside peer.
+    pub fn outside_netns(&mut self, index: u8, addrs: &[&str]) -> Netns {
+        let name = format!("bpfwall-e2e-{}", self.name);
+        let host_if = format!("bpfwe-{index}h");
+        let ns_if = format!("bpfwe-{index}n");
+        let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        let _ = run(Command::new("ip").args(["link", "del", &host_if]));
+        // Routed to the namespace: only addresses the test hands in, which must
+        // be documentation/benchmark ranges that nothing else on the host uses.
+        must(Command::new("ip").args(["netns", "add", &name]));
+        self.netns.push(name.clone());
+        must(Command::new("ip").args([
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]));
+        self.links.push(host_if.clone());
+        must(Command::new("ip").args(["link", "set", &ns_if, "netns", &name]));
+        let link_net = format!("169.254.{index}.");
+        must(Command::new("ip").args(["addr", "add", &format!("{link_net}1/30"), "dev", &host_if]));
+        must(Command::new("ip").args(["link", "set", &host_if, "up"]));
+        let in_ns =
+            |args: &[&str]| must(Command::new("ip").args(["netns", "exec", &name]).args(args));
+        in_ns(&["ip", "link", "set", "lo", "up"]);
+        in_ns(&["ip", "link", "set", &ns_if, "up"]);
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{link_net}2/30"),
+            "dev",
+            &ns_if,
+        ]);
+        in_ns(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{link_net}1"),
+        ]);
+        for a in addrs {
+            in_ns(&["ip", "addr", "add", &format!("{a}/32"), "dev", &ns_if]);
+            must(Command::new("ip").args([
+                "route",
+                "replace",
+                &format!("{a}/32"),
+                "via",
+                &format!("{link_net}2"),
+            ]));
+        }
+        Netns { name }
+    }
+
+    /// Starts busybox httpd on a port inside a namespace (stopped with it).
+    pub fn netns_http_server(&self, ns: &Netns, port: u16) {
+        let www = format!("/run/bpfwall-e2e/{}-www", self.name);
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(format!("{www}/index.html"), "outside\n").unwrap();
+        must(Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns.name,
+            "busybox",
+            "httpd",
+            "-p",
+            &port.to_string(),
+            "-h",
+            &www,
+        ]));
+    }
+
+    /// How many entries a pinned map holds.
+    pub fn pinned_map_len(&self, map: &str) -> usize {
+        let path = self.pin_root.join("maps").join(map);
+        let out = must(
+            Command::new("bpftool")
+                .arg("-j")
+                .args(["map", "dump", "pinned"])
+                .arg(&path),
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v.as_array().map_or(0, Vec::len)
+    }
+
+    /// How many links are pinned.
+    pub fn pinned_links(&self) -> usize {
+        std::fs::read_dir(self.pin_root.join("links")).map_or(0, |d| d.count())
+    }
+
+    /// Stops and removes a container.
+    pub fn remove(&self, c: &Container) {
+        must(docker().args(["rm", "-f", &c.name]));
+    }
+
+    fn remove_containers(&self) {
+        let ids = must(
+            docker()
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label={TEST_LABEL}={}", self.name)),
+        );
+        if !ids.is_empty() {
+            let _ = run(docker().args(["rm", "-f"]).args(ids.split_whitespace()));
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- bpfwall daemon log of {} ----\n{}",
+                self.name,
+                self.daemon_log()
+            );
+        }
+        if let Some(mut child) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+        self.remove_containers();
+        for n in &self.networks {
+            let _ = run(docker().args(["network", "rm", n]));
+        }
+        for ns in &self.netns {
+            let pids = run(Command::new("ip").args(["netns", "pids", ns]));
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let _ = run(Command::new("ip").args(["netns", "del", ns]));
+        }
+        for l in &self.links {
+            let _ = run(Command::new("ip").args(["link", "del", l]));
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_dir_all(format!("/run/bpfwall-e2e/{}-www", self.name));
+    }
+}

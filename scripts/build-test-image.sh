@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds the local test image (there is no registry): a rootfs with
+# busybox-static and tests/image/udp_echo, imported with `docker import`.
+# Rebuilt only when its inputs change (their hash is an image label).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+image=${BPFWALL_TEST_IMAGE:-bpfwall-test:latest}
+busybox=$(command -v busybox)
+hash=$(cat "$busybox" "$top/tests/image/udp_echo.c" "$0" | sha256sum | cut -c1-16)
+if [ "$(docker image inspect -f '{{index .Config.Labels "org.bpfwall.test-image-hash"}}' "$image" 2>/dev/null)" = "$hash" ]; then
+    exit 0
+fi
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/www"
+cp "$busybox" "$root/bin/busybox"
+for applet in $("$root/bin/busybox" --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+done
+cc -static -O2 -Wall -o "$root/bin/udp_echo" "$top/tests/image/udp_echo.c"
+echo 'bpfwall test page' > "$root/www/index.html"
+echo 'root:x:0:0:root:/:/bin/sh' > "$root/etc/passwd"
+tar -C "$root" -c . | docker import \
+    -c 'CMD ["/bin/sh"]' -c 'ENV PATH=/bin' \
+    -c "LABEL org.bpfwall.test-image-hash=$hash" - "$image" >/dev/null
+echo "built $image ($hash)"

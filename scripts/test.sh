@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up the host and runs every test: unit and property tests, the
+# BPF_PROG_TEST_RUN tests of the datapath, and the end-to-end tests with a
+# real dockerd, real containers and real packets. Needs root.
+# In CI (CI=true) nothing is skipped: a missing dependency fails the run.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+scripts/setup.sh
+cleanup() {
+    # Whatever a killed test left behind: only objects carrying the e2e label or prefix.
+    docker ps -aq --filter label=bpfwall-e2e.test | xargs -r docker rm -f >/dev/null 2>&1 || true
+    docker network ls -q --filter label=bpfwall-e2e.test | xargs -r docker network rm >/dev/null 2>&1 || true
+    for ns in $(ip netns list 2>/dev/null | awk '/^bpfwall-e2e-/{print $1}'); do ip netns pids "$ns" | xargs -r kill -9; ip netns del "$ns" || true; done
+    for l in $(ip -o link show 2>/dev/null | awk -F': ' '/ bpfwe-/{print $2}' | cut -d@ -f1); do ip link del "$l" 2>/dev/null || true; done
+    rm -rf /sys/fs/bpf/bpfwall_v1_e2e_* /run/bpfwall-e2e
+}
+trap cleanup EXIT
+cargo build --quiet -p bpfwall
+export BPFWALL_BIN="$top/target/debug/bpfwall"
+cargo test --workspace -- --test-threads="${BPFWALL_TEST_THREADS:-2}"

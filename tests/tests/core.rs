@@ -1,0 +1,464 @@
+//! End to end: label-selected L3/L4 policy on a real dockerd (issue 2).
+//! Each test has its own daemon, names and containers (see the harness).
+
+use bpfwall_e2e::{Container, TestEnv};
+
+const HTTPD: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/www"];
+const SLEEP: &[&str] = &["sleep", "600"];
+
+fn url(ip: &str) -> String {
+    format!("http://{ip}/")
+}
+
+/// The article's scenario on the default bridge, peers by address.
+#[test]
+fn article_scenario_on_default_bridge() {
+    let env = TestEnv::new("article");
+    let app1 = env.start_attached(
+        "app1",
+        &[
+            "--label",
+            "id=app1",
+            "--label",
+            "bpfwall.ingress=allow from id=app2 port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let app2 = env.start_attached("app2", &["--label", "id=app2"], SLEEP);
+    let app3 = env.start_attached("app3", &["--label", "id=app3"], SLEEP);
+    let target = url(&env.ip(&app1));
+    env.assert_http_allowed(&app2, &target);
+    env.assert_http_blocked(&app3, &target);
+    // Only 80/tcp: app2 cannot reach another port of app1.
+    assert!(!env.http(&app2, &format!("http://{}:8080/", env.ip(&app1)), 2));
+
+    let ep = env.endpoint(&app1).unwrap();
+    assert_eq!(ep["ingress"]["state"], "enforced");
+    assert_eq!(ep["ingress"]["rules"], 1);
+    assert_eq!(ep["egress"]["state"], "open");
+    assert!(
+        ep["ingress"]["dropped_packets"].as_u64().unwrap() > 0,
+        "{ep}"
+    );
+    assert!(
+        ep["ingress"]["allowed_packets"].as_u64().unwrap() > 0,
+        "{ep}"
+    );
+    let text = env.status_text();
+    assert!(
+        text.contains("e2e-article-app1")
+            && text.contains("bpfwall.ingress=allow from id=app2 port 80/tcp"),
+        "{text}"
+    );
+}
+
+/// The same on a user-defined network, peers addressed by container name,
+/// and a client that runs once with `docker run --rm` as the README shows.
+#[test]
+fn user_network_by_name() {
+    let mut env = TestEnv::new("byname");
+    let net = env.network("net");
+    let net_opt = format!("--network={net}");
+    let app1 = env.start_attached(
+        "app1",
+        &[
+            &net_opt,
+            "--label",
+            "id=app1",
+            "--label",
+            "bpfwall.ingress=allow from id=app2 port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let app2 = env.start_attached("app2", &[&net_opt, "--label", "id=app2"], SLEEP);
+    let app3 = env.start_attached("app3", &[&net_opt, "--label", "id=app3"], SLEEP);
+    let target = format!("http://{}/", app1.name);
+    env.assert_http_allowed(&app2, &target);
+    env.assert_http_blocked(&app3, &target);
+
+    let once = |id: &str| {
+        bpfwall_e2e::run(
+            std::process::Command::new("docker")
+                .args([
+                    "run",
+                    "--rm",
+                    &net_opt,
+                    "--label",
+                    &format!("id={id}"),
+                    "--label",
+                ])
+                .arg(format!("{}={}", bpfwall_e2e::TEST_LABEL, env.name))
+                .arg(bpfwall_e2e::IMAGE)
+                // As PID 1, busybox timeout's SIGTERM would be ignored; a shell stays PID 1.
+                .args([
+                    "sh",
+                    "-c",
+                    &format!("timeout 6 wget -q -O /dev/null {target}; exit $?"),
+                ]),
+        )
+        .status
+        .success()
+    };
+    assert!(
+        once("app2"),
+        "a fresh app2 must get through (at worst after a SYN retry)"
+    );
+    assert!(!once("app3"), "a fresh app3 must be blocked");
+}
+
+#[test]
+fn egress_rule() {
+    let env = TestEnv::new("egress");
+    let web = env.start_attached("web", &["--label", "id=web"], HTTPD);
+    let other = env.start_attached("other", &["--label", "id=other"], HTTPD);
+    let client = env.start_attached(
+        "client",
+        &[
+            "--label",
+            "id=client",
+            "--label",
+            "bpfwall.egress=allow to id=web port 80/tcp",
+        ],
+        HTTPD,
+    );
+    env.assert_http_allowed(&client, &url(&env.ip(&web)));
+    env.assert_http_blocked(&client, &url(&env.ip(&other)));
+    // The client's ingress stays open; its answers leave through the
+    // enforced egress as conntrack replies.
+    env.assert_http_allowed(&other, &url(&env.ip(&client)));
+    let ep = env.endpoint(&client).unwrap();
+    assert_eq!(ep["egress"]["state"], "enforced");
+    assert_eq!(ep["ingress"]["state"], "open");
+}
+
+#[test]
+fn deny_wins_over_broader_allow() {
+    let env = TestEnv::new("deny");
+    let server = env.start_attached(
+        "server",
+        &[
+            "--label",
+            "id=server",
+            "--label",
+            "bpfwall.ingress=allow from any; deny from id=bad",
+            "--label",
+            "bpfwall.ingress.narrow=deny from id=good port 8080/tcp",
+        ],
+        &["sh", "-c", "httpd -p 8080 -h /www; httpd -f -p 80 -h /www"],
+    );
+    let good = env.start_attached("good", &["--label", "id=good"], SLEEP);
+    let bad = env.start_attached("bad", &["--label", "id=bad"], SLEEP);
+    let ip = env.ip(&server);
+    env.assert_http_allowed(&good, &url(&ip));
+    env.assert_http_blocked(&good, &format!("http://{ip}:8080/"));
+    env.assert_http_blocked(&bad, &url(&ip));
+    env.assert_http_blocked(&bad, &format!("http://{ip}:8080/"));
+}
+
+#[test]
+fn port_range() {
+    let env = TestEnv::new("range");
+    let server = env.start_attached(
+        "server",
+        &["--label", "id=server", "--label", "bpfwall.ingress=allow from id=c port 8000-8100/tcp"],
+        &["sh", "-c", "httpd -p 8000 -h /www; httpd -p 8100 -h /www; httpd -p 8101 -h /www; httpd -f -p 7999 -h /www"],
+    );
+    let c = env.start_attached("c", &["--label", "id=c"], SLEEP);
+    let ip = env.ip(&server);
+    env.assert_http_allowed(&c, &format!("http://{ip}:8000/"));
+    env.assert_http_allowed(&c, &format!("http://{ip}:8100/"));
+    env.assert_http_blocked(&c, &format!("http://{ip}:8101/"));
+    env.assert_http_blocked(&c, &format!("http://{ip}:7999/"));
+}
+
+#[test]
+fn udp_with_replies() {
+    let env = TestEnv::new("udp");
+    let server = env.start_attached(
+        "server",
+        &[
+            "--label",
+            "id=server",
+            "--label",
+            "bpfwall.ingress=allow from id=c port 5353/udp",
+        ],
+        &["sh", "-c", "udp_echo serve 5354 & exec udp_echo serve 5353"],
+    );
+    // The client's egress is enforced too: the echo coming back is a reply.
+    let c = env.start_attached(
+        "c",
+        &[
+            "--label",
+            "id=c",
+            "--label",
+            "bpfwall.egress=allow to id=server port 5353-5354/udp",
+        ],
+        SLEEP,
+    );
+    let d = env.start_attached("d", &["--label", "id=d"], SLEEP);
+    let ip = env.ip(&server);
+    assert!(
+        env.udp(&c, &ip, 5353, 2000),
+        "c -> 5353/udp must round-trip\n{}",
+        env.status_text()
+    );
+    assert!(
+        !env.udp(&c, &ip, 5354, 700),
+        "c -> 5354/udp must be blocked at the server"
+    );
+    assert!(
+        !env.udp(&d, &ip, 5353, 700),
+        "d -> 5353/udp must be blocked"
+    );
+}
+
+#[test]
+fn cidr_and_world() {
+    let mut env = TestEnv::new("cidr");
+    let ns = env.outside_netns(1, &["198.18.5.2", "198.18.6.2"]);
+    env.netns_http_server(&ns, 8080);
+    let cidr = env.start_attached(
+        "bycidr",
+        &[
+            "--label",
+            "id=bycidr",
+            "--label",
+            "bpfwall.egress=allow to cidr 198.18.0.0/15 except 198.18.6.0/24 port 8080/tcp",
+        ],
+        SLEEP,
+    );
+    let world = env.start_attached(
+        "byworld",
+        &[
+            "--label",
+            "id=byworld",
+            "--label",
+            "bpfwall.egress=allow to world",
+        ],
+        SLEEP,
+    );
+    let web = env.start_attached("web", &["--label", "id=web"], HTTPD);
+    // Without policy both outside addresses answer (the setup works).
+    let open = env.start_attached("open", &["--label", "id=open"], SLEEP);
+    env.assert_http_allowed(&open, "http://198.18.5.2:8080/");
+    env.assert_http_allowed(&open, "http://198.18.6.2:8080/");
+
+    env.assert_http_allowed(&cidr, "http://198.18.5.2:8080/");
+    env.assert_http_blocked(&cidr, "http://198.18.6.2:8080/");
+    env.assert_http_blocked(&cidr, &url(&env.ip(&web)));
+
+    env.assert_http_allowed(&world, "http://198.18.5.2:8080/");
+    env.assert_http_allowed(&world, "http://198.18.6.2:8080/");
+    env.assert_http_blocked(&world, &url(&env.ip(&web)));
+}
+
+#[test]
+fn host_network_container_under_policy() {
+    let env = TestEnv::new("hostnet");
+    let port = "18431";
+    let server = env.start_attached(
+        "server",
+        &[
+            "--network=host",
+            "--label",
+            "id=hostsrv",
+            "--label",
+            &format!("bpfwall.ingress=allow from id=c port {port}/tcp"),
+        ],
+        &["httpd", "-f", "-p", port, "-h", "/www"],
+    );
+    let c = env.start_attached("c", &["--label", "id=c"], SLEEP);
+    let d = env.start_attached("d", &["--label", "id=d"], SLEEP);
+    // The host's address on the clients' bridge.
+    let gateway = bpfwall_e2e::must(std::process::Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Gateway}}",
+        &c.name,
+    ]));
+    assert!(!gateway.is_empty());
+    let target = format!("http://{gateway}:{port}/");
+    env.assert_http_allowed(&c, &target);
+    env.assert_http_blocked(&d, &target);
+    assert_eq!(
+        env.endpoint(&server).unwrap()["ingress"]["state"],
+        "enforced"
+    );
+}
+
+#[test]
+fn selector_follows_containers_started_later() {
+    let env = TestEnv::new("later");
+    let server = env.start_attached(
+        "server",
+        &[
+            "--label",
+            "id=server",
+            "--label",
+            "bpfwall.ingress=allow from role=client port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let target = url(&env.ip(&server));
+    let stranger = env.start_attached("stranger", &["--label", "role=other"], SLEEP);
+    env.assert_http_blocked(&stranger, &target);
+    // Two clients arrive after the server; nothing restarts.
+    for n in 1..=2 {
+        let c = env.start_attached(
+            &format!("client{n}"),
+            &["--label", "role=client", "--label", &format!("n={n}")],
+            SLEEP,
+        );
+        env.assert_http_allowed(&c, &target);
+    }
+    env.assert_http_blocked(&stranger, &target);
+}
+
+#[test]
+fn exit_leaves_no_state_behind() {
+    let env = TestEnv::new("exit");
+    let keeper = env.start_attached(
+        "keeper",
+        &[
+            "--label",
+            "id=keeper",
+            "--label",
+            "bpfwall.ingress=allow from id=x port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let baseline = |env: &TestEnv| {
+        (
+            env.pinned_map_len("bpfwall_endpoints_v1"),
+            env.pinned_map_len("bpfwall_policy_v1"),
+            env.pinned_links(),
+        )
+    };
+    let before = baseline(&env);
+    assert_eq!(before.0, 1, "one endpoint");
+    assert_eq!(before.2, 2, "two links (ingress, egress)");
+    let target = url(&env.ip(&keeper));
+    for i in 0..40 {
+        let c: Container = env.start_attached(
+            &format!("cycle{i}"),
+            &[
+                "--label",
+                "id=x",
+                "--label",
+                "bpfwall.egress=allow to id=keeper port 80/tcp",
+            ],
+            SLEEP,
+        );
+        if i % 10 == 0 {
+            env.assert_http_allowed(&c, &target);
+        }
+        env.remove(&c);
+    }
+    env.wait_for("state to return to the baseline", |env| {
+        baseline(env) == before
+    });
+    // Conntrack entries of the removed endpoints are gone too: only the keeper's remain.
+    let keeper_id = env.endpoint(&keeper).unwrap();
+    assert_eq!(keeper_id["attached"], true);
+    let ct = bpfwall_e2e::must(
+        std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(env.pin_root.join("maps/bpfwall_ct_v1")),
+    );
+    let entries: serde_json::Value = serde_json::from_str(&ct).unwrap();
+    let endpoint_ids: std::collections::BTreeSet<u64> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            // ct_key.endpoint_id is its last four bytes (little-endian here).
+            let key = e["key"].as_array().unwrap();
+            let b: Vec<u8> = key
+                .iter()
+                .map(|x| {
+                    u8::from_str_radix(x.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+                })
+                .collect();
+            u64::from(u32::from_le_bytes([b[40], b[41], b[42], b[43]]))
+        })
+        .collect();
+    assert!(
+        endpoint_ids.len() <= 1,
+        "conntrack entries of {} endpoints remain: {endpoint_ids:?}",
+        endpoint_ids.len()
+    );
+}
+
+#[test]
+fn daemon_sigkill_keeps_enforcing_and_restart_adopts() {
+    let mut env = TestEnv::new("sigkill");
+    let app1 = env.start_attached(
+        "app1",
+        &[
+            "--label",
+            "id=app1",
+            "--label",
+            "bpfwall.ingress=allow from id=app2 port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let app2 = env.start_attached("app2", &["--label", "id=app2"], SLEEP);
+    let app3 = env.start_attached("app3", &["--label", "id=app3"], SLEEP);
+    let target = url(&env.ip(&app1));
+    env.assert_http_allowed(&app2, &target);
+    env.assert_http_blocked(&app3, &target);
+    let identity_before = env.endpoint(&app1).unwrap()["identity"].clone();
+
+    env.kill_daemon();
+    assert!(env.try_status().is_none(), "the daemon is down");
+    env.assert_http_allowed(&app2, &target);
+    env.assert_http_blocked(&app3, &target);
+
+    env.start_daemon();
+    env.wait_attached(&app1);
+    assert_eq!(
+        env.endpoint(&app1).unwrap()["identity"],
+        identity_before,
+        "identity adopted from the pins"
+    );
+    env.assert_http_allowed(&app2, &target);
+    env.assert_http_blocked(&app3, &target);
+    assert_eq!(
+        env.pinned_links(),
+        6,
+        "no duplicate links after the restart"
+    );
+}
+
+#[test]
+fn malformed_label_fails_closed_and_shows_in_status() {
+    let env = TestEnv::new("badlabel");
+    let broken = env.start_attached(
+        "broken",
+        &[
+            "--label",
+            "id=broken",
+            "--label",
+            "bpfwall.ingress=allow form id=c port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let c = env.start_attached("c", &["--label", "id=c"], HTTPD);
+    env.assert_http_blocked(&c, &url(&env.ip(&broken)));
+    // Egress was not broken: it stays open.
+    env.assert_http_allowed(&broken, &url(&env.ip(&c)));
+    let ep = env.endpoint(&broken).unwrap();
+    assert_eq!(ep["ingress"]["state"], "closed (label error)");
+    let errors = ep["errors"].to_string();
+    assert!(
+        errors.contains("e2e-badlabel-broken")
+            && errors.contains("bpfwall.ingress")
+            && errors.contains("column 7"),
+        "{errors}"
+    );
+    let text = env.status_text();
+    assert!(
+        text.contains("ERROR container 'e2e-badlabel-broken': label 'bpfwall.ingress' column 7"),
+        "{text}"
+    );
+}
