@@ -1,5 +1,10 @@
 //! Compiles the C datapath in ../bpf-src with clang into $OUT_DIR/bpfwall.o.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a build script reports failure by panicking"
+)]
+
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;

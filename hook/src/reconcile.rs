@@ -335,12 +335,13 @@ impl Reconciler {
         let i = diff(&self.applied.ipcache, &compiled.ipcache);
         let p = diff(&self.applied.policy, &compiled.policy);
 
-        let mut maps = self.datapath.maps()?;
-        for ep in &fresh {
-            maps.reset_counters(*ep)?;
+        {
+            let mut maps = self.datapath.maps()?;
+            for ep in &fresh {
+                maps.reset_counters(*ep)?;
+            }
+            maps.apply_upserts(&e, &i, &p)?;
         }
-        maps.apply_upserts(&e, &i, &p)?;
-        drop(maps);
 
         // Links: attach what is missing, remove what is stale.
         let desired: BTreeMap<String, (PathBuf, u64)> = self
@@ -382,10 +383,11 @@ impl Reconciler {
             }
         }
 
-        let mut maps = self.datapath.maps()?;
-        maps.apply_removals(&e, &i, &p)?;
-        let forgotten = maps.forget_conntrack(&freed)?;
-        drop(maps);
+        let forgotten = {
+            let mut maps = self.datapath.maps()?;
+            maps.apply_removals(&e, &i, &p)?;
+            maps.forget_conntrack(&freed)?
+        };
         self.problems
             .retain(|id, _| self.containers.contains_key(id));
 

@@ -2,6 +2,12 @@
 //! bpf-src/bpfwall_maps.h must have the same size and member offsets in the
 //! object's BTF as its mirror in labels_policy::datapath_abi.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
+
 use std::collections::BTreeMap;
 use std::process::Command;
 

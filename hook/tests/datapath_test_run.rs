@@ -8,6 +8,12 @@
 //! a dummy device of its own, because the kernel treats a test packet as
 //! arriving on the device given by ifindex (loopback if none).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
+
 use std::net::IpAddr;
 use std::process::Command;
 

@@ -1,5 +1,11 @@
 //! The compiler's output, entry by entry, and its properties.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 

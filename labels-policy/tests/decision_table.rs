@@ -1,5 +1,11 @@
 //! The shared decision table against the Rust model of the datapath.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
+
 use labels_policy::datapath_abi as abi;
 use labels_policy::decision::{case_setup, cases, decide};
 

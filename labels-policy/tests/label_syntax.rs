@@ -1,5 +1,11 @@
 //! The label language: what parses, to what, and where errors point.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
+
 use labels_policy::label_syntax::{parse_port, parse_rules, policy_from_labels};
 use labels_policy::model::{Direction, Peer, PortSpec, Protocol, Verdict};
 use labels_policy::LabelSet;

@@ -1,6 +1,12 @@
 //! End to end: label-selected L3/L4 policy on a real dockerd (issue 2).
 //! Each test has its own daemon, names and containers (see the harness).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
+
 use bpfwall_e2e::{Container, TestEnv};
 
 const HTTPD: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/www"];
