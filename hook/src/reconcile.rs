@@ -392,7 +392,7 @@ impl Reconciler {
             .retain(|id, _| self.containers.contains_key(id));
 
         if !(e.is_empty() && i.is_empty() && p.is_empty()) || forgotten > 0 {
-            tracing::info!(
+            tracing::debug!(
                 endpoints = compiled.endpoints.len(),
                 ipcache = compiled.ipcache.len(),
                 policy = compiled.policy.len(),

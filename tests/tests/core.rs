@@ -344,7 +344,7 @@ fn exit_leaves_no_state_behind() {
     assert_eq!(before.0, 1, "one endpoint");
     assert_eq!(before.2, 2, "two links (ingress, egress)");
     let target = url(&env.ip(&keeper));
-    for i in 0..40 {
+    for i in 0..100 {
         let c: Container = env.start_attached(
             &format!("cycle{i}"),
             &[
@@ -355,7 +355,7 @@ fn exit_leaves_no_state_behind() {
             ],
             SLEEP,
         );
-        if i % 10 == 0 {
+        if i % 25 == 0 {
             env.assert_http_allowed(&c, &target);
         }
         env.remove(&c);
