@@ -304,3 +304,183 @@ fn conntrack_records_allowed_flows_and_passes_their_replies() {
         0
     );
 }
+
+/// Ethernet + IPv6 (optionally with a hop-by-hop header) + TCP SYN.
+fn packet6(src: IpAddr, dst: IpAddr, dport: u16, hop_by_hop: bool) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&REMOTE_OR_LOCAL_SPORT.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 5 << 4, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut ext = Vec::new();
+    let mut next = abi::IPPROTO_TCP;
+    if hop_by_hop {
+        // next header TCP, length 0 (8 bytes), PadN option filling the rest.
+        ext.extend_from_slice(&[abi::IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
+        next = 0; // IPPROTO_HOPOPTS
+    }
+    let payload = ext.len() + l4.len();
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&[0x86, 0xdd]);
+    p.extend_from_slice(&[0x60, 0, 0, 0, (payload >> 8) as u8, payload as u8, next, 64]);
+    p.extend_from_slice(&octets(src));
+    p.extend_from_slice(&octets(dst));
+    p.extend_from_slice(&ext);
+    p.extend_from_slice(&l4);
+    p
+}
+
+#[test]
+fn ipv6_selectors_cidrs_and_extension_headers() {
+    use labels_policy::{compile, Attachment, CompileInput, ContainerInput, IdentityAllocator};
+    let ifindex = own_netns_with_device();
+    let cgroup_id = own_cgroup_id();
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let addr = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let containers = vec![
+        ContainerInput {
+            name: "local".into(),
+            labels: labels(&[
+                ("id", "local"),
+                ("bpfwall.ingress", "allow from id=app2 port 80/tcp"),
+                (
+                    "bpfwall.egress",
+                    "allow to cidr 2001:db8::/32 except 2001:db8:1::/48 port 443/tcp",
+                ),
+            ]),
+            addresses: vec![addr("fd00::2")],
+            attachment: Some(Attachment {
+                cgroup_id,
+                endpoint_id: 3,
+            }),
+        },
+        ContainerInput {
+            name: "app2".into(),
+            labels: labels(&[("id", "app2")]),
+            addresses: vec![addr("fd00::3")],
+            attachment: None,
+        },
+        ContainerInput {
+            name: "app3".into(),
+            labels: labels(&[("id", "app3")]),
+            addresses: vec![addr("fd00::4")],
+            attachment: None,
+        },
+    ];
+    let compiled = compile(
+        CompileInput {
+            containers: &containers,
+            host_addresses: &[addr("fd00::1")],
+            host_policies: &[],
+        },
+        &mut IdentityAllocator::new(),
+    )
+    .unwrap();
+    let mut dp = Datapath::load(None).unwrap();
+    {
+        let mut maps = dp.maps().unwrap();
+        let e = diff(&Default::default(), &compiled.endpoints);
+        let i = diff(&Default::default(), &compiled.ipcache);
+        let p = diff(&Default::default(), &compiled.policy);
+        maps.apply_upserts(&e, &i, &p).unwrap();
+    }
+    let mut ctx = [0u8; SKB_CTX_SIZE];
+    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    let local = addr("fd00::2");
+    let rows: &[(&str, &'static str, IpAddr, IpAddr, u16, bool, u32)] = &[
+        (
+            "app2 -> 80",
+            abi::PROG_INGRESS,
+            addr("fd00::3"),
+            local,
+            80,
+            false,
+            1,
+        ),
+        (
+            "app2 -> 80 behind a hop-by-hop header",
+            abi::PROG_INGRESS,
+            addr("fd00::3"),
+            local,
+            80,
+            true,
+            1,
+        ),
+        (
+            "app2 -> 81",
+            abi::PROG_INGRESS,
+            addr("fd00::3"),
+            local,
+            81,
+            false,
+            0,
+        ),
+        (
+            "app3 -> 80",
+            abi::PROG_INGRESS,
+            addr("fd00::4"),
+            local,
+            80,
+            false,
+            0,
+        ),
+        (
+            "-> 2001:db8::5 443",
+            abi::PROG_EGRESS,
+            local,
+            addr("2001:db8::5"),
+            443,
+            false,
+            1,
+        ),
+        (
+            "-> 2001:db8:1::5 443 (except)",
+            abi::PROG_EGRESS,
+            local,
+            addr("2001:db8:1::5"),
+            443,
+            false,
+            0,
+        ),
+        (
+            "-> 2001:db9::5 443 (outside)",
+            abi::PROG_EGRESS,
+            local,
+            addr("2001:db9::5"),
+            443,
+            false,
+            0,
+        ),
+        (
+            "-> app2 443 (a container, not cidr)",
+            abi::PROG_EGRESS,
+            local,
+            addr("fd00::3"),
+            443,
+            false,
+            0,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, prog, src, dst, dport, hbh, want) in rows {
+        let bytes = packet6(*src, *dst, *dport, *hbh);
+        let got = dp
+            .program(prog)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&bytes),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .unwrap()
+            .return_value;
+        if got != *want {
+            failures.push(format!("{name}: expected {want}, got {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

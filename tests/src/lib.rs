@@ -17,8 +17,12 @@
     reason = "a test harness: a failed step is a failed test"
 )]
 
-use std::path::PathBuf;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -89,6 +93,7 @@ pub struct TestEnv {
     /// The daemon's API socket.
     pub socket: PathBuf,
     log: PathBuf,
+    docker_socket: Option<PathBuf>,
     daemon: Option<Child>,
     networks: Vec<String>,
     netns: Vec<String>,
@@ -98,6 +103,12 @@ pub struct TestEnv {
 impl TestEnv {
     /// Cleans whatever an earlier run of this test left, then starts the daemon.
     pub fn new(name: &str) -> TestEnv {
+        Self::with_docker_socket(name, None)
+    }
+
+    /// Like [`TestEnv::new`], with the daemon talking to dockerd through
+    /// `docker_socket` (a [`DockerProxy`]) instead of /var/run/docker.sock.
+    pub fn with_docker_socket(name: &str, docker_socket: Option<&Path>) -> TestEnv {
         let out = run(docker().arg("image").arg("inspect").arg(IMAGE));
         assert!(
             out.status.success(),
@@ -110,6 +121,7 @@ impl TestEnv {
             pin_root: PathBuf::from(format!("/sys/fs/bpf/bpfwall_v1_e2e_{name}")),
             socket: dir.join(format!("{name}.sock")),
             log: dir.join(format!("{name}.log")),
+            docker_socket: docker_socket.map(Path::to_path_buf),
             daemon: None,
             networks: Vec::new(),
             netns: Vec::new(),
@@ -129,8 +141,14 @@ impl TestEnv {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(bpfwall_bin())
-            .args(["daemon", "-v", "--bpffs-root"])
+        let mut cmd = Command::new(bpfwall_bin());
+        if let Some(sock) = &self.docker_socket {
+            cmd.arg("daemon").arg("--docker-socket").arg(sock);
+        } else {
+            cmd.arg("daemon");
+        }
+        let child = cmd
+            .args(["-v", "--bpffs-root"])
             .arg(&self.pin_root)
             .arg("--socket")
             .arg(&self.socket)
@@ -463,5 +481,75 @@ impl Drop for TestEnv {
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_dir_all(format!("/run/bpfwall-e2e/{}-www", self.name));
+    }
+}
+
+/// A unix-socket proxy in front of /var/run/docker.sock, so a test can cut
+/// the daemon off from dockerd (and restore it) without touching dockerd.
+#[derive(Debug)]
+pub struct DockerProxy {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<UnixStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DockerProxy {
+    /// Starts forwarding `path` to dockerd.
+    pub fn start(path: &Path) -> DockerProxy {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(upstream) = UnixStream::connect("/var/run/docker.sock") else {
+                    continue;
+                };
+                let mut list = conns2.lock().unwrap();
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                list.push(client);
+                list.push(upstream);
+            }
+        });
+        DockerProxy {
+            path: path.to_path_buf(),
+            stop,
+            conns,
+            thread: Some(thread),
+        }
+    }
+
+    /// Cuts every connection and stops accepting new ones.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

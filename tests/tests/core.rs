@@ -468,3 +468,46 @@ fn malformed_label_fails_closed_and_shows_in_status() {
         "{text}"
     );
 }
+
+#[test]
+fn docker_restart_reconnects_and_resyncs() {
+    let sock = std::path::PathBuf::from("/run/bpfwall-e2e/reconnect-docker.sock");
+    std::fs::create_dir_all("/run/bpfwall-e2e").unwrap();
+    let mut proxy = bpfwall_e2e::DockerProxy::start(&sock);
+    let env = TestEnv::with_docker_socket("reconnect", Some(&sock));
+    let server = env.start_attached(
+        "server",
+        &[
+            "--label",
+            "id=server",
+            "--label",
+            "bpfwall.ingress=allow from id=c port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let gone = env.start_attached("gone", &["--label", "id=gone"], SLEEP);
+    let target = url(&env.ip(&server));
+
+    proxy.stop();
+    env.wait_for("the daemon to notice dockerd is gone", |env| {
+        env.status()["docker_connected"] == false
+    });
+    // While the daemon cannot see Docker: a new client is unknown (and so
+    // refused by the server's selector rule), and a container goes away.
+    let c = env.start("c", &["--label", "id=c"], SLEEP);
+    env.remove(&gone);
+    env.assert_http_blocked(&c, &target);
+    assert_eq!(env.pinned_links(), 4, "nothing changes while disconnected");
+
+    let _proxy = bpfwall_e2e::DockerProxy::start(&sock);
+    env.wait_attached(&c);
+    env.wait_for("the removed container's links to go", |env| {
+        env.pinned_links() == 4
+    });
+    assert!(env
+        .endpoint(&Container {
+            name: gone.name.clone()
+        })
+        .is_none());
+    env.assert_http_allowed(&c, &target);
+}

@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! maps/bpfwall_<what>_v1         every map, shared by all links
+//! progs/bpfwall_ingress          the programs this daemon loaded (replaced at
+//! progs/bpfwall_egress           each start; links keep the ones they hold)
 //! links/<name>_<cgroup id>_ingress
 //! links/<name>_<cgroup id>_egress
 //! ```
@@ -91,8 +93,8 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::links::LinkError>,
     },
-    /// A link could not be pinned.
-    #[error("cannot pin link at {path}")]
+    /// A link or program could not be pinned.
+    #[error("cannot pin at {path}")]
     Pin {
         /// The pin path.
         path: PathBuf,
@@ -202,7 +204,7 @@ impl Datapath {
             if let Some(parent) = root.parent() {
                 ensure_bpffs(parent)?;
             }
-            for sub in ["maps", "links"] {
+            for sub in ["maps", "links", "progs"] {
                 let dir = root.join(sub);
                 std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
             }
@@ -217,12 +219,24 @@ impl Datapath {
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in [abi::PROG_INGRESS, abi::PROG_EGRESS] {
-            program(&mut ebpf, name)?
-                .load()
-                .map_err(|e| DatapathError::Program {
-                    name,
+            let prog = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| DatapathError::Program {
+                name,
+                source: Box::new(e),
+            })?;
+            if let Some(root) = pin_root {
+                let path = root.join("progs").join(name);
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("replace", &path)(e))
+                    }
+                    _ => {}
+                }
+                prog.pin(&path).map_err(|e| DatapathError::Pin {
+                    path: path.clone(),
                     source: Box::new(e),
                 })?;
+            }
         }
         Ok(Datapath {
             ebpf,
