@@ -208,12 +208,14 @@ pub fn port_spec_keys(spec: &PortSpec) -> Vec<(u8, u16, u32)> {
         Protocol::Tcp => &[abi::IPPROTO_TCP],
         Protocol::Udp => &[abi::IPPROTO_UDP],
         Protocol::Icmp => &[abi::IPPROTO_ICMP, abi::IPPROTO_ICMPV6],
+        Protocol::Icmp4 => &[abi::IPPROTO_ICMP],
+        Protocol::Icmp6 => &[abi::IPPROTO_ICMPV6],
         Protocol::Any if spec.is_all_ports() => return vec![(0, 0, abi::POLICY_PREFIX_ANY_PROTO)],
         Protocol::Any => &[abi::IPPROTO_TCP, abi::IPPROTO_UDP, abi::IPPROTO_SCTP],
     };
     let mut out = Vec::new();
     for &p in protocols {
-        if spec.protocol != Protocol::Icmp && spec.is_all_ports() {
+        if !spec.protocol.is_icmp() && spec.is_all_ports() {
             out.push((p, 0, abi::POLICY_PREFIX_ANY_PORT));
             continue;
         }

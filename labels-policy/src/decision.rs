@@ -169,6 +169,8 @@ pub fn port_matches(spec: &PortSpec, protocol: u8, dport: u16) -> bool {
         Protocol::Icmp => {
             (protocol == abi::IPPROTO_ICMP || protocol == abi::IPPROTO_ICMPV6) && in_range
         }
+        Protocol::Icmp4 => protocol == abi::IPPROTO_ICMP && in_range,
+        Protocol::Icmp6 => protocol == abi::IPPROTO_ICMPV6 && in_range,
         Protocol::Any if spec.is_all_ports() => true,
         Protocol::Any => {
             [abi::IPPROTO_TCP, abi::IPPROTO_UDP, abi::IPPROTO_SCTP].contains(&protocol) && in_range

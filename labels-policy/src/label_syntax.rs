@@ -28,16 +28,14 @@ pub const LABEL_PREFIX: &str = "bpfwall.";
 
 /// A label value bpfwall cannot read, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("label '{label}' column {column}: expected {expected}, found {found}")]
+#[error("label '{label}' column {column}: {message}")]
 pub struct LabelError {
     /// The label key.
     pub label: String,
     /// 1-based character column in the label's value (1 for key errors).
     pub column: usize,
-    /// What the parser expected there.
-    pub expected: String,
-    /// What it found.
-    pub found: String,
+    /// What is wrong, usually "expected X, found Y".
+    pub message: String,
     /// The directions this error closes.
     pub closes: Vec<Direction>,
 }
@@ -67,6 +65,9 @@ fn label_direction(key: &str) -> Option<Result<Direction, LabelError>> {
         Some((head, name)) => (head, Some(name)),
         None => (rest, None),
     };
+    if rest == "policy" {
+        return None;
+    }
     let direction = match head {
         "ingress" => Direction::Ingress,
         "egress" => Direction::Egress,
@@ -74,8 +75,9 @@ fn label_direction(key: &str) -> Option<Result<Direction, LabelError>> {
             return Some(Err(LabelError {
                 label: key.to_string(),
                 column: 1,
-                expected: "a label key bpfwall.ingress, bpfwall.egress, bpfwall.ingress.<name> or bpfwall.egress.<name>".into(),
-                found: format!("'{key}'"),
+                message: format!(
+                    "expected a label key bpfwall.ingress, bpfwall.egress, bpfwall.ingress.<name>, bpfwall.egress.<name> or bpfwall.policy, found '{key}'"
+                ),
                 closes: Direction::ALL.to_vec(),
             }))
         }
@@ -84,8 +86,7 @@ fn label_direction(key: &str) -> Option<Result<Direction, LabelError>> {
         return Some(Err(LabelError {
             label: key.to_string(),
             column: 1,
-            expected: format!("a name after '{LABEL_PREFIX}{head}.'"),
-            found: "nothing".into(),
+            message: format!("expected a name after '{LABEL_PREFIX}{head}.', found nothing"),
             closes: vec![direction],
         }));
     }
@@ -97,6 +98,18 @@ fn label_direction(key: &str) -> Option<Result<Direction, LabelError>> {
 pub fn policy_from_labels(labels: &LabelSet) -> LabelPolicy {
     let mut out = LabelPolicy::default();
     for (key, value) in labels {
+        if key == crate::cilium::POLICY_LABEL {
+            match crate::cilium::parse_policy_label(value) {
+                Ok(mut rules) => out.rules.append(&mut rules),
+                Err(e) => out.errors.push(LabelError {
+                    label: key.clone(),
+                    column: column_of(value, e.line, e.column),
+                    message: e.message,
+                    closes: Direction::ALL.to_vec(),
+                }),
+            }
+            continue;
+        }
         match label_direction(key) {
             None => {}
             Some(Err(e)) => out.errors.push(e),
@@ -107,6 +120,15 @@ pub fn policy_from_labels(labels: &LabelSet) -> LabelPolicy {
         }
     }
     out
+}
+
+/// The 1-based character column in `text` of a (line, column) position.
+fn column_of(text: &str, line: usize, column: usize) -> usize {
+    text.split('\n')
+        .take(line.saturating_sub(1))
+        .map(|l| l.chars().count() + 1)
+        .sum::<usize>()
+        + column
 }
 
 /// Parses one label value of the given direction.
@@ -246,8 +268,7 @@ impl Parser<'_> {
         LabelError {
             label: self.label.to_string(),
             column,
-            expected: expected.into(),
-            found: found.into(),
+            message: format!("expected {}, found {}", expected.into(), found.into()),
             closes: vec![self.direction],
         }
     }

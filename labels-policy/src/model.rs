@@ -67,6 +67,10 @@ pub enum Protocol {
     Udp,
     /// ICMP for IPv4 (1) and ICMPv6 (58); the "port" is the ICMP type.
     Icmp,
+    /// ICMP for IPv4 only (Cilium's `icmps` with family IPv4).
+    Icmp4,
+    /// ICMPv6 only (Cilium's `icmps` with family IPv6).
+    Icmp6,
     /// Every protocol; with a port range, every protocol that has ports.
     Any,
 }
@@ -77,8 +81,17 @@ impl fmt::Display for Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
             Protocol::Icmp => "icmp",
+            Protocol::Icmp4 => "icmpv4",
+            Protocol::Icmp6 => "icmpv6",
             Protocol::Any => "any",
         })
+    }
+}
+
+impl Protocol {
+    /// True for the ICMP protocols, whose "ports" are ICMP types.
+    pub fn is_icmp(self) -> bool {
+        matches!(self, Protocol::Icmp | Protocol::Icmp4 | Protocol::Icmp6)
     }
 }
 

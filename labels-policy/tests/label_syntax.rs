@@ -164,9 +164,9 @@ fn errors_name_the_label_and_column() {
         assert_eq!(err.label, "bpfwall.ingress.web", "{value}");
         assert_eq!(err.column, *column, "column for '{value}': {err}");
         assert!(
-            err.expected.contains(mention),
+            err.message.contains(mention),
             "'{value}': expected '{}' to mention {mention}",
-            err.expected
+            err.message
         );
         assert_eq!(err.closes, vec![Direction::Ingress]);
         let text = err.to_string();
