@@ -19,6 +19,32 @@ pub const DEFAULT_SOCKET: &str = "/run/bpfwall/bpfwall.sock";
 pub enum Request {
     /// The daemon's state.
     Status,
+    /// Would a new connection pass, and which rule decides?
+    Check {
+        /// The sender.
+        from: FlowEndArg,
+        /// The receiver.
+        to: FlowEndArg,
+        /// IP protocol number.
+        protocol: u8,
+        /// Destination port (ICMP: type).
+        port: u16,
+    },
+    /// A container's effective policy.
+    Explain {
+        /// Its name or id.
+        container: String,
+    },
+}
+
+/// One end of a flow in a check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowEndArg {
+    /// A container, by name or id.
+    Container(String),
+    /// An address.
+    Address(std::net::IpAddr),
 }
 
 /// An answer.
@@ -27,6 +53,10 @@ pub enum Request {
 pub enum Answer {
     /// See [`Status`].
     Status(Status),
+    /// See [`labels_policy::query::CheckResult`].
+    Check(labels_policy::query::CheckResult),
+    /// See [`labels_policy::query::Explanation`].
+    Explain(labels_policy::query::Explanation),
     /// The request was not understood.
     Error {
         /// Why.

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::api::{self, Answer, Call, Request};
 use crate::datapath::Datapath;
 use crate::docker_events::{self, RuntimeEvent};
+use crate::policy_dir::PolicyDir;
 use crate::reconcile::Reconciler;
 
 /// How the daemon runs.
@@ -23,10 +24,14 @@ pub struct DaemonConfig {
     pub api_socket: PathBuf,
     /// Only containers matching this are attached (all are peers).
     pub manage: Selector,
+    /// Host-wide policy files.
+    pub policy_dir: PathBuf,
 }
 
 /// Events arriving within this window are handled by one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(5);
+/// The policy directory is read this often (changes apply within a second).
+const POLICY_POLL: Duration = Duration::from_millis(250);
 /// A reconcile runs at least this often (host addresses change without events).
 const PERIODIC: Duration = Duration::from_secs(10);
 
@@ -48,8 +53,13 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     tokio::spawn(api::serve(listener, calls_tx));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(PERIODIC);
+    let mut policy_tick = tokio::time::interval(POLICY_POLL);
+    let mut policy_dir = PolicyDir::new(&config.policy_dir);
+    policy_dir.poll();
+    reconciler.set_host_policies(policy_dir.policies());
     let pin_root = config.pin_root.display().to_string();
-    tracing::info!(pin_root, api = %config.api_socket.display(), docker = config.docker_socket, "bpfwall daemon running");
+    tracing::info!(pin_root, api = %config.api_socket.display(), docker = config.docker_socket,
+        policy_dir = %config.policy_dir.display(), "bpfwall daemon running");
     loop {
         tokio::select! {
             Some(event) = events.recv() => {
@@ -64,12 +74,27 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 }
             }
             Some(call) = calls.recv() => {
+                let error = |message: String| Answer::Error { message };
                 let answer = match call.request {
-                    Request::Status => Answer::Status(reconciler.status(&pin_root)),
+                    Request::Status => {
+                        let mut status = reconciler.status(&pin_root);
+                        status.policy_files = policy_dir.status();
+                        Answer::Status(status)
+                    }
+                    Request::Check { from, to, protocol, port } => {
+                        reconciler.check(&from, &to, protocol, port).map_or_else(error, Answer::Check)
+                    }
+                    Request::Explain { container } => reconciler.explain(&container).map_or_else(error, Answer::Explain),
                 };
                 let _ = call.reply.send(answer);
             }
             _ = tick.tick() => reconciler.reconcile(),
+            _ = policy_tick.tick() => {
+                if policy_dir.poll() {
+                    reconciler.set_host_policies(policy_dir.policies());
+                    reconciler.reconcile();
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }

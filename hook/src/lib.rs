@@ -7,5 +7,6 @@ pub mod cgroup;
 pub mod daemon;
 pub mod datapath;
 pub mod docker_events;
+pub mod policy_dir;
 pub mod reconcile;
 pub mod status;

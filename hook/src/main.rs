@@ -41,7 +41,13 @@ enum Command {
         /// every container is still a peer. Default: all containers.
         #[arg(long = "manage-label", value_name = "KEY=VALUE")]
         manage_label: Vec<String>,
+        /// Host-wide Cilium-format policy files (JSON or YAML), reloaded on change.
+        #[arg(long, default_value = bpfwall::policy_dir::DEFAULT_POLICY_DIR)]
+        policy_dir: PathBuf,
     },
+    /// Validate, check and explain policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Show managed containers, their policy state and counters.
     Status {
         /// The daemon's API socket.
@@ -57,6 +63,140 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_ROOT)]
         bpffs_root: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Check policy files or a label without applying them (exit 0 valid, 2 not).
+    Validate {
+        /// Policy files (JSON or YAML).
+        files: Vec<PathBuf>,
+        /// A label KEY=VALUE, as given to `docker run --label`.
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+    },
+    /// Would a new connection pass, and which rule decides? Exit 0 allowed, 1 denied, 2 error.
+    Check {
+        /// The sending container (name or id).
+        #[arg(
+            long,
+            conflicts_with = "from_cidr",
+            required_unless_present = "from_cidr"
+        )]
+        from: Option<String>,
+        /// The sending address, outside the containers.
+        #[arg(long, value_name = "ADDRESS")]
+        from_cidr: Option<String>,
+        /// The receiving container (name or id).
+        #[arg(long, conflicts_with = "to_cidr", required_unless_present = "to_cidr")]
+        to: Option<String>,
+        /// The receiving address, outside the containers.
+        #[arg(long, value_name = "ADDRESS")]
+        to_cidr: Option<String>,
+        /// PORT/tcp, PORT/udp, or icmp (an echo request).
+        #[arg(long)]
+        port: String,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A container's identity, the rules that select it and its effective table.
+    Explain {
+        /// The container (name or id).
+        container: String,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--port` of `policy check`: (protocol number, port or ICMP type).
+fn parse_check_port(text: &str) -> anyhow::Result<(u8, u16)> {
+    use labels_policy::datapath_abi as abi;
+    if text == "icmp" {
+        return Ok((abi::IPPROTO_ICMP, 8));
+    }
+    let (port, proto) = text
+        .split_once('/')
+        .with_context(|| format!("--port '{text}': expected PORT/tcp, PORT/udp or icmp"))?;
+    let protocol = match proto {
+        "tcp" => abi::IPPROTO_TCP,
+        "udp" => abi::IPPROTO_UDP,
+        _ => anyhow::bail!("--port '{text}': protocol must be tcp or udp (or use icmp)"),
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .with_context(|| format!("--port '{text}': '{port}' is not a port from 1 to 65535"))?;
+    Ok((protocol, port))
+}
+
+fn flow_end(
+    container: Option<String>,
+    cidr: Option<String>,
+    flag: &str,
+) -> anyhow::Result<api::FlowEndArg> {
+    match (container, cidr) {
+        (Some(c), None) => Ok(api::FlowEndArg::Container(c)),
+        (None, Some(a)) => {
+            let net = labels_policy::label_syntax::parse_prefix(&a)
+                .map_err(|expected| anyhow::anyhow!("--{flag}-cidr '{a}': expected {expected}"))?;
+            Ok(api::FlowEndArg::Address(net.network()))
+        }
+        _ => anyhow::bail!("give --{flag} CONTAINER or --{flag}-cidr ADDRESS"),
+    }
+}
+
+fn validate(files: &[PathBuf], labels: &[String]) -> anyhow::Result<ExitCode> {
+    use labels_policy::cilium::{parse_policy_file, Format};
+    if files.is_empty() && labels.is_empty() {
+        anyhow::bail!("give policy files, or --label KEY=VALUE");
+    }
+    let mut bad = 0;
+    for file in files {
+        let name = file.display().to_string();
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {name}"))?;
+        match parse_policy_file(&text, Format::from_path(&name), &name) {
+            Ok(p) => println!(
+                "{name}: valid ({} policies, {} rules)",
+                p.len(),
+                p.iter().map(|p| p.rules.len()).sum::<usize>()
+            ),
+            Err(e) => {
+                println!("{e}");
+                bad += 1;
+            }
+        }
+    }
+    for label in labels {
+        let (key, value) = label
+            .split_once('=')
+            .with_context(|| format!("--label '{label}': expected KEY=VALUE"))?;
+        if !key.starts_with(labels_policy::label_syntax::LABEL_PREFIX) {
+            anyhow::bail!("--label '{key}': not a bpfwall label (bpfwall.ingress, bpfwall.egress, bpfwall.policy)");
+        }
+        let set = labels_policy::LabelSet::from([(key.to_string(), value.to_string())]);
+        let parsed = labels_policy::policy_from_labels(&set);
+        if parsed.errors.is_empty() {
+            println!("label '{key}': valid ({} rules)", parsed.rules.len());
+        }
+        for e in parsed.errors {
+            println!("{e}");
+            bad += 1;
+        }
+    }
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn init_logging(verbose: u8) {
@@ -91,12 +231,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bpffs_root,
             socket,
             manage_label,
+            policy_dir,
         } => {
             daemon::run(DaemonConfig {
                 docker_socket,
                 pin_root: bpffs_root,
                 api_socket: socket,
                 manage: parse_manage(&manage_label)?,
+                policy_dir,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -111,6 +253,63 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Answer::Error { message } => anyhow::bail!("daemon: {message}"),
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        },
+        Command::Policy(PolicyCommand::Validate { files, label }) => validate(&files, &label),
+        Command::Policy(PolicyCommand::Check {
+            from,
+            from_cidr,
+            to,
+            to_cidr,
+            port,
+            socket,
+            json,
+        }) => {
+            let (protocol, port_number) = parse_check_port(&port)?;
+            let request = Request::Check {
+                from: flow_end(from, from_cidr, "from")?,
+                to: flow_end(to, to_cidr, "to")?,
+                protocol,
+                port: port_number,
+            };
+            match api::call(&socket, &request).await? {
+                Answer::Check(result) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&result)?);
+                    } else {
+                        println!(
+                            "{} on {port}",
+                            if result.allowed { "ALLOWED" } else { "DENIED" }
+                        );
+                        for s in &result.sides {
+                            println!("  {} of {}: {}", s.direction, s.container, s.reason);
+                        }
+                    }
+                    Ok(if result.allowed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                Answer::Error { message } => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+            }
+        }
+        Command::Policy(PolicyCommand::Explain {
+            container,
+            socket,
+            json,
+        }) => match api::call(&socket, &Request::Explain { container }).await? {
+            Answer::Explain(e) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&e)?);
+                } else {
+                    print!("{}", bpfwall::status::render_explanation(&e));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Answer::Error { message } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
         },
         Command::Teardown { bpffs_root } => {
             bpfwall::datapath::remove_pins(&bpffs_root)?;

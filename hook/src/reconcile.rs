@@ -14,8 +14,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use labels_policy::datapath_abi::{self as abi, EndpointInfo};
+use labels_policy::query::{CheckResult, Explanation, FlowEnd};
 use labels_policy::{
-    compile, Attachment, CompileInput, Compiled, ContainerInput, IdentityAllocator, Selector,
+    compile, Attachment, CompileInput, Compiled, ContainerInput, HostPolicy, IdentityAllocator,
+    Selector,
 };
 
 use crate::cgroup;
@@ -61,6 +63,11 @@ pub struct Reconciler {
     synced: bool,
     docker_connected: bool,
     compiled: Compiled,
+    /// The last compile's input, in order, with each container's id.
+    inputs: Vec<ContainerInput>,
+    input_ids: Vec<String>,
+    host: Vec<IpAddr>,
+    host_policies: Vec<HostPolicy>,
     problems: BTreeMap<String, String>,
     last_error: Option<String>,
     cgroup_mount: Option<PathBuf>,
@@ -110,6 +117,10 @@ impl Reconciler {
             synced: false,
             docker_connected: false,
             compiled: Compiled::default(),
+            inputs: Vec::new(),
+            input_ids: Vec::new(),
+            host: Vec::new(),
+            host_policies: Vec::new(),
             problems: BTreeMap::new(),
             last_error: None,
             cgroup_mount: None,
@@ -318,7 +329,7 @@ impl Reconciler {
             CompileInput {
                 containers: &inputs,
                 host_addresses: &host,
-                host_policies: &[],
+                host_policies: &self.host_policies,
             },
             &mut self.allocator,
         )?;
@@ -408,7 +419,74 @@ impl Reconciler {
             policy: compiled.policy.clone(),
         };
         self.compiled = compiled;
+        self.input_ids = self.containers.keys().cloned().collect();
+        self.inputs = inputs;
+        self.host = host;
         Ok(())
+    }
+
+    /// Replaces the host-wide policies (from the policy directory).
+    pub fn set_host_policies(&mut self, policies: Vec<HostPolicy>) {
+        self.host_policies = policies;
+    }
+
+    /// The index of a container in the last compile, by name or id prefix.
+    fn find(&self, name: &str) -> Result<usize, String> {
+        let name = name.trim_start_matches('/');
+        if let Some(i) = self.inputs.iter().position(|c| c.name == name) {
+            return Ok(i);
+        }
+        let by_id: Vec<usize> = self
+            .input_ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| name.len() >= 4 && id.starts_with(name))
+            .map(|(i, _)| i)
+            .collect();
+        match by_id.as_slice() {
+            [i] => Ok(*i),
+            [] => Err(format!("no running container is named '{name}'")),
+            _ => Err(format!("'{name}' is the start of several container ids")),
+        }
+    }
+
+    fn flow_end(&self, end: &crate::api::FlowEndArg) -> Result<FlowEnd, String> {
+        match end {
+            crate::api::FlowEndArg::Container(name) => self.find(name).map(FlowEnd::Container),
+            crate::api::FlowEndArg::Address(a) => Ok(FlowEnd::Address(*a)),
+        }
+    }
+
+    /// Would a new connection pass? Answered from the last compile.
+    pub fn check(
+        &self,
+        from: &crate::api::FlowEndArg,
+        to: &crate::api::FlowEndArg,
+        protocol: u8,
+        port: u16,
+    ) -> Result<CheckResult, String> {
+        let from = self.flow_end(from)?;
+        let to = self.flow_end(to)?;
+        labels_policy::query::check(
+            &self.compiled,
+            &self.inputs,
+            &self.host,
+            &from,
+            &to,
+            protocol,
+            port,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// A container's effective policy.
+    pub fn explain(&self, name: &str) -> Result<Explanation, String> {
+        let i = self.find(name)?;
+        Ok(labels_policy::query::explain(
+            &self.compiled,
+            &self.inputs,
+            i,
+        ))
     }
 
     /// A snapshot for `bpfwall status`.
@@ -523,6 +601,8 @@ impl Reconciler {
                 .map(|w| format!("{w:?}"))
                 .collect(),
             last_error: self.last_error.clone(),
+            // The daemon fills this in from its policy directory.
+            policy_files: Vec::new(),
         }
     }
 }

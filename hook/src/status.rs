@@ -60,6 +60,8 @@ pub struct Status {
     pub warnings: Vec<String>,
     /// The last reconcile error, if the last reconcile failed.
     pub last_error: Option<String>,
+    /// Host-wide policy files and their errors.
+    pub policy_files: Vec<crate::policy_dir::FileStatus>,
 }
 
 impl Status {
@@ -81,6 +83,16 @@ impl Status {
         }
         for w in &self.warnings {
             let _ = writeln!(out, "warning: {w}");
+        }
+        for f in &self.policy_files {
+            match &f.error {
+                None => {
+                    let _ = writeln!(out, "policy file {}: {} specs", f.file, f.specs);
+                }
+                Some(e) => {
+                    let _ = writeln!(out, "ERROR policy file {e}");
+                }
+            }
         }
         for ep in &self.endpoints {
             let _ = writeln!(
@@ -117,4 +129,39 @@ impl Status {
         }
         out
     }
+}
+
+/// `bpfwall policy explain` as a person reads it.
+pub fn render_explanation(e: &labels_policy::query::Explanation) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} identity {}{}",
+        e.container,
+        e.identity,
+        if e.attached {
+            ""
+        } else {
+            " (NOT ATTACHED: not policed)"
+        }
+    );
+    for err in &e.errors {
+        let _ = writeln!(out, "  ERROR {err}");
+    }
+    for d in &e.directions {
+        let _ = writeln!(out, "{}: {}", d.direction, d.state);
+        for r in &d.rules {
+            let who = if r.matching_containers.is_empty() {
+                String::new()
+            } else {
+                format!(" [now: {}]", r.matching_containers.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "  {:<5} {}{} port {}   ({})",
+                r.verdict, r.peers, who, r.ports, r.origin
+            );
+        }
+    }
+    out
 }

@@ -11,6 +11,7 @@ pub mod decision;
 pub mod identity;
 pub mod label_syntax;
 pub mod model;
+pub mod query;
 
 pub use compile::{
     compile, Attachment, CompileInput, Compiled, ContainerInput, ContainerReport, HostPolicy,

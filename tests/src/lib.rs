@@ -92,6 +92,8 @@ pub struct TestEnv {
     pub pin_root: PathBuf,
     /// The daemon's API socket.
     pub socket: PathBuf,
+    /// The daemon's policy directory.
+    pub policy_dir: PathBuf,
     log: PathBuf,
     docker_socket: Option<PathBuf>,
     daemon: Option<Child>,
@@ -120,6 +122,7 @@ impl TestEnv {
             name: name.to_string(),
             pin_root: PathBuf::from(format!("/sys/fs/bpf/bpfwall_v1_e2e_{name}")),
             socket: dir.join(format!("{name}.sock")),
+            policy_dir: dir.join(format!("{name}-policies")),
             log: dir.join(format!("{name}.log")),
             docker_socket: docker_socket.map(Path::to_path_buf),
             daemon: None,
@@ -129,6 +132,8 @@ impl TestEnv {
         };
         env.remove_containers();
         let _ = std::fs::remove_dir_all(&env.pin_root);
+        let _ = std::fs::remove_dir_all(&env.policy_dir);
+        std::fs::create_dir_all(&env.policy_dir).unwrap();
         env.start_daemon();
         env
     }
@@ -154,6 +159,8 @@ impl TestEnv {
             .arg(&self.socket)
             .arg("--manage-label")
             .arg(format!("{TEST_LABEL}={}", self.name))
+            .arg("--policy-dir")
+            .arg(&self.policy_dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -407,6 +414,26 @@ impl TestEnv {
         ]));
     }
 
+    /// Writes a policy file into the daemon's policy directory (atomically).
+    pub fn write_policy(&self, file: &str, text: &str) {
+        let tmp = self.policy_dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.policy_dir.join(file)).unwrap();
+    }
+
+    /// Removes a policy file.
+    pub fn remove_policy(&self, file: &str) {
+        std::fs::remove_file(self.policy_dir.join(file)).unwrap();
+    }
+
+    /// Runs `bpfwall ARGS --socket <this env's>` for subcommands that talk to the daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new(bpfwall_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket))
+    }
+
     /// How many entries a pinned map holds.
     pub fn pinned_map_len(&self, map: &str) -> usize {
         let path = self.pin_root.join("maps").join(map);
@@ -478,6 +505,7 @@ impl Drop for TestEnv {
             let _ = run(Command::new("ip").args(["link", "del", l]));
         }
         let _ = std::fs::remove_dir_all(&self.pin_root);
+        let _ = std::fs::remove_dir_all(&self.policy_dir);
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_dir_all(format!("/run/bpfwall-e2e/{}-www", self.name));
