@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::process::Command;
 
 use aya::programs::{TestRun, TestRunOptions};
-use bpfwall::datapath::maps::diff;
+use bpfwall::datapath::maps::{diff, MapContents};
 use bpfwall::datapath::Datapath;
 use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason};
 use labels_policy::decision::{case_setup, cases, CtState, Decision};
@@ -46,6 +46,17 @@ fn own_netns_with_device() -> u32 {
         assert!(st.success(), "ip {args:?} failed");
     }
     nix::net::if_::if_nametoindex("bpfwt0").expect("bpfwt0 exists in the test's netns")
+}
+
+/// Brings the maps from `current` to the compiled content, as the daemon's
+/// reconcile does.
+fn write_compiled(dp: &mut Datapath, current: &MapContents, compiled: &labels_policy::Compiled) {
+    let mut maps = dp.maps().unwrap();
+    let e = diff(&current.endpoints, &compiled.endpoints);
+    let i = diff(&current.ipcache, &compiled.ipcache);
+    let p = diff(&current.policy, &compiled.policy);
+    maps.apply_upserts(&e, &i, &p).unwrap();
+    maps.apply_removals(&e, &i, &p).unwrap();
 }
 
 fn own_cgroup_id() -> u64 {
@@ -118,19 +129,15 @@ fn decision_table_holds_in_the_kernel() {
     let ifindex = own_netns_with_device();
     let cgroup_id = own_cgroup_id();
     let mut dp = Datapath::load(None).expect("load the datapath (needs root and BPF)");
-    let mut current = bpfwall::datapath::maps::MapContents::default();
+    let mut current = MapContents::default();
     let mut failures = Vec::new();
     let table = cases();
     for case in &table {
         let setup = case_setup(case, cgroup_id).unwrap();
         // Write this row's maps: diff from the previous row's.
         {
+            write_compiled(&mut dp, &current, &setup.compiled);
             let mut maps = dp.maps().unwrap();
-            let e = diff(&current.endpoints, &setup.compiled.endpoints);
-            let i = diff(&current.ipcache, &setup.compiled.ipcache);
-            let p = diff(&current.policy, &setup.compiled.policy);
-            maps.apply_removals(&e, &i, &p).unwrap();
-            maps.apply_upserts(&e, &i, &p).unwrap();
             assert_eq!(
                 maps.read().unwrap().policy,
                 setup.compiled.policy,
@@ -169,7 +176,7 @@ fn decision_table_holds_in_the_kernel() {
                 maps.insert_conntrack(key, value).unwrap();
             }
         }
-        current = bpfwall::datapath::maps::MapContents {
+        current = MapContents {
             endpoints: setup.compiled.endpoints.clone(),
             ipcache: setup.compiled.ipcache.clone(),
             policy: setup.compiled.policy.clone(),
@@ -248,14 +255,7 @@ fn conntrack_records_allowed_flows_and_passes_their_replies() {
         .find(|c| c.name.starts_with("L3+L4: app2 may reach"))
         .unwrap();
     let setup = case_setup(&case, cgroup_id).unwrap();
-    {
-        let mut maps = dp.maps().unwrap();
-        let empty = Default::default();
-        let e = diff(&empty, &setup.compiled.endpoints);
-        let i = diff(&Default::default(), &setup.compiled.ipcache);
-        let p = diff(&Default::default(), &setup.compiled.policy);
-        maps.apply_upserts(&e, &i, &p).unwrap();
-    }
+    write_compiled(&mut dp, &MapContents::default(), &setup.compiled);
     let mut ctx = [0u8; SKB_CTX_SIZE];
     ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
     let local = setup.local;
@@ -381,13 +381,7 @@ fn ipv6_selectors_cidrs_and_extension_headers() {
     )
     .unwrap();
     let mut dp = Datapath::load(None).unwrap();
-    {
-        let mut maps = dp.maps().unwrap();
-        let e = diff(&Default::default(), &compiled.endpoints);
-        let i = diff(&Default::default(), &compiled.ipcache);
-        let p = diff(&Default::default(), &compiled.policy);
-        maps.apply_upserts(&e, &i, &p).unwrap();
-    }
+    write_compiled(&mut dp, &MapContents::default(), &compiled);
     let mut ctx = [0u8; SKB_CTX_SIZE];
     ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
     let local = addr("fd00::2");

@@ -27,6 +27,25 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A container command: busybox httpd on port 80, in the foreground.
+pub const HTTPD: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/www"];
+/// A container command that just stays up.
+pub const SLEEP: &[&str] = &["sleep", "600"];
+
+/// The article's three containers: app1 (an HTTP server with the given
+/// policy labels), app2 and app3 (idle clients), all attached.
+#[derive(Debug)]
+pub struct Article {
+    /// The server.
+    pub app1: Container,
+    /// The client the policy admits.
+    pub app2: Container,
+    /// The client it does not.
+    pub app3: Container,
+    /// `http://<app1's address>/`.
+    pub target: String,
+}
+
 /// The image scripts/build-test-image.sh builds.
 pub const IMAGE: &str = "bpfwall-test:latest";
 /// The label that marks (and scopes) every object a test creates.
@@ -269,6 +288,29 @@ impl TestEnv {
         let c = self.start(role, options, cmd);
         self.wait_attached(&c);
         c
+    }
+
+    /// Starts the article's three containers; `app1_options` (labels) and
+    /// `common` (e.g. `--network=...`) go to `docker run`.
+    pub fn article(&self, app1_options: &[&str], common: &[&str]) -> Article {
+        let with = |extra: &[&str]| -> Vec<String> {
+            common.iter().chain(extra).map(|s| s.to_string()).collect()
+        };
+        fn opts(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let mut app1_opts = with(&["--label", "id=app1"]);
+        app1_opts.extend(app1_options.iter().map(|s| s.to_string()));
+        let app1 = self.start_attached("app1", &opts(&app1_opts), HTTPD);
+        let app2 = self.start_attached("app2", &opts(&with(&["--label", "id=app2"])), SLEEP);
+        let app3 = self.start_attached("app3", &opts(&with(&["--label", "id=app3"])), SLEEP);
+        let target = format!("http://{}/", self.ip(&app1));
+        Article {
+            app1,
+            app2,
+            app3,
+            target,
+        }
     }
 
     /// Waits until the daemon reports the container attached.

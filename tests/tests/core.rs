@@ -7,10 +7,7 @@
     reason = "tests: a failed step is a failed test"
 )]
 
-use bpfwall_e2e::{Container, TestEnv};
-
-const HTTPD: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/www"];
-const SLEEP: &[&str] = &["sleep", "600"];
+use bpfwall_e2e::{Container, TestEnv, HTTPD, SLEEP};
 
 fn url(ip: &str) -> String {
     format!("http://{ip}/")
@@ -20,19 +17,15 @@ fn url(ip: &str) -> String {
 #[test]
 fn article_scenario_on_default_bridge() {
     let env = TestEnv::new("article");
-    let app1 = env.start_attached(
-        "app1",
-        &[
-            "--label",
-            "id=app1",
-            "--label",
-            "bpfwall.ingress=allow from id=app2 port 80/tcp",
-        ],
-        HTTPD,
+    let bpfwall_e2e::Article {
+        app1,
+        app2,
+        app3,
+        target,
+    } = env.article(
+        &["--label", "bpfwall.ingress=allow from id=app2 port 80/tcp"],
+        &[],
     );
-    let app2 = env.start_attached("app2", &["--label", "id=app2"], SLEEP);
-    let app3 = env.start_attached("app3", &["--label", "id=app3"], SLEEP);
-    let target = url(&env.ip(&app1));
     env.assert_http_allowed(&app2, &target);
     env.assert_http_blocked(&app3, &target);
     // Only 80/tcp: app2 cannot reach another port of app1.
@@ -65,19 +58,12 @@ fn user_network_by_name() {
     let mut env = TestEnv::new("byname");
     let net = env.network("net");
     let net_opt = format!("--network={net}");
-    let app1 = env.start_attached(
-        "app1",
-        &[
-            &net_opt,
-            "--label",
-            "id=app1",
-            "--label",
-            "bpfwall.ingress=allow from id=app2 port 80/tcp",
-        ],
-        HTTPD,
+    let bpfwall_e2e::Article {
+        app1, app2, app3, ..
+    } = env.article(
+        &["--label", "bpfwall.ingress=allow from id=app2 port 80/tcp"],
+        &[&net_opt],
     );
-    let app2 = env.start_attached("app2", &[&net_opt, "--label", "id=app2"], SLEEP);
-    let app3 = env.start_attached("app3", &[&net_opt, "--label", "id=app3"], SLEEP);
     let target = format!("http://{}/", app1.name);
     env.assert_http_allowed(&app2, &target);
     env.assert_http_blocked(&app3, &target);
@@ -398,19 +384,15 @@ fn exit_leaves_no_state_behind() {
 #[test]
 fn daemon_sigkill_keeps_enforcing_and_restart_adopts() {
     let mut env = TestEnv::new("sigkill");
-    let app1 = env.start_attached(
-        "app1",
-        &[
-            "--label",
-            "id=app1",
-            "--label",
-            "bpfwall.ingress=allow from id=app2 port 80/tcp",
-        ],
-        HTTPD,
+    let bpfwall_e2e::Article {
+        app1,
+        app2,
+        app3,
+        target,
+    } = env.article(
+        &["--label", "bpfwall.ingress=allow from id=app2 port 80/tcp"],
+        &[],
     );
-    let app2 = env.start_attached("app2", &["--label", "id=app2"], SLEEP);
-    let app3 = env.start_attached("app3", &["--label", "id=app3"], SLEEP);
-    let target = url(&env.ip(&app1));
     env.assert_http_allowed(&app2, &target);
     env.assert_http_blocked(&app3, &target);
     let identity_before = env.endpoint(&app1).unwrap()["identity"].clone();

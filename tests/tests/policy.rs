@@ -9,16 +9,9 @@
 
 use std::process::Command;
 
-use bpfwall_e2e::{must, run, Container, TestEnv};
-
-const HTTPD: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/www"];
-const SLEEP: &[&str] = &["sleep", "600"];
+use bpfwall_e2e::{must, run, Container, TestEnv, HTTPD, SLEEP};
 
 const ARTICLE: &str = r#"[{"endpointSelector":{"matchLabels":{"id":"app1"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"id":"app2"}}],"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}]}]}]}]"#;
-
-fn url(ip: &str) -> String {
-    format!("http://{ip}/")
-}
 
 fn file_in_force(env: &TestEnv, file: &str, error: bool) -> bool {
     env.status()["policy_files"]
@@ -34,10 +27,9 @@ fn file_in_force(env: &TestEnv, file: &str, error: bool) -> bool {
 #[test]
 fn article_policy_from_a_file_and_reload() {
     let env = TestEnv::new("pfile");
-    let app1 = env.start_attached("app1", &["--label", "id=app1"], HTTPD);
-    let app2 = env.start_attached("app2", &["--label", "id=app2"], SLEEP);
-    let app3 = env.start_attached("app3", &["--label", "id=app3"], SLEEP);
-    let target = url(&env.ip(&app1));
+    let bpfwall_e2e::Article {
+        app2, app3, target, ..
+    } = env.article(&[], &[]);
     env.assert_http_allowed(&app3, &target);
 
     env.write_policy("article.json", ARTICLE);
@@ -87,10 +79,12 @@ fn article_policy_from_a_file_and_reload() {
 fn policy_label_is_enforced() {
     let env = TestEnv::new("plabel");
     let label = r#"bpfwall.policy=[{"ingress":[{"fromEndpoints":[{"matchLabels":{"id":"app2"}}],"toPorts":[{"ports":[{"port":80,"protocol":"tcp"}]}]}]}]"#;
-    let app1 = env.start_attached("app1", &["--label", "id=app1", "--label", label], HTTPD);
-    let app2 = env.start_attached("app2", &["--label", "id=app2"], SLEEP);
-    let app3 = env.start_attached("app3", &["--label", "id=app3"], SLEEP);
-    let target = url(&env.ip(&app1));
+    let bpfwall_e2e::Article {
+        app1,
+        app2,
+        app3,
+        target,
+    } = env.article(&["--label", label], &[]);
     env.assert_http_allowed(&app2, &target);
     env.assert_http_blocked(&app3, &target);
     let explain = must(
