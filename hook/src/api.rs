@@ -35,6 +35,18 @@ pub enum Request {
         /// Its name or id.
         container: String,
     },
+    /// From the OCI hook: police this container before it runs; answer
+    /// once its programs are attached and its policy is in the maps.
+    Enforce {
+        /// The container id.
+        id: String,
+        /// Its name.
+        name: String,
+        /// Its init process.
+        pid: u32,
+        /// Its labels.
+        labels: std::collections::BTreeMap<String, String>,
+    },
 }
 
 /// One end of a flow in a check.
@@ -57,6 +69,11 @@ pub enum Answer {
     Check(labels_policy::query::CheckResult),
     /// See [`labels_policy::query::Explanation`].
     Explain(labels_policy::query::Explanation),
+    /// The container is policed (or not managed by this daemon).
+    Enforced {
+        /// What was done.
+        message: String,
+    },
     /// The request was not understood.
     Error {
         /// Why.

@@ -85,6 +85,26 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                         reconciler.check(&from, &to, protocol, port).map_or_else(error, Answer::Check)
                     }
                     Request::Explain { container } => reconciler.explain(&container).map_or_else(error, Answer::Explain),
+                    Request::Enforce { id, name, pid, labels } => {
+                        let span = tracing::info_span!("oci_hook", container = %name, pid);
+                        let _guard = span.enter();
+                        match crate::netns::addresses_of_pid(pid) {
+                            Err(e) => error(format!("cannot read the addresses of pid {pid}: {e}")),
+                            Ok(addresses) => {
+                                let record = docker_events::ContainerRecord { id, name, labels: labels.into_iter().collect(), addresses, pid };
+                                match reconciler.enforce(record) {
+                                    Ok(message) => {
+                                        tracing::info!(%message, "enforced before start");
+                                        Answer::Enforced { message }
+                                    }
+                                    Err(message) => {
+                                        tracing::error!(%message, "refused a container start");
+                                        Answer::Error { message }
+                                    }
+                                }
+                            }
+                        }
+                    }
                 };
                 let _ = call.reply.send(answer);
             }

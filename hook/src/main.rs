@@ -57,6 +57,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The OCI createRuntime hook (added by bpfwall-runc): policed before the first instruction.
+    OciHook {
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Docker's data root (container labels are read from it).
+        #[arg(long, default_value = "/var/lib/docker")]
+        docker_root: PathBuf,
+        /// Let the container start when the daemon is unreachable or refuses.
+        #[arg(long)]
+        fail_open: bool,
+    },
+    /// Register bpfwall-runc with Docker (daemon.json) and reload dockerd.
+    InstallRuntime {
+        /// The runtime's name (`docker run --runtime NAME`).
+        #[arg(long, default_value = "bpfwall")]
+        name: String,
+        /// Make it Docker's default runtime (every `docker run`).
+        #[arg(long)]
+        default: bool,
+        /// The daemon's API socket the hook talks to.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Start containers even when bpfwall cannot police them (off by default).
+        #[arg(long)]
+        fail_open: bool,
+        /// Docker's daemon.json.
+        #[arg(long, default_value = "/etc/docker/daemon.json")]
+        daemon_json: PathBuf,
+        /// dockerd's pid file (SIGHUP reloads daemon.json).
+        #[arg(long, default_value = "/var/run/docker.pid")]
+        docker_pid_file: PathBuf,
+    },
+    /// Undo exactly what install-runtime did, and reload dockerd.
+    UninstallRuntime {
+        /// The runtime's name.
+        #[arg(long, default_value = "bpfwall")]
+        name: String,
+        /// Docker's daemon.json.
+        #[arg(long, default_value = "/etc/docker/daemon.json")]
+        daemon_json: PathBuf,
+        /// dockerd's pid file.
+        #[arg(long, default_value = "/var/run/docker.pid")]
+        docker_pid_file: PathBuf,
+    },
     /// Detach everything and remove all pins (uninstall). Stop the daemon first.
     Teardown {
         /// The pin root to remove.
@@ -311,6 +356,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Answer::Error { message } => anyhow::bail!("{message}"),
             other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
         },
+        Command::OciHook {
+            socket,
+            docker_root,
+            fail_open,
+        } => Ok(bpfwall::oci_hook::run(&socket, &docker_root, fail_open).await),
+        Command::InstallRuntime {
+            name,
+            default,
+            socket,
+            fail_open,
+            daemon_json,
+            docker_pid_file,
+        } => {
+            bpfwall::runtime_install::install(&bpfwall::runtime_install::InstallOptions {
+                name: name.clone(),
+                default,
+                socket,
+                fail_open,
+                daemon_json: daemon_json.clone(),
+            })?;
+            bpfwall::runtime_install::reload_dockerd(&docker_pid_file)?;
+            println!(
+                "registered runtime '{name}' in {}{}; dockerd reloaded",
+                daemon_json.display(),
+                if default { " as the default" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::UninstallRuntime {
+            name,
+            daemon_json,
+            docker_pid_file,
+        } => {
+            bpfwall::runtime_install::uninstall(&name, &daemon_json)?;
+            bpfwall::runtime_install::reload_dockerd(&docker_pid_file)?;
+            println!(
+                "removed runtime '{name}' from {}; dockerd reloaded",
+                daemon_json.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Teardown { bpffs_root } => {
             bpfwall::datapath::remove_pins(&bpffs_root)?;
             println!("removed {}", bpffs_root.display());
@@ -320,6 +406,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Installed as `bpfwall-runc`: the runtime wrapper, before any parsing.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        == Some(bpfwall::runtime_wrapper::WRAPPER_NAME)
+    {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let e = bpfwall::runtime_wrapper::run(&args);
+        eprintln!("bpfwall-runc: {}", bpfwall::docker_events::format_chain(&e));
+        return ExitCode::from(1);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -425,6 +425,43 @@ impl Reconciler {
         Ok(())
     }
 
+    /// For the OCI hook: take in a container that is being created, attach
+    /// to it and write its policy now. Ok when it is policed (or not ours to
+    /// manage); Err with the reason when it must not start.
+    pub fn enforce(&mut self, record: ContainerRecord) -> Result<String, String> {
+        if !self.synced {
+            return Err(
+                "the bpfwall daemon has not listed Docker's containers yet; retry in a moment"
+                    .into(),
+            );
+        }
+        let id = record.id.clone();
+        let name = record.name.clone();
+        if !self.manage.matches(&record.labels) {
+            self.handle(RuntimeEvent::Upsert(record));
+            self.reconcile();
+            return Ok(format!("container '{name}' is not managed by this daemon"));
+        }
+        self.handle(RuntimeEvent::Upsert(record));
+        self.reconcile();
+        if let Some(e) = &self.last_error {
+            return Err(format!("policy could not be applied: {e}"));
+        }
+        if let Some(p) = self.problems.get(&id) {
+            return Err(p.clone());
+        }
+        if let Some(report) = self.compiled.containers.iter().find(|r| r.name == name) {
+            if !report.errors.is_empty() {
+                let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+                return Err(errors.join("; "));
+            }
+        }
+        if !self.endpoint_ids.contains_key(&id) {
+            return Err("the container could not be attached".into());
+        }
+        Ok(format!("container '{name}' is policed"))
+    }
+
     /// Replaces the host-wide policies (from the policy directory).
     pub fn set_host_policies(&mut self, policies: Vec<HostPolicy>) {
         self.host_policies = policies;
