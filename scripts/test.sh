@@ -13,6 +13,12 @@ cleanup() {
     docker network ls -q --filter label=bpfwall-e2e.test | xargs -r docker network rm >/dev/null 2>&1 || true
     for ns in $(ip netns list 2>/dev/null | awk '/^bpfwall-e2e-/{print $1}'); do ip netns pids "$ns" | xargs -r kill -9; ip netns del "$ns" || true; done
     for l in $(ip -o link show 2>/dev/null | awk -F': ' '/ bpfwe-/{print $2}' | cut -d@ -f1); do ip link del "$l" 2>/dev/null || true; done
+    # Runtimes a killed test left registered in daemon.json.
+    if [ -f /etc/docker/.bpfwall-runtimes.json ]; then
+        for rt in $(grep -o '"bpfwall-e2e-[^"]*"' /etc/docker/.bpfwall-runtimes.json | tr -d '"' | sort -u); do
+            "$top/target/debug/bpfwall" uninstall-runtime --name "$rt" >/dev/null 2>&1 || true
+        done
+    fi
     rm -rf /sys/fs/bpf/bpfwall_v1_e2e_* /run/bpfwall-e2e
 }
 trap cleanup EXIT

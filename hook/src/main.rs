@@ -89,6 +89,9 @@ enum Command {
         /// dockerd's pid file (SIGHUP reloads daemon.json).
         #[arg(long, default_value = "/var/run/docker.pid")]
         docker_pid_file: PathBuf,
+        /// dockerd's API socket (to see the reload take effect).
+        #[arg(long, default_value = "/var/run/docker.sock")]
+        docker_socket: String,
     },
     /// Undo exactly what install-runtime did, and reload dockerd.
     UninstallRuntime {
@@ -101,6 +104,9 @@ enum Command {
         /// dockerd's pid file.
         #[arg(long, default_value = "/var/run/docker.pid")]
         docker_pid_file: PathBuf,
+        /// dockerd's API socket (to see the reload take effect).
+        #[arg(long, default_value = "/var/run/docker.sock")]
+        docker_socket: String,
     },
     /// Detach everything and remove all pins (uninstall). Stop the daemon first.
     Teardown {
@@ -368,6 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fail_open,
             daemon_json,
             docker_pid_file,
+            docker_socket,
         } => {
             bpfwall::runtime_install::install(&bpfwall::runtime_install::InstallOptions {
                 name: name.clone(),
@@ -377,6 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 daemon_json: daemon_json.clone(),
             })?;
             bpfwall::runtime_install::reload_dockerd(&docker_pid_file)?;
+            bpfwall::runtime_install::wait_for_runtime(&docker_socket, &name, true).await?;
             println!(
                 "registered runtime '{name}' in {}{}; dockerd reloaded",
                 daemon_json.display(),
@@ -388,9 +396,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             daemon_json,
             docker_pid_file,
+            docker_socket,
         } => {
-            bpfwall::runtime_install::uninstall(&name, &daemon_json)?;
+            let pending = bpfwall::runtime_install::uninstall(&name, &daemon_json)?;
             bpfwall::runtime_install::reload_dockerd(&docker_pid_file)?;
+            bpfwall::runtime_install::wait_for_runtime(&docker_socket, &name, false).await?;
+            bpfwall::runtime_install::finish_uninstall(pending)?;
             println!(
                 "removed runtime '{name}' from {}; dockerd reloaded",
                 daemon_json.display()

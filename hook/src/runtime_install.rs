@@ -8,20 +8,24 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-/// What an install changed, so the uninstall undoes exactly that.
+/// Everything bpfwall's installs changed in one daemon.json, so that
+/// uninstalls, in any order, undo exactly that: the last one restores what
+/// was there before the first install.
 #[derive(Debug, Serialize, Deserialize)]
 struct InstallRecord {
-    /// daemon.json did not exist before.
+    /// daemon.json did not exist before the first install.
     created_file: bool,
-    /// A "runtimes" object did not exist before.
+    /// A "runtimes" object did not exist before the first install.
     created_runtimes: bool,
-    /// The default runtime was set; what it was before (None: unset).
+    /// The default runtime before bpfwall set it (Some(None): it was unset).
     previous_default: Option<Option<Value>>,
+    /// The runtimes bpfwall registered.
+    names: Vec<String>,
 }
 
-fn record_path(daemon_json: &Path, name: &str) -> PathBuf {
+fn record_path(daemon_json: &Path) -> PathBuf {
     let dir = daemon_json.parent().unwrap_or(Path::new("/etc/docker"));
-    dir.join(format!(".bpfwall-runtime-{name}.json"))
+    dir.join(".bpfwall-runtimes.json")
 }
 
 fn read_config(path: &Path) -> anyhow::Result<Option<Map<String, Value>>> {
@@ -96,9 +100,20 @@ pub struct InstallOptions {
 pub fn install(o: &InstallOptions) -> anyhow::Result<()> {
     let wrapper = ensure_wrapper_link()?;
     let existing = read_config(&o.daemon_json)?;
-    let record_file = record_path(&o.daemon_json, &o.name);
+    let record_file = record_path(&o.daemon_json);
+    let mut record: InstallRecord = match std::fs::read(&record_file) {
+        Ok(b) => serde_json::from_slice(&b)
+            .with_context(|| format!("cannot parse {}", record_file.display()))?,
+        Err(_) => InstallRecord {
+            created_file: existing.is_none(),
+            created_runtimes: !existing
+                .as_ref()
+                .is_some_and(|c| c.contains_key("runtimes")),
+            previous_default: None,
+            names: Vec::new(),
+        },
+    };
     let mut config = existing.clone().unwrap_or_default();
-    let had_runtimes = config.contains_key("runtimes");
     let runtimes = config.entry("runtimes").or_insert_with(|| json!({}));
     let runtimes = runtimes.as_object_mut().with_context(|| {
         format!(
@@ -106,7 +121,7 @@ pub fn install(o: &InstallOptions) -> anyhow::Result<()> {
             o.daemon_json.display()
         )
     })?;
-    if runtimes.contains_key(&o.name) && !record_file.exists() {
+    if runtimes.contains_key(&o.name) && !record.names.contains(&o.name) {
         anyhow::bail!(
             "{} already has a runtime named '{}' that bpfwall did not install",
             o.daemon_json.display(),
@@ -121,17 +136,9 @@ pub fn install(o: &InstallOptions) -> anyhow::Result<()> {
         o.name.clone(),
         json!({ "path": wrapper.display().to_string(), "runtimeArgs": args }),
     );
-    let previous = if record_file.exists() {
-        let r: InstallRecord = serde_json::from_slice(&std::fs::read(&record_file)?)?;
-        r
-    } else {
-        InstallRecord {
-            created_file: existing.is_none(),
-            created_runtimes: !had_runtimes,
-            previous_default: None,
-        }
-    };
-    let mut record = previous;
+    if !record.names.contains(&o.name) {
+        record.names.push(o.name.clone());
+    }
     if o.default {
         if record.previous_default.is_none() {
             record.previous_default = Some(config.get("default-runtime").cloned());
@@ -149,47 +156,175 @@ pub fn install(o: &InstallOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes what `install` added.
-pub fn uninstall(name: &str, daemon_json: &Path) -> anyhow::Result<()> {
-    let record_file = record_path(daemon_json, name);
-    let record: InstallRecord = match std::fs::read(&record_file) {
+/// What `uninstall` leaves for after dockerd has reloaded.
+#[derive(Debug)]
+pub struct PendingRestore {
+    daemon_json: PathBuf,
+    /// The file's final content; None to delete it.
+    final_config: Option<Map<String, Value>>,
+}
+
+/// Removes what `install` added for `name`, in two steps, because dockerd
+/// applies only the keys present in daemon.json: this writes explicit
+/// values for dockerd to reload (`runtimes` without ours, `default-runtime`
+/// back to what it was, or runc); after the reload, [`finish_uninstall`]
+/// gives the file back its original shape (dropping what the first install
+/// created, the file itself included).
+pub fn uninstall(name: &str, daemon_json: &Path) -> anyhow::Result<PendingRestore> {
+    let record_file = record_path(daemon_json);
+    let mut record: InstallRecord = match std::fs::read(&record_file) {
         Ok(b) => serde_json::from_slice(&b)
             .with_context(|| format!("cannot parse {}", record_file.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             anyhow::bail!(
-                "bpfwall did not install a runtime named '{name}' (no {})",
+                "bpfwall installed no runtime in {} (no {})",
+                daemon_json.display(),
                 record_file.display()
             )
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", record_file.display())),
     };
+    if !record.names.iter().any(|n| n == name) {
+        anyhow::bail!(
+            "bpfwall did not install a runtime named '{name}' in {}",
+            daemon_json.display()
+        );
+    }
+    record.names.retain(|n| n != name);
+    let last = record.names.is_empty();
     let mut config = read_config(daemon_json)?.unwrap_or_default();
     if let Some(Value::Object(runtimes)) = config.get_mut("runtimes") {
         runtimes.remove(name);
-        if runtimes.is_empty() && record.created_runtimes {
-            config.remove("runtimes");
-        }
     }
+    let mut final_config = config.clone();
     if config.get("default-runtime") == Some(&json!(name)) {
-        match record.previous_default {
+        match record.previous_default.take() {
             Some(Some(previous)) => {
-                config.insert("default-runtime".into(), previous);
+                config.insert("default-runtime".into(), previous.clone());
+                final_config.insert("default-runtime".into(), previous);
             }
             _ => {
-                config.remove("default-runtime");
+                config.insert("default-runtime".into(), json!("runc"));
+                final_config.remove("default-runtime");
             }
         }
     }
-    if record.created_file && config.is_empty() {
-        std::fs::remove_file(daemon_json)
-            .with_context(|| format!("cannot remove {}", daemon_json.display()))?;
-    } else {
-        write_atomically(
-            daemon_json,
-            &serde_json::to_vec_pretty(&Value::Object(config))?,
-        )?;
+    if last
+        && record.created_runtimes
+        && final_config
+            .get("runtimes")
+            .and_then(Value::as_object)
+            .is_some_and(Map::is_empty)
+    {
+        final_config.remove("runtimes");
     }
-    std::fs::remove_file(&record_file)
-        .with_context(|| format!("cannot remove {}", record_file.display()))?;
-    Ok(())
+    write_atomically(
+        daemon_json,
+        &serde_json::to_vec_pretty(&Value::Object(config))?,
+    )?;
+    if last {
+        std::fs::remove_file(&record_file)
+            .with_context(|| format!("cannot remove {}", record_file.display()))?;
+    } else {
+        write_atomically(&record_file, &serde_json::to_vec_pretty(&record)?)?;
+    }
+    Ok(PendingRestore {
+        daemon_json: daemon_json.to_path_buf(),
+        final_config: if last && record.created_file && final_config.is_empty() {
+            None
+        } else {
+            Some(final_config)
+        },
+    })
+}
+
+/// The second step of an uninstall, once dockerd has reloaded.
+pub fn finish_uninstall(pending: PendingRestore) -> anyhow::Result<()> {
+    match pending.final_config {
+        None => std::fs::remove_file(&pending.daemon_json)
+            .with_context(|| format!("cannot remove {}", pending.daemon_json.display())),
+        Some(config) => write_atomically(
+            &pending.daemon_json,
+            &serde_json::to_vec_pretty(&Value::Object(config))?,
+        ),
+    }
+}
+
+/// Waits (up to 10 s) until dockerd lists, or no longer lists, a runtime.
+pub async fn wait_for_runtime(
+    docker_socket: &str,
+    name: &str,
+    present: bool,
+) -> anyhow::Result<()> {
+    let docker =
+        bollard::Docker::connect_with_unix(docker_socket, 10, bollard::API_DEFAULT_VERSION)
+            .context("cannot connect to dockerd")?
+            .negotiate_version()
+            .await
+            .context("cannot reach dockerd")?;
+    for _ in 0..100 {
+        let info = docker.info().await.context("docker info failed")?;
+        if info.runtimes.unwrap_or_default().contains_key(name) == present {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "dockerd did not {} runtime '{name}' within 10 s",
+        if present { "register" } else { "drop" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path, name: &str, default: bool) -> InstallOptions {
+        InstallOptions {
+            name: name.into(),
+            default,
+            socket: "/s".into(),
+            fail_open: false,
+            daemon_json: dir.join("daemon.json"),
+        }
+    }
+
+    #[test]
+    fn uninstalls_in_any_order_restore_the_original() {
+        let dir = std::env::temp_dir().join(format!("bpfwall-daemon-json-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("daemon.json");
+        // No file at first: the last uninstall removes it again.
+        install(&opts(&dir, "a", false)).unwrap();
+        install(&opts(&dir, "b", true)).unwrap();
+        finish_uninstall(uninstall("a", &file).unwrap()).unwrap();
+        assert!(file.exists());
+        let pending = uninstall("b", &file).unwrap();
+        // What dockerd reloads: explicit values, so it drops the runtime and the default.
+        let reload: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(
+            reload,
+            serde_json::json!({"runtimes": {}, "default-runtime": "runc"})
+        );
+        finish_uninstall(pending).unwrap();
+        assert!(!file.exists() && !record_path(&file).exists());
+        // An existing file keeps every key it had, including its default runtime.
+        let original =
+            r#"{"log-level":"warn","default-runtime":"runc","runtimes":{"kata":{"path":"/k"}}}"#;
+        std::fs::write(&file, original).unwrap();
+        install(&opts(&dir, "a", true)).unwrap();
+        let during: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(during["default-runtime"], "a");
+        assert_eq!(during["runtimes"]["kata"]["path"], "/k");
+        assert!(
+            install(&opts(&dir, "kata", false)).is_err(),
+            "a runtime bpfwall did not install is never overwritten"
+        );
+        finish_uninstall(uninstall("a", &file).unwrap()).unwrap();
+        let after: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(after, serde_json::from_str::<Value>(original).unwrap());
+        assert!(uninstall("a", &file).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -623,3 +623,45 @@ impl Drop for DockerProxy {
         self.stop();
     }
 }
+
+/// Serialises changes to /etc/docker/daemon.json between tests.
+static DAEMON_JSON: Mutex<()> = Mutex::new(());
+
+/// bpfwall-runc registered with Docker under a test's own name, talking to
+/// that test's daemon; uninstalled (daemon.json restored) when dropped.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The runtime's name (`docker run --runtime NAME`).
+    pub name: String,
+}
+
+impl Runtime {
+    /// Installs the runtime for `env` and waits until dockerd knows it.
+    pub fn install(env: &TestEnv, suffix: &str, fail_open: bool) -> Runtime {
+        let name = format!("bpfwall-e2e-{}-{suffix}", env.name);
+        {
+            let _lock = DAEMON_JSON.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = run(Command::new(bpfwall_bin()).args(["uninstall-runtime", "--name", &name]));
+            let mut cmd = Command::new(bpfwall_bin());
+            cmd.args(["install-runtime", "--name", &name, "--socket"])
+                .arg(&env.socket);
+            if fail_open {
+                cmd.arg("--fail-open");
+            }
+            must(&mut cmd);
+        }
+        let rt = Runtime { name };
+        env.wait_for("dockerd to know the runtime", |_| {
+            must(docker().args(["info", "-f", "{{json .Runtimes}}"]))
+                .contains(&format!("\"{}\"", rt.name))
+        });
+        rt
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _lock = DAEMON_JSON.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = run(Command::new(bpfwall_bin()).args(["uninstall-runtime", "--name", &self.name]));
+    }
+}

@@ -1,0 +1,230 @@
+//! End to end: the bpfwall-runc runtime and its OCI hook (issue 4): policed
+//! from the first instruction, failing closed. Each test has its own daemon
+//! and its own runtime name; daemon.json is restored when a test ends.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
+
+use std::process::{Command, Output};
+
+use bpfwall_e2e::{run, Runtime, TestEnv, HTTPD, IMAGE, SLEEP, TEST_LABEL};
+
+/// `docker run --rm --runtime R <test label> OPTIONS IMAGE CMD`.
+fn run_once(env: &TestEnv, runtime: &str, options: &[&str], cmd: &[&str]) -> Output {
+    run(Command::new("docker")
+        .args(["run", "--rm", "--runtime", runtime, "--label"])
+        .arg(format!("{TEST_LABEL}={}", env.name))
+        .args(options)
+        .arg(IMAGE)
+        .args(cmd))
+}
+
+/// A client whose very first action connects to ip:80; prints CONNECTED or blocked.
+fn first_action_connect(ip: &str) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("nc -w 1 {ip} 80 </dev/null && echo CONNECTED || echo blocked"),
+    ]
+}
+
+/// Runs `n` starts, four at a time; returns their outputs.
+fn starts(env: &TestEnv, runtime: &str, options: &[&str], cmd: &[String], n: usize) -> Vec<String> {
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let mut out = Vec::new();
+    for batch in 0..n.div_ceil(4) {
+        let results: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4.min(n - batch * 4))
+                .map(|_| s.spawn(|| run_once(env, runtime, options, &cmd)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    let o = h.join().unwrap();
+                    let stdout = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                    if o.status.success() {
+                        stdout
+                    } else {
+                        format!(
+                            "{stdout} (docker run failed: {})",
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        )
+                    }
+                })
+                .collect()
+        });
+        out.extend(results);
+    }
+    out
+}
+
+#[test]
+fn policed_from_the_first_instruction() {
+    let env = TestEnv::new("zerowin");
+    let rt = Runtime::install(&env, "rt", false);
+    let web = env.start_attached(
+        "web",
+        &[
+            "--label",
+            "id=web",
+            "--label",
+            "bpfwall.ingress=allow from id=app2 port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let open = env.start_attached("open", &["--label", "id=open"], HTTPD);
+    let (web_ip, open_ip) = (env.ip(&web), env.ip(&open));
+
+    // A client that may not reach `open` (its egress allows web only): none of 50 connects.
+    let leaked = starts(
+        &env,
+        &rt.name,
+        &["--label", "bpfwall.egress=allow to id=web port 80/tcp"],
+        &first_action_connect(&open_ip),
+        50,
+    );
+    assert_eq!(leaked.len(), 50);
+    assert!(
+        leaked.iter().all(|o| o == "blocked"),
+        "some forbidden first connections got through: {leaked:?}"
+    );
+
+    // app3, which web's ingress does not admit: none of 20 connects.
+    let refused = starts(
+        &env,
+        &rt.name,
+        &["--label", "id=app3"],
+        &first_action_connect(&web_ip),
+        20,
+    );
+    assert!(refused.iter().all(|o| o == "blocked"), "{refused:?}");
+
+    // app2, which web admits: every one of 50 connects at the first SYN
+    // (its address is known before it runs, so web drops nothing).
+    let dropped_before = env.endpoint(&web).unwrap()["ingress"]["dropped_packets"]
+        .as_u64()
+        .unwrap();
+    let allowed = starts(
+        &env,
+        &rt.name,
+        &["--label", "id=app2"],
+        &first_action_connect(&web_ip),
+        50,
+    );
+    assert!(allowed.iter().all(|o| o == "CONNECTED"), "{allowed:?}");
+    let dropped_after = env.endpoint(&web).unwrap()["ingress"]["dropped_packets"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        dropped_before, dropped_after,
+        "web dropped packets of admitted clients: their first SYN was not recognised"
+    );
+}
+
+#[test]
+fn fails_closed_and_fail_open_is_explicit() {
+    let mut env = TestEnv::new("failclosed");
+    let rt = Runtime::install(&env, "rt", false);
+    let open_rt = Runtime::install(&env, "open", true);
+
+    let bad = run_once(
+        &env,
+        &rt.name,
+        &["--label", "bpfwall.ingress=allow form id=x"],
+        &["true"],
+    );
+    assert!(
+        !bad.status.success(),
+        "a container with a bad policy label must not start"
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("label 'bpfwall.ingress' column 7") && err.contains("expected 'from'"),
+        "{err}"
+    );
+
+    let good = run_once(
+        &env,
+        &rt.name,
+        &["--label", "bpfwall.ingress=allow from id=x"],
+        &["true"],
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+
+    env.kill_daemon();
+    let down = run_once(&env, &rt.name, &[], &["true"]);
+    assert!(
+        !down.status.success(),
+        "with the daemon down, docker run must be refused"
+    );
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(err.contains("bpfwall daemon is unreachable"), "{err}");
+
+    let open = run_once(&env, &open_rt.name, &[], &["echo", "started"]);
+    assert!(
+        open.status.success(),
+        "fail-open starts anyway: {}",
+        String::from_utf8_lossy(&open.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&open.stdout).trim(), "started");
+    env.start_daemon();
+}
+
+#[test]
+fn lifecycle_commands_behave_as_with_runc() {
+    let env = TestEnv::new("lifecycle");
+    let rt = Runtime::install(&env, "rt", false);
+    let open = env.start_attached("open", &["--label", "id=open"], HTTPD);
+    let open_url = format!("http://{}/", env.ip(&open));
+    let runtime = format!("--runtime={}", rt.name);
+    let c = env.start_attached(
+        "c",
+        &[
+            &runtime,
+            "--label",
+            "id=c",
+            "--label",
+            "bpfwall.egress=allow to id=nobody",
+        ],
+        SLEEP,
+    );
+    let docker = |args: &[&str]| {
+        let o = run(Command::new("docker").args(args));
+        assert!(
+            o.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let state = |name: &str| docker(&["inspect", "-f", "{{.State.Status}}", name]);
+    assert_eq!(docker(&["exec", &c.name, "echo", "hi"]), "hi");
+    env.assert_http_blocked(&c, &open_url);
+    docker(&["pause", &c.name]);
+    assert_eq!(state(&c.name), "paused");
+    docker(&["unpause", &c.name]);
+    assert_eq!(state(&c.name), "running");
+    docker(&["stop", "-t", "1", &c.name]);
+    assert_eq!(state(&c.name), "exited");
+    docker(&["start", &c.name]);
+    assert_eq!(state(&c.name), "running");
+    env.wait_attached(&c);
+    env.assert_http_blocked(&c, &open_url);
+    docker(&["restart", "-t", "1", &c.name]);
+    assert_eq!(state(&c.name), "running");
+    env.wait_attached(&c);
+    env.assert_http_blocked(&c, &open_url);
+    docker(&["kill", &c.name]);
+    assert_eq!(state(&c.name), "exited");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.HostConfig.Runtime}}", &c.name]),
+        rt.name
+    );
+}
