@@ -9,6 +9,10 @@ cd "$top"
 scripts/setup.sh
 cleanup() {
     # Whatever a killed test left behind: only objects carrying the e2e label or prefix.
+    pkill -f 'bpfwall_v1_e2e_' 2>/dev/null || true
+    for d in /run/bpfwall-e2e/*-runc; do
+        [ -d "$d" ] && for id in $(runc --root "$d" list -q 2>/dev/null); do runc --root "$d" delete --force "$id" || true; done
+    done
     docker ps -aq --filter label=bpfwall-e2e.test | xargs -r docker rm -f >/dev/null 2>&1 || true
     docker network ls -q --filter label=bpfwall-e2e.test | xargs -r docker network rm >/dev/null 2>&1 || true
     for ns in $(ip netns list 2>/dev/null | awk '/^bpfwall-e2e-/{print $1}'); do ip netns pids "$ns" | xargs -r kill -9; ip netns del "$ns" || true; done

@@ -32,6 +32,8 @@ pub struct DaemonConfig {
 const DEBOUNCE: Duration = Duration::from_millis(5);
 /// The policy directory is read this often (changes apply within a second).
 const POLICY_POLL: Duration = Duration::from_millis(250);
+/// Containers known only from the OCI hook are checked for exit this often.
+const HOOK_PRUNE: Duration = Duration::from_secs(1);
 /// A reconcile runs at least this often (host addresses change without events).
 const PERIODIC: Duration = Duration::from_secs(10);
 
@@ -54,6 +56,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(PERIODIC);
     let mut policy_tick = tokio::time::interval(POLICY_POLL);
+    let mut prune_tick = tokio::time::interval(HOOK_PRUNE);
     let mut policy_dir = PolicyDir::new(&config.policy_dir);
     policy_dir.poll();
     reconciler.set_host_policies(policy_dir.policies());
@@ -109,6 +112,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 let _ = call.reply.send(answer);
             }
             _ = tick.tick() => reconciler.reconcile(),
+            _ = prune_tick.tick() => {
+                if reconciler.prune_dead_hook_containers() {
+                    reconciler.reconcile();
+                }
+            }
             _ = policy_tick.tick() => {
                 if policy_dir.poll() {
                     reconciler.set_host_policies(policy_dir.policies());

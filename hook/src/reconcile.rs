@@ -32,6 +32,13 @@ struct Tracked {
     record: ContainerRecord,
     /// Its cgroup v2 directory and id, once found.
     cgroup: Option<(PathBuf, u64)>,
+    /// Known only from the OCI hook (not, or not yet, from Docker): kept
+    /// across Docker resyncs while its process lives, dropped when it dies.
+    from_hook: bool,
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Errors of one reconcile.
@@ -131,27 +138,32 @@ impl Reconciler {
     pub fn handle(&mut self, event: RuntimeEvent) -> bool {
         match event {
             RuntimeEvent::Resync(records) => {
-                let old = std::mem::take(&mut self.containers);
+                let mut old = std::mem::take(&mut self.containers);
                 for record in records {
                     let cgroup = old
-                        .get(&record.id)
+                        .remove(&record.id)
                         .filter(|t| t.record.pid == record.pid)
-                        .and_then(|t| t.cgroup.clone());
-                    self.containers
-                        .insert(record.id.clone(), Tracked { record, cgroup });
+                        .and_then(|t| t.cgroup);
+                    self.containers.insert(
+                        record.id.clone(),
+                        Tracked {
+                            record,
+                            cgroup,
+                            from_hook: false,
+                        },
+                    );
+                }
+                // Containers the hook reported that Docker does not list (other
+                // runtimes, or still being created) stay while they live.
+                for (id, t) in old {
+                    if t.from_hook && process_alive(t.record.pid) {
+                        self.containers.insert(id, t);
+                    }
                 }
                 self.synced = true;
                 self.docker_connected = true;
             }
-            RuntimeEvent::Upsert(record) => {
-                let cgroup = self
-                    .containers
-                    .get(&record.id)
-                    .filter(|t| t.record.pid == record.pid)
-                    .and_then(|t| t.cgroup.clone());
-                self.containers
-                    .insert(record.id.clone(), Tracked { record, cgroup });
-            }
+            RuntimeEvent::Upsert(record) => self.upsert(record, false),
             RuntimeEvent::Remove(id) => {
                 if self.containers.remove(&id).is_none() {
                     return false;
@@ -164,6 +176,31 @@ impl Reconciler {
             }
         }
         true
+    }
+
+    fn upsert(&mut self, record: ContainerRecord, from_hook: bool) {
+        let cgroup = self
+            .containers
+            .get(&record.id)
+            .filter(|t| t.record.pid == record.pid)
+            .and_then(|t| t.cgroup.clone());
+        self.containers.insert(
+            record.id.clone(),
+            Tracked {
+                record,
+                cgroup,
+                from_hook,
+            },
+        );
+    }
+
+    /// Forgets hook-reported containers whose process is gone (no runtime
+    /// event will tell us). Returns true if any went.
+    pub fn prune_dead_hook_containers(&mut self) -> bool {
+        let before = self.containers.len();
+        self.containers
+            .retain(|_, t| !t.from_hook || process_alive(t.record.pid));
+        self.containers.len() != before
     }
 
     fn managed(&self, t: &Tracked) -> bool {
@@ -191,6 +228,25 @@ impl Reconciler {
             };
             let found = cgroup::cgroup_dir_of_pid(&mount, t.record.pid)
                 .and_then(|dir| cgroup::cgroup_id(&dir).map(|cid| (dir, cid)));
+            // Attaching to the root cgroup, or to the daemon's own, would put the
+            // whole host (or bpfwall itself) under this container's policy.
+            if let Ok((dir, _)) = &found {
+                let own = cgroup::cgroup_dir_of_pid(&mount, std::process::id()).ok();
+                if *dir == mount || Some(dir) == own.as_ref() {
+                    let msg = format!(
+                        "the container shares the cgroup {} with {}: refusing to attach there",
+                        dir.display(),
+                        if *dir == mount {
+                            "the whole host"
+                        } else {
+                            "the bpfwall daemon"
+                        }
+                    );
+                    tracing::error!(container = %t.record.name, error = %msg, "container is not enforced");
+                    self.problems.insert(id, msg);
+                    continue;
+                }
+            }
             match found {
                 Ok(c) => {
                     self.problems.remove(&id);
@@ -437,13 +493,12 @@ impl Reconciler {
         }
         let id = record.id.clone();
         let name = record.name.clone();
-        if !self.manage.matches(&record.labels) {
-            self.handle(RuntimeEvent::Upsert(record));
-            self.reconcile();
+        let managed = self.manage.matches(&record.labels);
+        self.upsert(record, true);
+        self.reconcile();
+        if !managed {
             return Ok(format!("container '{name}' is not managed by this daemon"));
         }
-        self.handle(RuntimeEvent::Upsert(record));
-        self.reconcile();
         if let Some(e) = &self.last_error {
             return Err(format!("policy could not be applied: {e}"));
         }

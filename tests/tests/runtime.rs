@@ -228,3 +228,75 @@ fn lifecycle_commands_behave_as_with_runc() {
         rt.name
     );
 }
+
+/// The hook without Docker: a runc bundle written by hand (as podman's
+/// hooks.d or a containerd config would), labels as OCI annotations.
+#[test]
+fn hook_in_a_hand_written_runc_config() {
+    let env = TestEnv::new("handrunc");
+    let dir = std::path::PathBuf::from("/run/bpfwall-e2e/handrunc-bundle");
+    let runc_root = "/run/bpfwall-e2e/handrunc-runc";
+    let id = "bpfwall-e2e-handrunc";
+    struct Cleanup(&'static str, std::path::PathBuf, &'static str);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = run(Command::new("runc").args(["--root", self.2, "delete", "--force", self.0]));
+            let _ = std::fs::remove_dir_all(&self.1);
+            let _ = std::fs::remove_dir_all(self.2);
+        }
+    }
+    let _cleanup = Cleanup(id, dir.clone(), runc_root);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    let created = bpfwall_e2e::must(
+        Command::new("docker")
+            .args(["create", "--label"])
+            .arg(format!("{TEST_LABEL}={}", env.name))
+            .arg(IMAGE),
+    );
+    let export = run(Command::new("sh").arg("-c").arg(format!(
+        "docker export {created} | tar -x -C {}",
+        dir.join("rootfs").display()
+    )));
+    let _ = run(Command::new("docker").args(["rm", &created]));
+    assert!(export.status.success());
+    bpfwall_e2e::must(Command::new("runc").arg("spec").current_dir(&dir));
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let bin = bpfwall_e2e::bpfwall_bin().display().to_string();
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!(["sleep", "600"]);
+    config["linux"]["cgroupsPath"] = format!("/{id}").into();
+    config["annotations"] =
+        serde_json::json!({ TEST_LABEL: env.name, "bpfwall.egress": "allow to id=nobody" });
+    config["hooks"] = serde_json::json!({ "createRuntime": [{
+        "path": bin, "args": [bin, "oci-hook", "--socket", env.socket.display().to_string()], "timeout": 30
+    }]});
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+
+    // The detached container inherits runc's stdio: give it none, or
+    // reading runc's output would wait for the container to exit.
+    let started = Command::new("runc")
+        .args(["--root", runc_root, "run", "-d", "--bundle"])
+        .arg(&dir)
+        .arg(id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success(), "runc run failed");
+    let c = bpfwall_e2e::Container {
+        name: id.to_string(),
+    };
+    env.wait_attached(&c);
+    assert_eq!(env.endpoint(&c).unwrap()["egress"]["state"], "enforced");
+    assert_eq!(env.pinned_links(), 2);
+
+    bpfwall_e2e::must(Command::new("runc").args(["--root", runc_root, "kill", id, "KILL"]));
+    env.wait_for("the exited container to be torn down", |env| {
+        env.endpoint(&c).is_none() && env.pinned_links() == 0
+    });
+    assert_eq!(env.pinned_map_len("bpfwall_endpoints_v1"), 0);
+}
