@@ -24,7 +24,7 @@ fn main() {
     let manifest =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let src_dir = manifest.join("../bpf-src");
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("bpfwall.o");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-env-changed=CLANG");
     for entry in std::fs::read_dir(&src_dir).expect("bpf-src/ is readable") {
         let path = entry.expect("bpf-src/ entry").path();
@@ -33,19 +33,25 @@ fn main() {
         }
     }
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
-    let mut cmd = Command::new(&clang);
-    cmd.args(["-g", "-O2", "-target", "bpf", "-Wall", "-Werror", "-c"])
-        .arg(src_dir.join("bpfwall_cgroup_skb.c"))
-        .arg("-o")
-        .arg(&out);
-    if let Some(dir) = multiarch_include() {
-        cmd.arg("-I").arg(dir);
+    // The datapath, and the empty baseline program of the microbenchmark.
+    for (source, object) in [
+        ("bpfwall_cgroup_skb.c", "bpfwall.o"),
+        ("bench_empty.c", "bench_empty.o"),
+    ] {
+        let mut cmd = Command::new(&clang);
+        cmd.args(["-g", "-O2", "-target", "bpf", "-Wall", "-Werror", "-c"])
+            .arg(src_dir.join(source))
+            .arg("-o")
+            .arg(out_dir.join(object));
+        if let Some(dir) = multiarch_include() {
+            cmd.arg("-I").arg(dir);
+        }
+        let status = cmd.status().unwrap_or_else(|e| {
+            panic!("cannot run {clang} to build the eBPF datapath ({e}); run scripts/setup.sh or install clang")
+        });
+        assert!(
+            status.success(),
+            "{clang} failed to compile bpf-src/{source}"
+        );
     }
-    let status = cmd.status().unwrap_or_else(|e| {
-        panic!("cannot run {clang} to build the eBPF datapath ({e}); run scripts/setup.sh or install clang")
-    });
-    assert!(
-        status.success(),
-        "{clang} failed to compile bpf-src/bpfwall_cgroup_skb.c"
-    );
 }

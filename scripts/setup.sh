@@ -49,5 +49,5 @@ grep -q ' - cgroup2 ' /proc/self/mountinfo || { log "no cgroup2 file system is m
 
 "$top/scripts/build-test-image.sh"
 log "building bpfwall (release)"
-(cd "$top" && cargo build --release --quiet -p bpfwall)
+(cd "$top" && cargo build --release --quiet -p bpfwall --bins)
 log "ready: $top/target/release/bpfwall"

@@ -15,54 +15,29 @@
 )]
 
 use std::net::IpAddr;
-use std::process::Command;
 
 use aya::programs::{TestRun, TestRunOptions};
-use bpfwall::datapath::maps::{diff, MapContents};
+use bpfwall::datapath::maps::MapContents;
+use bpfwall::datapath::test_run::{self, SKB_CTX_IFINDEX, SKB_CTX_SIZE};
 use bpfwall::datapath::Datapath;
 use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason};
 use labels_policy::decision::{case_setup, cases, CtState, Decision};
 use labels_policy::Direction;
 
-const SKB_CTX_SIZE: usize = 192; // sizeof(struct __sk_buff)
-const SKB_CTX_IFINDEX: usize = 40; // offsetof(struct __sk_buff, ifindex)
 const REMOTE_OR_LOCAL_SPORT: u16 = 5555;
 
-/// Puts this thread in a new network namespace with a veth pair of its own
-/// (this kernel has no dummy driver); returns one end's ifindex.
+/// Puts this thread in a network namespace of its own; returns a device's ifindex.
 fn own_netns_with_device() -> u32 {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .expect("unshare(CLONE_NEWNET) needs root");
-    for args in [
-        &[
-            "link", "add", "bpfwt0", "type", "veth", "peer", "name", "bpfwt1",
-        ][..],
-        &["link", "set", "bpfwt0", "up"],
-    ] {
-        let st = Command::new("ip")
-            .args(args)
-            .status()
-            .expect("ip (iproute2) must be installed");
-        assert!(st.success(), "ip {args:?} failed");
-    }
-    nix::net::if_::if_nametoindex("bpfwt0").expect("bpfwt0 exists in the test's netns")
+    test_run::enter_own_netns()
+        .expect("a netns with a veth of the test's own (needs root and iproute2)")
 }
 
-/// Brings the maps from `current` to the compiled content, as the daemon's
-/// reconcile does.
 fn write_compiled(dp: &mut Datapath, current: &MapContents, compiled: &labels_policy::Compiled) {
-    let mut maps = dp.maps().unwrap();
-    let e = diff(&current.endpoints, &compiled.endpoints);
-    let i = diff(&current.ipcache, &compiled.ipcache);
-    let p = diff(&current.policy, &compiled.policy);
-    maps.apply_upserts(&e, &i, &p).unwrap();
-    maps.apply_removals(&e, &i, &p).unwrap();
+    dp.write_compiled(current, compiled).unwrap();
 }
 
 fn own_cgroup_id() -> u64 {
-    let mount = bpfwall::cgroup::cgroup2_mount().unwrap();
-    let dir = bpfwall::cgroup::cgroup_dir_of_pid(&mount, std::process::id()).unwrap();
-    bpfwall::cgroup::cgroup_id(&dir).unwrap()
+    test_run::own_cgroup_id().unwrap()
 }
 
 fn octets(addr: IpAddr) -> Vec<u8> {
@@ -79,49 +54,20 @@ fn addr16(addr: IpAddr) -> [u8; 16] {
     out
 }
 
-/// Ethernet + IPv4 + L4 header bytes.
+/// Ethernet + IPv4 + L4 header bytes (TCP: a SYN or an ACK).
 fn packet(src: IpAddr, dst: IpAddr, protocol: u8, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
-    let mut l4 = Vec::new();
-    match protocol {
-        abi::IPPROTO_TCP => {
-            l4.extend_from_slice(&sport.to_be_bytes());
-            l4.extend_from_slice(&dport.to_be_bytes());
-            l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // seq, ack
-            l4.push(5 << 4); // data offset
-            l4.push(if syn { 0x02 } else { 0x10 });
-            l4.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, csum, urg
-        }
-        abi::IPPROTO_UDP => {
-            l4.extend_from_slice(&sport.to_be_bytes());
-            l4.extend_from_slice(&dport.to_be_bytes());
-            l4.extend_from_slice(&[0, 8, 0, 0]);
-        }
-        _ => {
-            // ICMP: type, code, checksum, id, sequence
-            l4.extend_from_slice(&[dport as u8, 0, 0, 0, 0x12, 0x34, 0, 1]);
-        }
-    }
-    let total = 20 + l4.len();
-    let mut p = vec![0u8; 12];
-    p.extend_from_slice(&[0x08, 0x00]);
-    p.extend_from_slice(&[
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        1,
-        0x40,
-        0,
-        64,
+    test_run::ipv4_packet(
+        src,
+        dst,
         protocol,
-        0,
-        0,
-    ]);
-    p.extend_from_slice(&octets(src));
-    p.extend_from_slice(&octets(dst));
-    p.extend_from_slice(&l4);
-    p
+        sport,
+        dport,
+        if syn {
+            test_run::TCP_SYN
+        } else {
+            test_run::TCP_ACK
+        },
+    )
 }
 
 #[test]

@@ -180,6 +180,63 @@ pub(crate) fn peer_selects(peer: &Peer, kind: &IdentityKind) -> bool {
     }
 }
 
+/// Container identities by label pair, so a selector is matched against the
+/// few identities that carry one of its pairs instead of all of them.
+struct SelectorIndex<'a> {
+    by_pair: BTreeMap<(&'a str, &'a str), Vec<u32>>,
+}
+
+impl<'a> SelectorIndex<'a> {
+    fn new(identities: &'a BTreeMap<u32, IdentityKind>) -> Self {
+        let mut by_pair: BTreeMap<(&str, &str), Vec<u32>> = BTreeMap::new();
+        for (id, kind) in identities {
+            if let IdentityKind::Containers(labels) = kind {
+                for (k, v) in labels {
+                    by_pair
+                        .entry((k.as_str(), v.as_str()))
+                        .or_default()
+                        .push(*id);
+                }
+            }
+        }
+        SelectorIndex { by_pair }
+    }
+
+    /// The identities `peer` selects (the same set as testing `peer_selects`
+    /// on every identity).
+    fn select(&self, peer: &Peer, identities: &BTreeMap<u32, IdentityKind>) -> Vec<u32> {
+        if let Peer::Endpoints(sel) = peer {
+            if !sel.match_labels.is_empty() {
+                // Candidates: the identities with the rarest of the selector's pairs.
+                let smallest = sel
+                    .match_labels
+                    .iter()
+                    .map(|(k, v)| {
+                        self.by_pair
+                            .get(&(k.as_str(), v.as_str()))
+                            .map_or(&[][..], Vec::as_slice)
+                    })
+                    .min_by_key(|c| c.len())
+                    .unwrap_or(&[]);
+                return smallest
+                    .iter()
+                    .filter(|id| {
+                        identities
+                            .get(id)
+                            .is_some_and(|kind| peer_selects(peer, kind))
+                    })
+                    .copied()
+                    .collect();
+            }
+        }
+        identities
+            .iter()
+            .filter(|(_, kind)| peer_selects(peer, kind))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
 /// Splits an inclusive port range into aligned prefixes: (first port, number
 /// of leading port bits matched).
 pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u32)> {
@@ -356,6 +413,7 @@ pub fn compile(
     }
 
     // Policy entries per local identity.
+    let selector_index = SelectorIndex::new(&out.identities);
     let mut entries: BTreeMap<PolicyKey, u8> = BTreeMap::new();
     for (&local, policy) in &policies {
         for rule in &policy.rules {
@@ -372,12 +430,7 @@ pub fn compile(
                     peers.insert(abi::IDENTITY_ANY);
                     continue;
                 }
-                peers.extend(
-                    out.identities
-                        .iter()
-                        .filter(|(_, kind)| peer_selects(peer, kind))
-                        .map(|(id, _)| *id),
-                );
+                peers.extend(selector_index.select(peer, &out.identities));
             }
             let l4: Vec<(u8, u16, u32)> = if rule.ports.is_empty() {
                 vec![(0, 0, abi::POLICY_PREFIX_ANY_PROTO)]

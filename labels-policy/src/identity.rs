@@ -49,6 +49,9 @@ pub fn describe(identity: u32) -> &'static str {
 pub struct IdentityAllocator {
     containers: BTreeMap<LabelSet, u32>,
     cidrs: BTreeMap<IpNet, u32>,
+    /// The numbers in use, kept beside the maps so allocation stays cheap.
+    used_containers: BTreeSet<u32>,
+    used_cidrs: BTreeSet<u32>,
 }
 
 /// The allocator ran out of numbers in a range.
@@ -63,9 +66,17 @@ pub struct IdentityExhausted {
     pub last: u32,
 }
 
-fn lowest_free<'a>(used: impl Iterator<Item = &'a u32>, first: u32, last: u32) -> Option<u32> {
-    let used: BTreeSet<u32> = used.copied().collect();
-    (first..=last).find(|n| !used.contains(n))
+/// The lowest number in first..=last not in `used` (which holds only numbers
+/// of that range): the first gap, found by walking the sorted set.
+fn lowest_free(used: &BTreeSet<u32>, first: u32, last: u32) -> Option<u32> {
+    let mut candidate = first;
+    for &n in used.range(first..=last) {
+        if n != candidate {
+            break;
+        }
+        candidate = n.checked_add(1)?;
+    }
+    (candidate <= last).then_some(candidate)
 }
 
 impl IdentityAllocator {
@@ -84,10 +95,11 @@ impl IdentityAllocator {
         if let Some(existing) = self.containers.get(labels) {
             return *existing == identity;
         }
-        if self.containers.values().any(|v| *v == identity) {
+        if self.used_containers.contains(&identity) {
             return false;
         }
         self.containers.insert(labels.clone(), identity);
+        self.used_containers.insert(identity);
         true
     }
 
@@ -97,7 +109,7 @@ impl IdentityAllocator {
             return Ok(*id);
         }
         let id = lowest_free(
-            self.containers.values(),
+            &self.used_containers,
             IDENTITY_FIRST_CONTAINER,
             IDENTITY_LAST_CONTAINER,
         )
@@ -107,6 +119,7 @@ impl IdentityAllocator {
             last: IDENTITY_LAST_CONTAINER,
         })?;
         self.containers.insert(labels.clone(), id);
+        self.used_containers.insert(id);
         Ok(id)
     }
 
@@ -115,7 +128,7 @@ impl IdentityAllocator {
         if let Some(id) = self.cidrs.get(&prefix) {
             return Ok(*id);
         }
-        let id = lowest_free(self.cidrs.values(), IDENTITY_FIRST_CIDR, IDENTITY_LAST_CIDR).ok_or(
+        let id = lowest_free(&self.used_cidrs, IDENTITY_FIRST_CIDR, IDENTITY_LAST_CIDR).ok_or(
             IdentityExhausted {
                 kind: "cidr",
                 first: IDENTITY_FIRST_CIDR,
@@ -123,6 +136,7 @@ impl IdentityAllocator {
             },
         )?;
         self.cidrs.insert(prefix, id);
+        self.used_cidrs.insert(id);
         Ok(id)
     }
 
@@ -130,5 +144,33 @@ impl IdentityAllocator {
     pub fn retain(&mut self, labels: &BTreeSet<&LabelSet>, prefixes: &BTreeSet<IpNet>) {
         self.containers.retain(|l, _| labels.contains(l));
         self.cidrs.retain(|p, _| prefixes.contains(p));
+        self.used_containers = self.containers.values().copied().collect();
+        self.used_cidrs = self.cidrs.values().copied().collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowest_free_finds_the_first_gap() {
+        let used: BTreeSet<u32> = [256, 257, 259].into();
+        assert_eq!(lowest_free(&used, 256, 300), Some(258));
+        assert_eq!(lowest_free(&BTreeSet::new(), 256, 300), Some(256));
+        let full: BTreeSet<u32> = (256..=258).collect();
+        assert_eq!(lowest_free(&full, 256, 258), None);
+    }
+
+    #[test]
+    fn retain_frees_numbers_for_reuse() {
+        let mut a = IdentityAllocator::new();
+        let l1: LabelSet = [("id".to_string(), "1".to_string())].into();
+        let l2: LabelSet = [("id".to_string(), "2".to_string())].into();
+        assert_eq!(a.container(&l1).unwrap(), 256);
+        assert_eq!(a.container(&l2).unwrap(), 257);
+        a.retain(&[&l2].into(), &BTreeSet::new());
+        assert_eq!(a.container(&l1).unwrap(), 256);
+        assert!(!a.adopt_container(&[("id".to_string(), "3".to_string())].into(), 257));
     }
 }

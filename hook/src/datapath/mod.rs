@@ -20,6 +20,7 @@
 
 pub mod maps;
 pub mod pod;
+pub mod test_run;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -32,6 +33,10 @@ use labels_policy::datapath_abi::{self as abi};
 
 /// The compiled datapath object.
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpfwall.o"));
+
+/// The microbenchmark's baseline: a cgroup/skb program that only passes.
+pub const EMPTY_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_empty.o"));
 
 /// bpffs's magic number (`BPF_FS_MAGIC`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
