@@ -26,6 +26,19 @@ fn labels(pairs: &[(&str, &str)]) -> LabelSet {
         .collect()
 }
 
+/// Compiles containers with no host addresses, no host policies and a fresh allocator.
+fn compile_alone(containers: &[ContainerInput]) -> labels_policy::Compiled {
+    compile(
+        CompileInput {
+            containers,
+            host_addresses: &[],
+            host_policies: &[],
+        },
+        &mut IdentityAllocator::new(),
+    )
+    .unwrap()
+}
+
 fn container(
     name: &str,
     pairs: &[(&str, &str)],
@@ -161,15 +174,7 @@ fn covered_allows_are_removed_and_narrow_denies_kept() {
         container("b", &[("id", "b")], "10.0.0.2", None),
         container("c", &[("id", "c")], "10.0.0.3", None),
     ];
-    let out = compile(
-        CompileInput {
-            containers: &containers,
-            host_addresses: &[],
-            host_policies: &[],
-        },
-        &mut IdentityAllocator::new(),
-    )
-    .unwrap();
+    let out = compile_alone(&containers);
     let verdicts: BTreeSet<(u32, u8, u8)> = out
         .policy
         .iter()
@@ -194,15 +199,7 @@ fn address_conflicts_are_reported() {
         container("a", &[("id", "a")], "10.0.0.1", None),
         container("b", &[("id", "b")], "10.0.0.1", None),
     ];
-    let out = compile(
-        CompileInput {
-            containers: &containers,
-            host_addresses: &[],
-            host_policies: &[],
-        },
-        &mut IdentityAllocator::new(),
-    )
-    .unwrap();
+    let out = compile_alone(&containers);
     assert_eq!(out.warnings.len(), 1);
 }
 
