@@ -1,0 +1,240 @@
+//! bpfwall-loadgen: the load generator of scripts/bench. No dependencies
+//! beyond std, so that it links statically and runs inside a busybox
+//! container from a bind mount.
+//!
+//! ```text
+//! bpfwall-loadgen server [--port 5201]
+//! bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|probe [--seconds S]
+//! ```
+//!
+//! The first byte of every connection names the test: `R` (request/response:
+//! the server echoes every byte), `C` (connect/request/response: the server
+//! answers one byte and closes first, so TIME_WAIT stays on its side and the
+//! client never runs out of ports), `S` (stream: the server counts the bytes
+//! until EOF and answers the count). A client prints one line of
+//! `key=value` pairs; `probe` exits 0 if one transaction succeeds within a
+//! second (`--timeout-ms`) and 1 otherwise.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const STREAM_CHUNK: usize = 128 * 1024;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: bpfwall-loadgen server [--port P]\n       bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|probe [--seconds S] [--timeout-ms T]"
+    );
+    ExitCode::from(2)
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("server") => {
+            let port = match flag(&args, "--port").unwrap_or("5201").parse::<u16>() {
+                Ok(p) => p,
+                Err(_) => return usage(),
+            };
+            server(port)
+        }
+        Some("client") => {
+            let Some(to) = flag(&args, "--to").and_then(|s| s.parse::<SocketAddr>().ok()) else {
+                return usage();
+            };
+            let Ok(seconds) = flag(&args, "--seconds").unwrap_or("1").parse::<f64>() else {
+                return usage();
+            };
+            let duration = Duration::from_secs_f64(seconds);
+            match flag(&args, "--test") {
+                Some("rr") => rr(to, duration),
+                Some("crr") => crr(to, duration),
+                Some("stream") => stream(to, duration),
+                Some("probe") => {
+                    let Ok(ms) = flag(&args, "--timeout-ms").unwrap_or("1000").parse::<u64>()
+                    else {
+                        return usage();
+                    };
+                    return match probe(to, Duration::from_millis(ms)) {
+                        Ok(()) => {
+                            println!("test=probe connected=1");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            println!("test=probe connected=0 error=\"{e}\"");
+                            ExitCode::from(1)
+                        }
+                    };
+                }
+                _ => return usage(),
+            }
+        }
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpfwall-loadgen: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn server(port: u16) -> std::io::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_nodelay(true);
+        let mut first = [0u8; 1];
+        if conn.read_exact(&mut first).is_err() {
+            continue;
+        }
+        match first[0] {
+            // Answered inline, as netperf's netserver does for TCP_CRR.
+            b'C' => {
+                let _ = conn.write_all(b"c");
+            }
+            b'R' => {
+                std::thread::spawn(move || {
+                    let mut byte = [0u8; 1];
+                    if conn.write_all(b"r").is_err() {
+                        return;
+                    }
+                    while conn.read_exact(&mut byte).is_ok() {
+                        if conn.write_all(&byte).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            b'S' => {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; STREAM_CHUNK];
+                    let mut total: u64 = 0;
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => total += n as u64,
+                        }
+                    }
+                    let _ = conn.write_all(&total.to_be_bytes());
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(s)
+}
+
+/// Median and 99th percentile, in microseconds.
+fn percentiles(mut ns: Vec<u32>) -> (f64, f64) {
+    if ns.is_empty() {
+        return (0.0, 0.0);
+    }
+    ns.sort_unstable();
+    let at = |q: f64| {
+        let i = ((ns.len() as f64 * q).ceil() as usize).clamp(1, ns.len()) - 1;
+        f64::from(ns[i]) / 1000.0
+    };
+    (at(0.5), at(0.99))
+}
+
+fn elapsed_ns(t: Instant) -> u32 {
+    u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX)
+}
+
+fn rr(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let mut s = connect(to)?;
+    let mut byte = [0u8; 1];
+    s.write_all(b"R")?;
+    s.read_exact(&mut byte)?;
+    let mut samples = Vec::with_capacity(1 << 20);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        s.write_all(b"x")?;
+        s.read_exact(&mut byte)?;
+        samples.push(elapsed_ns(t));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = samples.len();
+    let (p50, p99) = percentiles(samples);
+    println!(
+        "test=rr transactions={n} seconds={secs:.3} per_second={:.0} p50_us={p50:.1} p99_us={p99:.1}",
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+fn crr(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let mut samples = Vec::with_capacity(1 << 18);
+    let mut byte = [0u8; 1];
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        let mut s = connect(to)?;
+        s.write_all(b"C")?;
+        s.read_exact(&mut byte)?;
+        // The server closes first; wait for its FIN so the connection is done.
+        let _ = s.read(&mut byte);
+        drop(s);
+        samples.push(elapsed_ns(t));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = samples.len();
+    let (p50, p99) = percentiles(samples);
+    println!(
+        "test=crr transactions={n} seconds={secs:.3} per_second={:.0} p50_us={p50:.1} p99_us={p99:.1}",
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+fn stream(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let mut s = connect(to)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"S")?;
+    let buf = vec![0x5au8; STREAM_CHUNK];
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        s.write_all(&buf)?;
+    }
+    s.shutdown(Shutdown::Write)?;
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count)?;
+    let secs = start.elapsed().as_secs_f64();
+    let bytes = u64::from_be_bytes(count);
+    println!(
+        "test=stream bytes={bytes} seconds={secs:.3} gbit_per_second={:.3}",
+        bytes as f64 * 8.0 / secs / 1e9
+    );
+    Ok(())
+}
+
+fn probe(to: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&to, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut byte = [0u8; 1];
+    s.write_all(b"C")?;
+    s.read_exact(&mut byte)?;
+    if byte[0] == b'c' {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("unexpected answer"))
+    }
+}
