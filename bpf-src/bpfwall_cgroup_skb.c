@@ -64,10 +64,11 @@ static __always_inline void count_endpoint(const struct endpoint_info *ep, __u8 
 static __always_inline int bpfwall_filter(struct __sk_buff *skb, __u8 direction)
 {
 	struct endpoint_info *ep;
+	struct ct_value *entry;
 	struct ct_key ct;
 	struct flow f;
 	__u64 now;
-	__u32 reason;
+	__u32 reason, revision;
 	int parsed;
 
 	parsed = parse_flow(skb, direction, &f);
@@ -85,9 +86,12 @@ static __always_inline int bpfwall_filter(struct __sk_buff *skb, __u8 direction)
 		return DROP;
 	}
 
-	now = bpf_ktime_get_ns();
+	/* Lifetimes are seconds: the coarse clock (jiffies) is plenty, and cheaper. */
+	now = bpf_ktime_get_coarse_ns();
+	revision = policy_revision_now();
 	ct_key_from_flow(&ct, &f, ep->endpoint_id);
-	if (ct_is_reply(&ct, &f, direction, now)) {         /* step 5 */
+	entry = bpf_map_lookup_elem(&bpfwall_ct_v2, &ct);
+	if (ct_classify(entry, &ct, &f, direction, now, revision) != CT_NEW) { /* step 5 */
 		count_endpoint(ep, direction, 1, skb->len);
 		return PASS;
 	}
@@ -97,7 +101,7 @@ static __always_inline int bpfwall_filter(struct __sk_buff *skb, __u8 direction)
 		count_endpoint(ep, direction, 0, skb->len);
 		return DROP;
 	}
-	ct_track(&ct, &f, direction, now);
+	ct_track(entry, &ct, &f, direction, now, revision);
 	count_endpoint(ep, direction, 1, skb->len);
 	return PASS;
 }

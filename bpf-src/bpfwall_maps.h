@@ -20,7 +20,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#define BPFWALL_ABI_VERSION 1
+#define BPFWALL_ABI_VERSION 2
 
 /* ---- identities ------------------------------------------------------ */
 /* In a policy key, peer identity 0 means "any peer". */
@@ -121,10 +121,24 @@ struct ct_key {
 };
 
 struct ct_value {
-	__u64 last_seen_ns;   /* bpf_ktime_get_ns() */
-	__u8 origin_direction; /* direction of the packet that opened the flow */
-	__u8 flags;            /* BPFWALL_CT_* */
-	__u8 pad[6];
+	__u64 last_seen_ns;      /* bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC) */
+	__u8 origin_direction;   /* direction of the packet that opened the flow */
+	__u8 flags;              /* BPFWALL_CT_* */
+	__u8 pad[2];
+	__u32 policy_revision;   /* bpfwall_policy_rev_v1 when policy last allowed
+				  * the flow in its origin direction */
+};
+
+/* ---- policy revision ------------------------------------------------- */
+/*
+ * One u32 at key 0, bumped by the daemon after every change to the
+ * endpoint, ipcache or policy maps has landed (removals included). A
+ * packet of an established flow in its origin direction skips the policy
+ * lookup only while its conntrack entry carries the current revision; any
+ * change makes the next packet of every flow be decided again.
+ */
+struct policy_revision {
+	__u32 revision;
 };
 
 /* ---- counters -------------------------------------------------------- */
@@ -170,7 +184,14 @@ struct {
 	__uint(max_entries, BPFWALL_CT_ENTRIES);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
-} bpfwall_ct_v1 SEC(".maps");
+} bpfwall_ct_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct policy_revision);
+} bpfwall_policy_rev_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

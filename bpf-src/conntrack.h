@@ -38,7 +38,8 @@ static __always_inline int ct_is_live(const struct ct_key *key, const struct ct_
 		lifetime = CT_LIFETIME_TCP_CLOSING;
 	else if (key->protocol == IPPROTO_TCP)
 		lifetime = CT_LIFETIME_TCP;
-	return now - v->last_seen_ns < lifetime;
+	/* Signed: an entry stamped by a finer clock may be a tick ahead of ours. */
+	return (__s64)(now - v->last_seen_ns) < (__s64)lifetime;
 }
 
 static __always_inline int flow_opens_connection(const struct flow *f)
@@ -48,44 +49,67 @@ static __always_inline int flow_opens_connection(const struct flow *f)
 	return 0;
 }
 
-/*
- * Returns 1 when the packet is a reply of a live flow the endpoint opened in
- * the other direction. A TCP SYN is never a reply: a new connection that
- * reuses an old tuple from the other side is policed as new.
- */
-static __always_inline int ct_is_reply(const struct ct_key *key, const struct flow *f, __u8 direction, __u64 now)
+/* The revision of the maps every cached decision is checked against. */
+static __always_inline __u32 policy_revision_now(void)
 {
-	struct ct_value *v = bpf_map_lookup_elem(&bpfwall_ct_v1, key);
+	__u32 zero = 0;
+	struct policy_revision *r = bpf_map_lookup_elem(&bpfwall_policy_rev_v1, &zero);
 
-	if (!v || !ct_is_live(key, v, now))
-		return 0;
-	if (v->origin_direction == direction || flow_opens_connection(f))
-		return 0;
+	return r ? r->revision : 0;
+}
+
+static __always_inline void ct_refresh(struct ct_value *v, const struct flow *f, __u64 now)
+{
 	if (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		v->flags |= BPFWALL_CT_TCP_CLOSING;
-	if (now - v->last_seen_ns > CT_REFRESH_INTERVAL)
+	if ((__s64)(now - v->last_seen_ns) > (__s64)CT_REFRESH_INTERVAL)
 		v->last_seen_ns = now;
-	return 1;
+}
+
+#define CT_NEW 0         /* no usable entry: decide by policy */
+#define CT_REPLY 1       /* a reply of a live flow opened the other way */
+#define CT_ESTABLISHED 2 /* a live flow in its origin direction, allowed at this revision */
+
+/*
+ * Classifies the packet against its conntrack entry *v (or none). A TCP
+ * SYN is never a reply nor established: a new connection that reuses an
+ * old tuple is policed as new. CT_ESTABLISHED is only a cache of steps 6
+ * to 10: it holds while the maps are unchanged since policy allowed the
+ * flow, so it never lets through what a fresh decision would drop.
+ */
+static __always_inline int ct_classify(struct ct_value *v, const struct ct_key *key, const struct flow *f,
+				       __u8 direction, __u64 now, __u32 revision)
+{
+	if (!v || !ct_is_live(key, v, now) || flow_opens_connection(f))
+		return CT_NEW;
+	if (v->origin_direction != direction) {
+		ct_refresh(v, f, now);
+		return CT_REPLY;
+	}
+	if (v->policy_revision == revision) {
+		ct_refresh(v, f, now);
+		return CT_ESTABLISHED;
+	}
+	return CT_NEW;
 }
 
 /* Records (or refreshes) a flow that policy allowed in this direction. */
-static __always_inline void ct_track(const struct ct_key *key, const struct flow *f, __u8 direction, __u64 now)
+static __always_inline void ct_track(struct ct_value *v, const struct ct_key *key, const struct flow *f,
+				     __u8 direction, __u64 now, __u32 revision)
 {
-	struct ct_value *v = bpf_map_lookup_elem(&bpfwall_ct_v1, key);
 	struct ct_value fresh = {};
 
 	if (v && v->origin_direction == direction && ct_is_live(key, v, now) && !flow_opens_connection(f)) {
-		if (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
-			v->flags |= BPFWALL_CT_TCP_CLOSING;
-		if (now - v->last_seen_ns > CT_REFRESH_INTERVAL)
-			v->last_seen_ns = now;
+		v->policy_revision = revision;
+		ct_refresh(v, f, now);
 		return;
 	}
 	fresh.last_seen_ns = now;
 	fresh.origin_direction = direction;
+	fresh.policy_revision = revision;
 	if (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		fresh.flags |= BPFWALL_CT_TCP_CLOSING;
-	bpf_map_update_elem(&bpfwall_ct_v1, key, &fresh, BPF_ANY);
+	bpf_map_update_elem(&bpfwall_ct_v2, key, &fresh, BPF_ANY);
 }
 
 #endif /* BPFWALL_CONNTRACK_H */

@@ -13,6 +13,9 @@
  *   4     cgroup not in bpfwall_endpoints_v1               drop UNKNOWN_ENDPOINT
  *   5     conntrack: reply of a live flow opened the       pass
  *         other way (a TCP SYN is never a reply)
+ *   5b    conntrack: a live flow in its origin direction   pass (a cache of 6-10:
+ *         that policy allowed at the current policy         same answer, no
+ *         revision (not a TCP SYN)                          lookups)
  *   6     direction not enforced for the endpoint          pass, tracked
  *   7     endpoint's policy in error for the direction     drop POLICY_ERROR
  *   8     a deny entry matches, for this peer or any peer  drop POLICY_DENY

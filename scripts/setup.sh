@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(clang llvm libbpf-dev linux-libc-dev libc6-dev gcc protobuf-compiler docker.io busybox-static iproute2 bpftool iptables)
+packages=(clang llvm libbpf-dev linux-libc-dev libc6-dev gcc protobuf-compiler docker.io busybox-static iproute2 bpftool iptables nftables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -37,6 +37,12 @@ struct Tracked {
     from_hook: bool,
 }
 
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn process_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -78,6 +84,8 @@ pub struct Reconciler {
     problems: BTreeMap<String, String>,
     last_error: Option<String>,
     cgroup_mount: Option<PathBuf>,
+    /// When each container's programs went on (unix microseconds).
+    policed_since: BTreeMap<String, u64>,
 }
 
 /// The host's own addresses (every interface in the daemon's netns).
@@ -131,6 +139,7 @@ impl Reconciler {
             problems: BTreeMap::new(),
             last_error: None,
             cgroup_mount: None,
+            policed_since: BTreeMap::new(),
         })
     }
 
@@ -423,11 +432,16 @@ impl Reconciler {
                 pins.iter().filter(|p| p.cgroup_id == *cgroup_id).count()
             });
             if have == 2 {
+                // Attached by an earlier reconcile (or an earlier daemon).
+                self.policed_since
+                    .entry(id.clone())
+                    .or_insert_with(unix_micros);
                 continue;
             }
             let name = &self.containers[id].record.name;
             match self.datapath.attach(id, dir, *cgroup_id) {
                 Ok(()) => {
+                    self.policed_since.insert(id.clone(), unix_micros());
                     tracing::info!(container = %name, cgroup = %dir.display(), cgroup_id, "attached")
                 }
                 Err(err) => {
@@ -453,10 +467,15 @@ impl Reconciler {
         let forgotten = {
             let mut maps = self.datapath.maps()?;
             maps.apply_removals(&e, &i, &p)?;
+            if !(e.is_empty() && i.is_empty() && p.is_empty()) {
+                // Last: established flows are decided again under the new maps.
+                maps.bump_policy_revision()?;
+            }
             maps.forget_conntrack(&freed)?
         };
         self.problems
             .retain(|id, _| self.containers.contains_key(id));
+        self.policed_since.retain(|id, _| desired.contains_key(id));
 
         if !(e.is_empty() && i.is_empty() && p.is_empty()) || forgotten > 0 {
             tracing::debug!(
@@ -652,6 +671,7 @@ impl Reconciler {
                 name: t.record.name.clone(),
                 identity: report.map_or(0, |r| r.identity),
                 attached: ep.is_some() && !self.problems.contains_key(id),
+                policed_since_unix_us: self.policed_since.get(id).copied(),
                 addresses: t.record.addresses.iter().map(ToString::to_string).collect(),
                 labels,
                 ingress: direction(

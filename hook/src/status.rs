@@ -29,6 +29,10 @@ pub struct EndpointStatus {
     pub identity: u32,
     /// Programs attached and policy in the maps.
     pub attached: bool,
+    /// When this daemon found the programs on (attached them, or found them
+    /// attached): unix time in microseconds.
+    #[serde(default)]
+    pub policed_since_unix_us: Option<u64>,
     /// Its addresses.
     pub addresses: Vec<String>,
     /// bpfwall labels and labels some selector uses.

@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use bpfwall::datapath::maps::MapContents;
+use bpfwall::datapath::maps::{Diff, MapContents};
 use bpfwall::datapath::test_run::{self, SKB_CTX_IFINDEX, SKB_CTX_SIZE};
 use bpfwall::datapath::Datapath;
 use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason};
@@ -423,4 +423,76 @@ fn ipv6_selectors_cidrs_and_extension_headers() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn established_flows_skip_policy_only_until_the_maps_change() {
+    // A packet of an established flow in its origin direction is passed on
+    // its conntrack entry while the policy revision is the one policy
+    // allowed it at; every change (the daemon bumps the revision after its
+    // writes) makes the next packet be decided again.
+    let ifindex = own_netns_with_device();
+    let cgroup_id = own_cgroup_id();
+    let mut dp = Datapath::load(None).unwrap();
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("L3+L4: app2 may reach"))
+        .unwrap();
+    let setup = case_setup(&case, cgroup_id).unwrap();
+    write_compiled(&mut dp, &MapContents::default(), &setup.compiled);
+    let mut ctx = [0u8; SKB_CTX_SIZE];
+    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    let (local, app2) = (setup.local, setup.packet.remote);
+    let run = |dp: &mut Datapath, syn: bool| {
+        let bytes = packet(app2, local, abi::IPPROTO_TCP, 41000, 80, syn);
+        dp.program(abi::PROG_INGRESS)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&bytes),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .unwrap()
+            .return_value
+    };
+    assert_eq!(run(&mut dp, true), 1, "the SYN is allowed by policy");
+    assert_eq!(run(&mut dp, false), 1, "so is the next packet");
+
+    // Take the allow out of the map without telling the datapath (no
+    // revision bump): the established flow still passes, which shows its
+    // packets do not look policy up; a SYN on the same tuple always does.
+    let policy_keys: Vec<_> = setup.compiled.policy.keys().copied().collect();
+    let removal = Diff {
+        upsert: Vec::new(),
+        remove: policy_keys,
+    };
+    let nothing_e = Diff {
+        upsert: Vec::new(),
+        remove: Vec::new(),
+    };
+    let nothing_i = Diff {
+        upsert: Vec::new(),
+        remove: Vec::new(),
+    };
+    dp.maps()
+        .unwrap()
+        .apply_removals(&nothing_e, &nothing_i, &removal)
+        .unwrap();
+    assert_eq!(run(&mut dp, false), 1, "established, same revision: cached");
+    assert_eq!(run(&mut dp, true), 0, "a SYN is decided by policy");
+
+    // The daemon's last step of a change: bump. Now the flow is cut.
+    let before = dp.maps().unwrap().policy_revision().unwrap();
+    let after = dp.maps().unwrap().bump_policy_revision().unwrap();
+    assert_eq!(after, before.wrapping_add(1));
+    assert_eq!(run(&mut dp, false), 0, "decided again under the new maps");
+
+    // Policy back: the same flow is allowed again (and cached again).
+    let empty = MapContents {
+        endpoints: setup.compiled.endpoints.clone(),
+        ipcache: setup.compiled.ipcache.clone(),
+        policy: Default::default(),
+    };
+    write_compiled(&mut dp, &empty, &setup.compiled);
+    assert_eq!(run(&mut dp, false), 1, "allowed again after the change");
 }

@@ -12,20 +12,22 @@
 )]
 
 /// `BPFWALL_ABI_VERSION`: bumped with every layout change, with the map names.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const MAP_ENDPOINTS: &str = "bpfwall_endpoints_v1";
 pub const MAP_IPCACHE: &str = "bpfwall_ipcache_v1";
 pub const MAP_POLICY: &str = "bpfwall_policy_v1";
-pub const MAP_CT: &str = "bpfwall_ct_v1";
+pub const MAP_CT: &str = "bpfwall_ct_v2";
+pub const MAP_POLICY_REV: &str = "bpfwall_policy_rev_v1";
 pub const MAP_COUNTERS: &str = "bpfwall_counters_v1";
 pub const MAP_DROPS: &str = "bpfwall_drops_v1";
 /// Every map the object defines, for pinning.
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 7] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE,
     MAP_POLICY,
     MAP_CT,
+    MAP_POLICY_REV,
     MAP_COUNTERS,
     MAP_DROPS,
 ];
@@ -182,7 +184,15 @@ pub struct CtValue {
     pub last_seen_ns: u64,
     pub origin_direction: u8,
     pub flags: u8,
-    pub pad: [u8; 6],
+    pub pad: [u8; 2],
+    pub policy_revision: u32,
+}
+
+/// Mirrors `struct policy_revision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct PolicyRevision {
+    pub revision: u32,
 }
 
 /// Mirrors `struct endpoint_counters`.
@@ -216,6 +226,7 @@ const _: () = {
     assert!(size_of::<PolicyValue>() == 4);
     assert!(size_of::<CtKey>() == 44);
     assert!(size_of::<CtValue>() == 16);
+    assert!(size_of::<PolicyRevision>() == 4);
     assert!(size_of::<EndpointCounters>() == 64);
 };
 
@@ -271,8 +282,9 @@ pub fn layouts() -> Vec<StructLayout> {
         layout!(
             "ct_value",
             CtValue,
-            [last_seen_ns, origin_direction, flags, pad]
+            [last_seen_ns, origin_direction, flags, pad, policy_revision]
         ),
+        layout!("policy_revision", PolicyRevision, [revision]),
         layout!(
             "endpoint_counters",
             EndpointCounters,

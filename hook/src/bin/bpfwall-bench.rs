@@ -3,8 +3,10 @@
 //!
 //! For each N in --rules, the policy of a local container allows N distinct
 //! peers on 80/tcp (N rules, N peer identities); the benchmark then times,
-//! per packet: the empty baseline program, a conntrack hit (a reply), a
-//! policy hit (an allowed forward packet) and a deny (default deny). The
+//! per packet: the empty baseline program, a reply (conntrack), a new flow
+//! allowed by policy (a SYN: the policy lookup), a packet of an established
+//! flow in its own direction (conntrack at the current policy revision) and
+//! a new flow denied (default deny). The
 //! configurations alternate within every run; each point is --runs runs of
 //! --repeat packets. Prints a markdown table; --csv writes every raw run.
 
@@ -44,7 +46,13 @@ struct Args {
     csv: Option<std::path::PathBuf>,
 }
 
-const CASES: [&str; 4] = ["empty program", "conntrack hit", "policy hit", "deny"];
+const CASES: [&str; 5] = [
+    "empty program",
+    "reply (conntrack)",
+    "new flow allowed (policy)",
+    "established (conntrack)",
+    "new flow denied",
+];
 
 fn peer_addr(k: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(
@@ -185,13 +193,17 @@ fn main() -> anyhow::Result<()> {
         )?;
 
         let peer = peer_addr(n / 2);
+        // A SYN is always decided by policy (never by conntrack); it leaves
+        // a conntrack entry at the current policy revision, which the
+        // established case (the same flow's next packets) then hits.
         let packets = [
             ipv4_packet(peer, local, abi::IPPROTO_TCP, 40000, 80, TCP_ACK),
             ipv4_packet(stranger, local, abi::IPPROTO_TCP, 443, 41000, TCP_ACK),
+            ipv4_packet(peer, local, abi::IPPROTO_TCP, 40000, 80, TCP_SYN),
             ipv4_packet(peer, local, abi::IPPROTO_TCP, 40000, 80, TCP_ACK),
             ipv4_packet(stranger, local, abi::IPPROTO_TCP, 40000, 80, TCP_SYN),
         ];
-        let expected = [1u32, 1, 1, 0];
+        let expected = [1u32, 1, 1, 1, 0];
         for run in 0..args.runs {
             for (i, case) in CASES.iter().enumerate() {
                 let opts = TestRunOptions {

@@ -2,11 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use labels_policy::datapath_abi::{
     self as abi, CtKey, CtValue, DropReason, EndpointCounters, EndpointInfo, EndpointKey,
-    IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+    IpcacheKey, IpcacheValue, PolicyKey, PolicyRevision, PolicyValue,
 };
 
 use super::pod::{self, IpcacheData, PolicyData, P};
@@ -20,8 +20,10 @@ pub struct Maps<'a> {
     pub ipcache: LpmTrie<&'a mut MapData, IpcacheData, P<IpcacheValue>>,
     /// `bpfwall_policy_v1`.
     pub policy: LpmTrie<&'a mut MapData, PolicyData, P<PolicyValue>>,
-    /// `bpfwall_ct_v1`.
+    /// `bpfwall_ct_v2`.
     pub ct: HashMap<&'a mut MapData, P<CtKey>, P<CtValue>>,
+    /// `bpfwall_policy_rev_v1`.
+    pub policy_rev: Array<&'a mut MapData, P<PolicyRevision>>,
     /// `bpfwall_counters_v1`.
     pub counters: PerCpuArray<&'a mut MapData, P<EndpointCounters>>,
     /// `bpfwall_drops_v1`.
@@ -107,6 +109,8 @@ impl<'a> Maps<'a> {
             policy: LpmTrie::try_from(take(abi::MAP_POLICY)?)
                 .map_err(map_err(abi::MAP_POLICY, "open"))?,
             ct: HashMap::try_from(take(abi::MAP_CT)?).map_err(map_err(abi::MAP_CT, "open"))?,
+            policy_rev: Array::try_from(take(abi::MAP_POLICY_REV)?)
+                .map_err(map_err(abi::MAP_POLICY_REV, "open"))?,
             counters: PerCpuArray::try_from(take(abi::MAP_COUNTERS)?)
                 .map_err(map_err(abi::MAP_COUNTERS, "open"))?,
             drops: PerCpuArray::try_from(take(abi::MAP_DROPS)?)
@@ -178,6 +182,25 @@ impl<'a> Maps<'a> {
                 .map_err(map_err(abi::MAP_POLICY, "remove"))?;
         }
         Ok(())
+    }
+
+    /// The current policy revision.
+    pub fn policy_revision(&self) -> Result<u32, DatapathError> {
+        self.policy_rev
+            .get(&0, 0)
+            .map(|r| r.0.revision)
+            .map_err(map_err(abi::MAP_POLICY_REV, "read"))
+    }
+
+    /// Tells the datapath that the maps changed: every established flow is
+    /// decided again on its next packet. Call after all writes and removals
+    /// of a change have landed. Returns the new revision.
+    pub fn bump_policy_revision(&mut self) -> Result<u32, DatapathError> {
+        let next = self.policy_revision()?.wrapping_add(1);
+        self.policy_rev
+            .set(0, P(PolicyRevision { revision: next }), 0)
+            .map_err(map_err(abi::MAP_POLICY_REV, "write"))?;
+        Ok(next)
     }
 
     /// Deletes every conntrack entry of these endpoints. Returns how many.

@@ -10,7 +10,7 @@ use aya::maps::lpm_trie::Key;
 use aya::Pod;
 use labels_policy::datapath_abi::{
     CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
-    PolicyKey, PolicyValue,
+    PolicyKey, PolicyRevision, PolicyValue,
 };
 
 /// A mirror struct as an aya map key or value.
@@ -34,6 +34,8 @@ unsafe impl Pod for P<CtKey> {}
 unsafe impl Pod for P<CtValue> {}
 // SAFETY: as above.
 unsafe impl Pod for P<EndpointCounters> {}
+// SAFETY: as above.
+unsafe impl Pod for P<PolicyRevision> {}
 
 /// `struct ipcache_key` after its prefixlen.
 pub type IpcacheData = [u8; 20];

@@ -136,6 +136,7 @@ impl Datapath {
         let i = diff(&current.ipcache, &compiled.ipcache);
         let p = diff(&current.policy, &compiled.policy);
         maps.apply_upserts(&e, &i, &p)?;
-        maps.apply_removals(&e, &i, &p)
+        maps.apply_removals(&e, &i, &p)?;
+        maps.bump_policy_revision().map(|_| ())
     }
 }
