@@ -152,7 +152,7 @@ generate() { # n -> rule files in $work/$n/
     } >"$d/nft-set.nft"
 }
 
-probe() { docker exec "$pfx-$1" /loadgen client --to "$sip:$port" --test probe --timeout-ms 300 >/dev/null 2>&1; }
+probe() { docker exec "$pfx-$1" /loadgen client --to "$sip:$port" --test probe --timeout-ms 150 >/dev/null 2>&1; }
 start_config() { # config n
     local d=$work/$2
     case $1 in

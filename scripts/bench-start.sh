@@ -33,9 +33,11 @@ ip=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' "$(docker ps -q --filter
 
 # A client whose egress forbids the server connects in a loop from its first
 # instruction; it prints how many connections got through and the time
-# (from /proc/uptime, 10 ms steps) between its first try and its last success.
+# (from /proc/uptime, 10 ms steps) between its first try and the start of its
+# last successful try (a connection opened inside the window may finish much
+# later: its closing packets are dropped once the policy is on).
 client='a=$(cut -d" " -f1 /proc/uptime); b=$a; n=0
-while [ $n -lt 500 ] && nc -w 1 '"$ip"' 80 </dev/null >/dev/null 2>&1; do n=$((n+1)); b=$(cut -d" " -f1 /proc/uptime); done
+while [ $n -lt 500 ]; do t=$(cut -d" " -f1 /proc/uptime); nc -w 1 '"$ip"' 80 </dev/null >/dev/null 2>&1 || break; n=$((n+1)); b=$t; done
 echo "$n $a $b"'
 window() { # runtime option -> lines "leaked window_ms"
     for _ in $(seq "$N"); do
