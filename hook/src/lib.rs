@@ -3,6 +3,7 @@
 //! (src/main.rs) wires them together.
 
 pub mod api;
+pub mod bench_support;
 pub mod cgroup;
 pub mod daemon;
 pub mod datapath;

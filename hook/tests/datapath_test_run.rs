@@ -21,7 +21,7 @@ use bpfwall::datapath::maps::{Diff, MapContents};
 use bpfwall::datapath::test_run::{self, SKB_CTX_IFINDEX, SKB_CTX_SIZE};
 use bpfwall::datapath::Datapath;
 use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason};
-use labels_policy::decision::{case_setup, cases, CtState, Decision};
+use labels_policy::decision::{case_setup, cases, CaseSetup, CtState, Decision};
 use labels_policy::Direction;
 
 const REMOTE_OR_LOCAL_SPORT: u16 = 5555;
@@ -68,6 +68,37 @@ fn packet(src: IpAddr, dst: IpAddr, protocol: u8, sport: u16, dport: u16, syn: b
             test_run::TCP_ACK
         },
     )
+}
+
+/// The datapath holding the policy of the decision table's row "L3+L4:
+/// app2 may reach ...", that row's setup, and a context on the test's own
+/// device.
+fn app2_may_reach() -> (Datapath, CaseSetup, [u8; SKB_CTX_SIZE]) {
+    let ifindex = own_netns_with_device();
+    let cgroup_id = own_cgroup_id();
+    let mut dp = Datapath::load(None).unwrap();
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("L3+L4: app2 may reach"))
+        .unwrap();
+    let setup = case_setup(&case, cgroup_id).unwrap();
+    write_compiled(&mut dp, &MapContents::default(), &setup.compiled);
+    let mut ctx = [0u8; SKB_CTX_SIZE];
+    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    (dp, setup, ctx)
+}
+
+/// One packet through a program; its return value.
+fn run_program(dp: &mut Datapath, name: &'static str, ctx: &[u8], bytes: &[u8]) -> u32 {
+    dp.program(name)
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(bytes),
+            ctx_in: Some(ctx),
+            ..TestRunOptions::default()
+        })
+        .unwrap()
+        .return_value
 }
 
 #[test]
@@ -193,30 +224,10 @@ fn decision_table_holds_in_the_kernel() {
 fn conntrack_records_allowed_flows_and_passes_their_replies() {
     // End to end inside the kernel: an allowed egress SYN creates the entry,
     // the reply on ingress (default deny) then passes.
-    let ifindex = own_netns_with_device();
-    let cgroup_id = own_cgroup_id();
-    let mut dp = Datapath::load(None).unwrap();
-    let case = cases()
-        .into_iter()
-        .find(|c| c.name.starts_with("L3+L4: app2 may reach"))
-        .unwrap();
-    let setup = case_setup(&case, cgroup_id).unwrap();
-    write_compiled(&mut dp, &MapContents::default(), &setup.compiled);
-    let mut ctx = [0u8; SKB_CTX_SIZE];
-    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    let (mut dp, setup, ctx) = app2_may_reach();
     let local = setup.local;
     let app3: IpAddr = "172.31.0.4".parse().unwrap();
-    let mut run = |name: &'static str, bytes: Vec<u8>| {
-        dp.program(name)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(&bytes),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .unwrap()
-            .return_value
-    };
+    let mut run = |name: &'static str, bytes: Vec<u8>| run_program(&mut dp, name, &ctx, &bytes);
     // The reply before any request: ingress is enforced, app3 is not allowed.
     assert_eq!(
         run(
@@ -431,29 +442,11 @@ fn established_flows_skip_policy_only_until_the_maps_change() {
     // its conntrack entry while the policy revision is the one policy
     // allowed it at; every change (the daemon bumps the revision after its
     // writes) makes the next packet be decided again.
-    let ifindex = own_netns_with_device();
-    let cgroup_id = own_cgroup_id();
-    let mut dp = Datapath::load(None).unwrap();
-    let case = cases()
-        .into_iter()
-        .find(|c| c.name.starts_with("L3+L4: app2 may reach"))
-        .unwrap();
-    let setup = case_setup(&case, cgroup_id).unwrap();
-    write_compiled(&mut dp, &MapContents::default(), &setup.compiled);
-    let mut ctx = [0u8; SKB_CTX_SIZE];
-    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    let (mut dp, setup, ctx) = app2_may_reach();
     let (local, app2) = (setup.local, setup.packet.remote);
     let run = |dp: &mut Datapath, syn: bool| {
         let bytes = packet(app2, local, abi::IPPROTO_TCP, 41000, 80, syn);
-        dp.program(abi::PROG_INGRESS)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(&bytes),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .unwrap()
-            .return_value
+        run_program(dp, abi::PROG_INGRESS, &ctx, &bytes)
     };
     assert_eq!(run(&mut dp, true), 1, "the SYN is allowed by policy");
     assert_eq!(run(&mut dp, false), 1, "so is the next packet");

@@ -31,12 +31,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use bpfwall::api::{self, Answer, Request};
+use bpfwall::api::{Answer, Request};
+use bpfwall::bench_support::BenchDaemon;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -59,8 +60,6 @@ struct Args {
 }
 
 const PREFIX: &str = "bpfwall-bench-apply";
-const PINS: &str = "/sys/fs/bpf/bpfwall_v1_benchapply";
-const SOCKET: &str = "/run/bpfwall-benchapply.sock";
 const NFT_TABLE: &str = "bpfwall_bench_apply";
 const IPT_DISPATCH: &str = "BWA-D";
 const IPT_NEW: &str = "BWA-EN";
@@ -84,12 +83,10 @@ struct Endpoint {
 
 /// Everything this benchmark creates, removed on drop (also on error).
 struct Bench {
-    rt: tokio::runtime::Runtime,
     cgroup_root: PathBuf,
-    policy_dir: PathBuf,
-    daemon: Option<Child>,
-    bpfwall: PathBuf,
     endpoints: BTreeMap<usize, Endpoint>,
+    /// Dropped after `Bench::drop` has stopped the endpoints.
+    daemon: Option<BenchDaemon>,
 }
 
 impl Drop for Bench {
@@ -99,21 +96,8 @@ impl Drop for Bench {
             let _ = ep.child.wait();
             let _ = std::fs::remove_dir(&ep.cgroup);
         }
-        if let Some(mut d) = self.daemon.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(d.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = d.wait();
-        }
-        let _ = Command::new(&self.bpfwall)
-            .args(["teardown", "--bpffs-root", PINS])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.daemon = None;
         let _ = std::fs::remove_dir(&self.cgroup_root);
-        let _ = std::fs::remove_dir_all(&self.policy_dir);
-        let _ = std::fs::remove_file(SOCKET);
         let _ = run_stdin(
             "nft",
             &["-f", "-"],
@@ -173,22 +157,21 @@ fn remove_iptables_chains() -> anyhow::Result<()> {
 }
 
 impl Bench {
+    fn daemon(&self) -> anyhow::Result<&BenchDaemon> {
+        self.daemon.as_ref().context("the daemon is not running")
+    }
+
     fn call(&self, request: &Request) -> anyhow::Result<Answer> {
-        Ok(self.rt.block_on(api::call(Path::new(SOCKET), request))?)
+        Ok(self.daemon()?.call(request)?)
     }
 
     fn endpoint_count(&self) -> anyhow::Result<usize> {
-        match self.call(&Request::Status)? {
-            Answer::Status(s) => Ok(s.endpoints.len()),
-            other => bail!("unexpected answer to status: {other:?}"),
-        }
+        Ok(self.daemon()?.status()?.endpoints.len())
     }
 
     /// All m endpoints attached, their ingress enforced by one rule.
     fn check_enforced(&self, m: usize) -> anyhow::Result<()> {
-        let Answer::Status(s) = self.call(&Request::Status)? else {
-            bail!("unexpected answer to status");
-        };
+        let s = self.daemon()?.status()?;
         let good = s
             .endpoints
             .iter()
@@ -201,13 +184,6 @@ impl Bench {
             );
         }
         Ok(())
-    }
-
-    fn daemon_pid(&self) -> anyhow::Result<u32> {
-        self.daemon
-            .as_ref()
-            .map(Child::id)
-            .context("the daemon is not running")
     }
 
     /// Starts endpoint i (not yet reported to the daemon).
@@ -426,17 +402,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mount = bpfwall::cgroup::cgroup2_mount()?;
     let cgroup_root = mount.join(PREFIX);
-    let policy_dir = std::env::temp_dir().join(format!("{PREFIX}-{}", std::process::id()));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let mut bench = Bench {
-        rt,
         cgroup_root: cgroup_root.clone(),
-        policy_dir: policy_dir.clone(),
-        daemon: None,
-        bpfwall: args.bpfwall.clone(),
         endpoints: BTreeMap::new(),
+        daemon: None,
     };
     // Leftovers of an interrupted run of ours.
     let _ = run_stdin(
@@ -455,26 +424,8 @@ fn main() -> anyhow::Result<()> {
         std::fs::create_dir(&cgroup_root)
             .with_context(|| format!("cannot create {}", cgroup_root.display()))?;
     }
-    std::fs::create_dir_all(&policy_dir)?;
-    let daemon = Command::new(&args.bpfwall)
-        .args(["daemon", "--bpffs-root", PINS, "--socket", SOCKET])
-        .arg("--policy-dir")
-        .arg(&policy_dir)
-        .args(["--manage-label", &format!("{PREFIX}=1")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start the daemon")?;
-    bench.daemon = Some(daemon);
-    let t0 = Instant::now();
-    while bench.endpoint_count().is_err() {
-        if t0.elapsed() > Duration::from_secs(20) {
-            bail!("the daemon did not answer on {SOCKET}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = bench.daemon_pid()?;
+    bench.daemon = Some(BenchDaemon::start(&args.bpfwall, PREFIX, PREFIX)?);
+    let pid = bench.daemon()?.pid();
     let mut rss = vec![(0usize, proc_kb(pid, "VmRSS:")?)];
 
     let mut csv = match &args.csv {

@@ -10,12 +10,12 @@
 //! CLOCK_REALTIME. Prints p50 / p99 / min / max per way.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use bpfwall::api::{self, Answer, Request};
+use bpfwall::bench_support::BenchDaemon;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -36,14 +36,13 @@ struct Args {
 }
 
 const LABEL: &str = "bpfwall-bench-start";
-const PINS: &str = "/sys/fs/bpf/bpfwall_v1_benchstart";
-const SOCKET: &str = "/run/bpfwall-benchstart.sock";
 const RUNTIME: &str = "bpfwall-bench-start";
 
+/// Removes our containers and runtime, then (on drop of its field) stops
+/// the daemon.
 struct Guard {
     bpfwall: PathBuf,
-    daemon: Option<Child>,
-    policy_dir: PathBuf,
+    daemon: BenchDaemon,
 }
 
 impl Drop for Guard {
@@ -54,19 +53,6 @@ impl Drop for Guard {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        if let Some(mut d) = self.daemon.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(d.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = d.wait();
-        }
-        let _ = Command::new(&self.bpfwall)
-            .args(["teardown", "--bpffs-root", PINS])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.policy_dir);
     }
 }
 
@@ -93,13 +79,6 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn status(rt: &tokio::runtime::Runtime) -> anyhow::Result<bpfwall::status::Status> {
-    match rt.block_on(api::call(Path::new(SOCKET), &Request::Status))? {
-        Answer::Status(s) => Ok(s),
-        other => bail!("unexpected answer to status: {other:?}"),
-    }
-}
-
 /// p50, p99, min, max.
 fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
     let mut v = v.to_vec();
@@ -110,38 +89,15 @@ fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let policy_dir = std::env::temp_dir().join(format!("{LABEL}-{}", std::process::id()));
-    std::fs::create_dir_all(&policy_dir)?;
-    let mut guard = Guard {
-        bpfwall: args.bpfwall.clone(),
-        daemon: None,
-        policy_dir: policy_dir.clone(),
-    };
     remove_containers();
-    guard.daemon = Some(
-        Command::new(&args.bpfwall)
-            .args(["daemon", "--bpffs-root", PINS, "--socket", SOCKET])
-            .arg("--policy-dir")
-            .arg(&policy_dir)
-            .args(["--manage-label", &format!("{LABEL}=1")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start the daemon")?,
-    );
-    let t0 = Instant::now();
-    while status(&rt).map_or(true, |s| !s.docker_connected) {
-        if t0.elapsed() > Duration::from_secs(20) {
-            bail!("the daemon did not come up on {SOCKET}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let guard = Guard {
+        bpfwall: args.bpfwall.clone(),
+        daemon: BenchDaemon::start(&args.bpfwall, LABEL, LABEL)?,
+    };
+    let socket = guard.daemon.socket().to_path_buf();
     let ok = Command::new(&args.bpfwall)
-        .args(["install-runtime", "--name", RUNTIME, "--socket", SOCKET])
+        .args(["install-runtime", "--name", RUNTIME, "--socket"])
+        .arg(&socket)
         .stdout(Stdio::null())
         .status()?;
     if !ok.success() {
@@ -188,7 +144,7 @@ fn main() -> anyhow::Result<()> {
             let short: String = id.chars().take(12).collect();
             let t = Instant::now();
             let since = loop {
-                let s = status(&rt)?;
+                let s = guard.daemon.status()?;
                 if let Some(ep) = s.endpoints.iter().find(|e| e.id == short) {
                     if let (true, "enforced", Some(since)) = (
                         ep.attached,
