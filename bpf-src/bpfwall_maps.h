@@ -20,7 +20,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#define BPFWALL_ABI_VERSION 2
+#define BPFWALL_ABI_VERSION 3
 
 /* ---- identities ------------------------------------------------------ */
 /* In a policy key, peer identity 0 means "any peer". */
@@ -80,6 +80,13 @@ struct ipcache_key {
 struct ipcache_value {
 	__u32 identity;
 };
+/*
+ * Host addresses (prefixlen 64 for IPv4, 160 for IPv6) go to
+ * bpfwall_ipcache_exact_v1, a hash with the same key; shorter prefixes to
+ * the trie. A host address is always the longest match, so the datapath
+ * asks the hash first and the trie only on a miss: one hash lookup for
+ * every container peer, however many entries there are.
+ */
 
 /* ---- policy: (local identity, peer, direction, proto, port) -> verdict */
 /*
@@ -105,6 +112,14 @@ struct policy_value {
 	__u8 verdict; /* BPFWALL_VERDICT_* */
 	__u8 pad[3];
 };
+/*
+ * Entries with prefixlen BPFWALL_POLICY_PREFIX_FULL (one protocol, one
+ * port) go to bpfwall_policy_exact_v1, a hash with the same key; port
+ * ranges, any-port and any-protocol entries to the trie. Within one (local
+ * identity, peer, direction) an exact entry is the longest match there can
+ * be, and the compiler has already resolved deny precedence into the
+ * entries, so a hash hit is the trie's answer; the trie is asked on a miss.
+ */
 
 /* ---- conntrack, keyed from the endpoint's point of view -------------- */
 #define BPFWALL_CT_TCP_CLOSING 0x1 /* FIN or RST seen */
@@ -172,12 +187,28 @@ struct {
 } bpfwall_ipcache_v1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFWALL_IPCACHE_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+} bpfwall_ipcache_exact_v1 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, BPFWALL_POLICY_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
 } bpfwall_policy_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFWALL_POLICY_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+} bpfwall_policy_exact_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

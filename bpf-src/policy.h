@@ -41,7 +41,10 @@ static __always_inline __u32 ipcache_identity(const struct flow *f)
 	key.family = f->family;
 	key.prefixlen = BPFWALL_IPCACHE_PREFIX_BASE + (f->family == BPFWALL_FAMILY_IPV4 ? 32 : 128);
 	__builtin_memcpy(key.addr, f->remote_addr, 16);
-	v = bpf_map_lookup_elem(&bpfwall_ipcache_v1, &key);
+	/* Host addresses: one hash lookup; prefixes: the trie (see bpfwall_maps.h). */
+	v = bpf_map_lookup_elem(&bpfwall_ipcache_exact_v1, &key);
+	if (!v)
+		v = bpf_map_lookup_elem(&bpfwall_ipcache_v1, &key);
 	return v ? v->identity : BPFWALL_IDENTITY_WORLD;
 }
 
@@ -56,8 +59,11 @@ static __always_inline __u8 policy_lookup(__u32 local_identity, __u32 peer_ident
 		.protocol = f->protocol,
 		.dport_be = f->dport_be,
 	};
-	struct policy_value *v = bpf_map_lookup_elem(&bpfwall_policy_v1, &key);
+	/* An exact (protocol, port) entry is the longest match: hash first. */
+	struct policy_value *v = bpf_map_lookup_elem(&bpfwall_policy_exact_v1, &key);
 
+	if (!v)
+		v = bpf_map_lookup_elem(&bpfwall_policy_v1, &key);
 	return v ? v->verdict : 0;
 }
 

@@ -12,20 +12,24 @@
 )]
 
 /// `BPFWALL_ABI_VERSION`: bumped with every layout change, with the map names.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub const MAP_ENDPOINTS: &str = "bpfwall_endpoints_v1";
 pub const MAP_IPCACHE: &str = "bpfwall_ipcache_v1";
 pub const MAP_POLICY: &str = "bpfwall_policy_v1";
+pub const MAP_IPCACHE_EXACT: &str = "bpfwall_ipcache_exact_v1";
+pub const MAP_POLICY_EXACT: &str = "bpfwall_policy_exact_v1";
 pub const MAP_CT: &str = "bpfwall_ct_v2";
 pub const MAP_POLICY_REV: &str = "bpfwall_policy_rev_v1";
 pub const MAP_COUNTERS: &str = "bpfwall_counters_v1";
 pub const MAP_DROPS: &str = "bpfwall_drops_v1";
 /// Every map the object defines, for pinning.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE,
+    MAP_IPCACHE_EXACT,
     MAP_POLICY,
+    MAP_POLICY_EXACT,
     MAP_CT,
     MAP_POLICY_REV,
     MAP_COUNTERS,
@@ -296,6 +300,22 @@ pub fn layouts() -> Vec<StructLayout> {
             ]
         ),
     ]
+}
+
+/// Whether an ipcache entry lives in the exact-match hash (a host address)
+/// rather than the trie: the rule of `bpfwall_maps.h`.
+pub fn ipcache_is_exact(key: &IpcacheKey) -> bool {
+    let bits = match key.family {
+        FAMILY_IPV4 => 32,
+        _ => 128,
+    };
+    key.prefixlen == IPCACHE_PREFIX_BASE + bits
+}
+
+/// Whether a policy entry lives in the exact-match hash (one protocol, one
+/// port) rather than the trie: the rule of `bpfwall_maps.h`.
+pub fn policy_is_exact(key: &PolicyKey) -> bool {
+    key.prefixlen == POLICY_PREFIX_FULL
 }
 
 /// The ipcache key for an address prefix.

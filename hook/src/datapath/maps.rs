@@ -16,10 +16,14 @@ use super::DatapathError;
 pub struct Maps<'a> {
     /// `bpfwall_endpoints_v1`.
     pub endpoints: HashMap<&'a mut MapData, P<EndpointKey>, P<EndpointInfo>>,
-    /// `bpfwall_ipcache_v1`.
+    /// `bpfwall_ipcache_v1`: prefixes.
     pub ipcache: LpmTrie<&'a mut MapData, IpcacheData, P<IpcacheValue>>,
-    /// `bpfwall_policy_v1`.
+    /// `bpfwall_ipcache_exact_v1`: host addresses.
+    pub ipcache_exact: HashMap<&'a mut MapData, P<IpcacheKey>, P<IpcacheValue>>,
+    /// `bpfwall_policy_v1`: port ranges, any port, any protocol.
     pub policy: LpmTrie<&'a mut MapData, PolicyData, P<PolicyValue>>,
+    /// `bpfwall_policy_exact_v1`: one protocol, one port.
+    pub policy_exact: HashMap<&'a mut MapData, P<PolicyKey>, P<PolicyValue>>,
     /// `bpfwall_ct_v2`.
     pub ct: HashMap<&'a mut MapData, P<CtKey>, P<CtValue>>,
     /// `bpfwall_policy_rev_v1`.
@@ -106,8 +110,12 @@ impl<'a> Maps<'a> {
                 .map_err(map_err(abi::MAP_ENDPOINTS, "open"))?,
             ipcache: LpmTrie::try_from(take(abi::MAP_IPCACHE)?)
                 .map_err(map_err(abi::MAP_IPCACHE, "open"))?,
+            ipcache_exact: HashMap::try_from(take(abi::MAP_IPCACHE_EXACT)?)
+                .map_err(map_err(abi::MAP_IPCACHE_EXACT, "open"))?,
             policy: LpmTrie::try_from(take(abi::MAP_POLICY)?)
                 .map_err(map_err(abi::MAP_POLICY, "open"))?,
+            policy_exact: HashMap::try_from(take(abi::MAP_POLICY_EXACT)?)
+                .map_err(map_err(abi::MAP_POLICY_EXACT, "open"))?,
             ct: HashMap::try_from(take(abi::MAP_CT)?).map_err(map_err(abi::MAP_CT, "open"))?,
             policy_rev: Array::try_from(take(abi::MAP_POLICY_REV)?)
                 .map_err(map_err(abi::MAP_POLICY_REV, "open"))?,
@@ -129,9 +137,17 @@ impl<'a> Maps<'a> {
             let (k, v) = item.map_err(map_err(abi::MAP_IPCACHE, "iterate"))?;
             out.ipcache.insert(pod::ipcache_key_from_trie(&k), v.0);
         }
+        for item in self.ipcache_exact.iter() {
+            let (k, v) = item.map_err(map_err(abi::MAP_IPCACHE_EXACT, "iterate"))?;
+            out.ipcache.insert(k.0, v.0);
+        }
         for item in self.policy.iter() {
             let (k, v) = item.map_err(map_err(abi::MAP_POLICY, "iterate"))?;
             out.policy.insert(pod::policy_key_from_trie(&k), v.0);
+        }
+        for item in self.policy_exact.iter() {
+            let (k, v) = item.map_err(map_err(abi::MAP_POLICY_EXACT, "iterate"))?;
+            out.policy.insert(k.0, v.0);
         }
         Ok(out)
     }
@@ -145,14 +161,26 @@ impl<'a> Maps<'a> {
         policy: &Diff<PolicyKey, PolicyValue>,
     ) -> Result<(), DatapathError> {
         for (k, v) in &policy.upsert {
-            self.policy
-                .insert(&pod::policy_trie_key(k), P(*v), 0)
-                .map_err(map_err(abi::MAP_POLICY, "insert"))?;
+            if abi::policy_is_exact(k) {
+                self.policy_exact
+                    .insert(P(*k), P(*v), 0)
+                    .map_err(map_err(abi::MAP_POLICY_EXACT, "insert"))?;
+            } else {
+                self.policy
+                    .insert(&pod::policy_trie_key(k), P(*v), 0)
+                    .map_err(map_err(abi::MAP_POLICY, "insert"))?;
+            }
         }
         for (k, v) in &ipcache.upsert {
-            self.ipcache
-                .insert(&pod::ipcache_trie_key(k), P(*v), 0)
-                .map_err(map_err(abi::MAP_IPCACHE, "insert"))?;
+            if abi::ipcache_is_exact(k) {
+                self.ipcache_exact
+                    .insert(P(*k), P(*v), 0)
+                    .map_err(map_err(abi::MAP_IPCACHE_EXACT, "insert"))?;
+            } else {
+                self.ipcache
+                    .insert(&pod::ipcache_trie_key(k), P(*v), 0)
+                    .map_err(map_err(abi::MAP_IPCACHE, "insert"))?;
+            }
         }
         for (k, v) in &endpoints.upsert {
             self.endpoints
@@ -174,12 +202,22 @@ impl<'a> Maps<'a> {
                 .map_err(map_err(abi::MAP_ENDPOINTS, "remove"))?;
         }
         for k in &ipcache.remove {
-            ignore_missing(self.ipcache.remove(&pod::ipcache_trie_key(k)))
-                .map_err(map_err(abi::MAP_IPCACHE, "remove"))?;
+            if abi::ipcache_is_exact(k) {
+                ignore_missing(self.ipcache_exact.remove(&P(*k)))
+                    .map_err(map_err(abi::MAP_IPCACHE_EXACT, "remove"))?;
+            } else {
+                ignore_missing(self.ipcache.remove(&pod::ipcache_trie_key(k)))
+                    .map_err(map_err(abi::MAP_IPCACHE, "remove"))?;
+            }
         }
         for k in &policy.remove {
-            ignore_missing(self.policy.remove(&pod::policy_trie_key(k)))
-                .map_err(map_err(abi::MAP_POLICY, "remove"))?;
+            if abi::policy_is_exact(k) {
+                ignore_missing(self.policy_exact.remove(&P(*k)))
+                    .map_err(map_err(abi::MAP_POLICY_EXACT, "remove"))?;
+            } else {
+                ignore_missing(self.policy.remove(&pod::policy_trie_key(k)))
+                    .map_err(map_err(abi::MAP_POLICY, "remove"))?;
+            }
         }
         Ok(())
     }

@@ -36,6 +36,10 @@ unsafe impl Pod for P<CtValue> {}
 unsafe impl Pod for P<EndpointCounters> {}
 // SAFETY: as above.
 unsafe impl Pod for P<PolicyRevision> {}
+// SAFETY: as above.
+unsafe impl Pod for P<IpcacheKey> {}
+// SAFETY: as above.
+unsafe impl Pod for P<PolicyKey> {}
 
 /// `struct ipcache_key` after its prefixlen.
 pub type IpcacheData = [u8; 20];
