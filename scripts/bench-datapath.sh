@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The datapath between two containers on one bridge, under five
 # configurations: no filter, bpfwall, iptables rules in a chain jumped to
-# from DOCKER-USER, nftables with linear rules, nftables with a set.
+# from DOCKER-USER, nftables with linear rules, nftables with a set; and,
+# when asked (CONFIGS="none bpf-empty bpfwall"), bpf-empty: a cgroup/skb
+# program that only returns 1 on both containers, the floor of the hook.
 # Tests (bpfwall-loadgen, inside the containers): TCP_RR (1-byte
 # request/response on one connection: transactions/s, p50, p99), TCP_CRR (a
 # new connection per request: connections/s) and TCP_STREAM (Gbit/s).
@@ -30,7 +32,7 @@ SECS=${SECS:-1}
 # Client and server share one core: on this 2-core VM, a cross-core wakeup
 # costs ~50 us and lands at random, which buries the filters' cost.
 CPUS=${CPUS:-$(($(nproc) - 1))}
-CONFIGS=(none bpfwall iptables nft-linear nft-set)
+read -ra CONFIGS <<<"${CONFIGS:-none bpfwall iptables nft-linear nft-set}"
 TESTS=(rr crr stream)
 out=${BENCH_OUT:-$top/target/bench}
 mkdir -p "$out"
@@ -63,7 +65,25 @@ stop_iptables() {
     iptables -X "$chain" 2>/dev/null || true
 }
 stop_nft() { nft delete table inet "$table" 2>/dev/null || true; }
+empty_pins=/sys/fs/bpf/bpfwall_bench_empty
+cgroup_of() { # container -> its cgroup v2 directory (0:: line + the cgroup2 mount)
+    local pid rel mnt
+    pid=$(docker inspect -f '{{.State.Pid}}' "$1")
+    rel=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
+    mnt=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i+1) == "cgroup2") print $5; break } }' /proc/self/mountinfo | head -1)
+    echo "$mnt$rel"
+}
+stop_empty() {
+    local c cg
+    for c in server client; do
+        cg=$(cgroup_of "$pfx-$c" 2>/dev/null) || continue
+        bpftool cgroup detach "$cg" ingress pinned "$empty_pins/bench_empty" 2>/dev/null || true
+        bpftool cgroup detach "$cg" egress pinned "$empty_pins/bench_empty_egress" 2>/dev/null || true
+    done
+    rm -rf "$empty_pins"
+}
 cleanup() {
+    stop_empty
     stop_bpfwall
     stop_iptables
     stop_nft
@@ -157,6 +177,16 @@ start_config() { # config n
     local d=$work/$2
     case $1 in
     none) ;;
+    bpf-empty)
+        [ -f "$work/empty.o" ] || clang -g -O2 -target bpf -I/usr/include/x86_64-linux-gnu \
+            -c "$top/bpf-src/bench_empty.c" -o "$work/empty.o"
+        bpftool prog loadall "$work/empty.o" "$empty_pins" type cgroup/skb
+        local c
+        for c in server client; do
+            bpftool cgroup attach "$(cgroup_of "$pfx-$c")" ingress pinned "$empty_pins/bench_empty"
+            bpftool cgroup attach "$(cgroup_of "$pfx-$c")" egress pinned "$empty_pins/bench_empty_egress"
+        done
+        ;;
     bpfwall)
         "$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$d/policy" \
             --manage-label "$pfx=1" 2>"$work/daemon.log" &
@@ -176,7 +206,9 @@ start_config() { # config n
     # stranger is stopped by every filter.
     local tries
     for tries in $(seq 30); do
-        if probe client && { [ "$1" = none ] && probe stranger || { [ "$1" != none ] && ! probe stranger; }; }; then
+        local open=
+        case $1 in none | bpf-empty) open=1 ;; esac
+        if probe client && { [ -n "$open" ] && probe stranger || { [ -z "$open" ] && ! probe stranger; }; }; then
             return 0
         fi
         sleep 0.1
@@ -186,6 +218,7 @@ start_config() { # config n
 }
 stop_config() {
     case $1 in
+    bpf-empty) stop_empty ;;
     bpfwall) stop_bpfwall ;;
     iptables) stop_iptables ;;
     nft-linear | nft-set) stop_nft ;;
@@ -231,6 +264,7 @@ function med(list,   a, m, i, j, t) {
     lo = a[1]; hi = a[m]
     return a[int((m + 1) / 2)]
 }
+function ratio(a, b) { return (b + 0 > 0) ? sprintf("%.2f", a / b) : "-" }
 function cell(list, fmt,   x) { x = med(list); return sprintf(fmt " (" fmt "-" fmt ")", x, lo, hi) }
 END {
     nc = split(configs, cs, " ")
@@ -246,8 +280,9 @@ END {
         for (c = 1; c <= nc + 3; c++) printf "---|"; printf "\n"
         for (i = 1; i <= nn; i++) {
             printf "| %d |", ns[i]
+            delete m
             for (c = 1; c <= nc; c++) { k = ns[i] SUBSEP cs[c] SUBSEP tt; m[cs[c]] = med(vals[k]); printf " %s |", cell(vals[k], fmt) }
-            printf " %.2f | %.2f | %.2f |\n", m["bpfwall"] / m["none"], m["bpfwall"] / m["iptables"], m["bpfwall"] / m["nft-set"]
+            printf " %s | %s | %s |\n", ratio(m["bpfwall"], m["none"]), ratio(m["bpfwall"], m["iptables"]), ratio(m["bpfwall"], m["nft-set"])
         }
         printf "\n"
     }
@@ -256,8 +291,9 @@ END {
     for (c = 1; c <= nc + 3; c++) printf "---|"; printf "\n"
     for (i = 1; i <= nn; i++) {
         printf "| %d |", ns[i]
+        delete m
         for (c = 1; c <= nc; c++) { k = ns[i] SUBSEP cs[c]; a = med(p50[k]); b = med(p99[k]); m[cs[c]] = a; printf " %.1f / %.1f |", a, b }
-        printf " %.2f | %.2f | %.2f |\n", m["bpfwall"] / m["none"], m["bpfwall"] / m["iptables"], m["bpfwall"] / m["nft-set"]
+        printf " %s | %s | %s |\n", ratio(m["bpfwall"], m["none"]), ratio(m["bpfwall"], m["iptables"]), ratio(m["bpfwall"], m["nft-set"])
     }
 }' "$csv"
 echo
