@@ -90,7 +90,7 @@ static __always_inline int bpfwall_filter(struct __sk_buff *skb, __u8 direction)
 	now = bpf_ktime_get_coarse_ns();
 	revision = policy_revision_now();
 	ct_key_from_flow(&ct, &f, ep->endpoint_id);
-	entry = bpf_map_lookup_elem(&bpfwall_ct_v2, &ct);
+	entry = bpf_map_lookup_elem(&bpfwall_ct_v1, &ct);
 	if (ct_classify(entry, &ct, &f, direction, now, revision) != CT_NEW) { /* step 5 */
 		count_endpoint(ep, direction, 1, skb->len);
 		return PASS;

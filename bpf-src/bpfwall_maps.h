@@ -10,6 +10,12 @@
  * (and BPFWALL_ABI_VERSION) so a pinned map of the old layout is never
  * misread by new code.
  *
+ * One exception keeps live state across an upgrade: a field carved out of
+ * explicit padding, whose zero means "as before", keeps the map's name
+ * (ct_value.policy_revision: zero in entries of older programs, and the
+ * daemon never lets the current revision be zero, so those entries are
+ * decided again).
+ *
  * Rules for this file: fixed-width types only, explicit padding fields, no
  * bool, no bitfields. Fields in network byte order end in _be.
  */
@@ -215,7 +221,7 @@ struct {
 	__uint(max_entries, BPFWALL_CT_ENTRIES);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
-} bpfwall_ct_v2 SEC(".maps");
+} bpfwall_ct_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

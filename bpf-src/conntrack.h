@@ -109,7 +109,7 @@ static __always_inline void ct_track(struct ct_value *v, const struct ct_key *ke
 	fresh.policy_revision = revision;
 	if (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		fresh.flags |= BPFWALL_CT_TCP_CLOSING;
-	bpf_map_update_elem(&bpfwall_ct_v2, key, &fresh, BPF_ANY);
+	bpf_map_update_elem(&bpfwall_ct_v1, key, &fresh, BPF_ANY);
 }
 
 #endif /* BPFWALL_CONNTRACK_H */

@@ -109,6 +109,15 @@ pub fn host_addresses() -> Vec<IpAddr> {
 impl Reconciler {
     /// Takes over a loaded datapath and what it already holds.
     pub fn new(mut datapath: Datapath, manage: Selector) -> Result<Self, ReconcileError> {
+        // Links a previous daemon pinned (perhaps an older bpfwall) run the
+        // programs loaded now; only then may exact entries leave the tries
+        // (older programs read the tries only), and the revision moves on
+        // so conntrack entries older programs wrote are decided again.
+        let updated = datapath.update_pinned_links()?;
+        let (migrated, revision) = {
+            let mut maps = datapath.maps()?;
+            (maps.migrate_exact_entries()?, maps.bump_policy_revision()?)
+        };
         let applied = datapath.maps()?.read()?;
         let adoptable = applied
             .endpoints
@@ -118,8 +127,10 @@ impl Reconciler {
         tracing::info!(
             endpoints = applied.endpoints.len(),
             policy_entries = applied.policy.len(),
-            links = datapath.pinned_links()?.len(),
-            "adopted pinned state"
+            links = updated,
+            exact_entries_moved = migrated,
+            policy_revision = revision,
+            "adopted pinned state (links moved onto the programs loaded now)"
         );
         Ok(Reconciler {
             datapath,

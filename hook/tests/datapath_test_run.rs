@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use aya::programs::{TestRun, TestRunOptions};
 use bpfwall::datapath::maps::{Diff, MapContents};
 use bpfwall::datapath::test_run::{self, SKB_CTX_IFINDEX, SKB_CTX_SIZE};
-use bpfwall::datapath::Datapath;
+use bpfwall::datapath::{pod, Datapath};
 use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason};
 use labels_policy::decision::{case_setup, cases, CaseSetup, CtState, Decision};
 use labels_policy::Direction;
@@ -488,4 +488,68 @@ fn established_flows_skip_policy_only_until_the_maps_change() {
     };
     write_compiled(&mut dp, &empty, &setup.compiled);
     assert_eq!(run(&mut dp, false), 1, "allowed again after the change");
+}
+
+#[test]
+fn exact_entries_an_older_daemon_left_in_the_tries_move_to_the_hashes() {
+    // Older daemons wrote every entry into the tries. The migration moves
+    // host addresses and single-port entries to the hashes (hash first, then
+    // out of the trie) and leaves ranges and prefixes where they are.
+    let cgroup_id = own_cgroup_id();
+    let mut dp = Datapath::load(None).unwrap();
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("port range: past the end"))
+        .unwrap();
+    let setup = case_setup(&case, cgroup_id).unwrap();
+    {
+        let mut maps = dp.maps().unwrap();
+        for (k, v) in &setup.compiled.policy {
+            maps.policy
+                .insert(&pod::policy_trie_key(k), pod::P(*v), 0)
+                .unwrap();
+        }
+        for (k, v) in &setup.compiled.ipcache {
+            maps.ipcache
+                .insert(&pod::ipcache_trie_key(k), pod::P(*v), 0)
+                .unwrap();
+        }
+    }
+    let exact = setup
+        .compiled
+        .policy
+        .keys()
+        .filter(|k| abi::policy_is_exact(k))
+        .count()
+        + setup
+            .compiled
+            .ipcache
+            .keys()
+            .filter(|k| abi::ipcache_is_exact(k))
+            .count();
+    assert!(exact > 0, "the row has exact entries to move");
+    let mut maps = dp.maps().unwrap();
+    assert_eq!(maps.migrate_exact_entries().unwrap(), exact);
+    assert_eq!(
+        maps.migrate_exact_entries().unwrap(),
+        0,
+        "nothing left to move"
+    );
+    let read = maps.read().unwrap();
+    assert_eq!(
+        read.policy, setup.compiled.policy,
+        "every policy entry, once"
+    );
+    assert_eq!(
+        read.ipcache, setup.compiled.ipcache,
+        "every ipcache entry, once"
+    );
+    for item in maps.policy.iter() {
+        let (k, _) = item.unwrap();
+        assert!(!abi::policy_is_exact(&pod::policy_key_from_trie(&k)));
+    }
+    for item in maps.ipcache.iter() {
+        let (k, _) = item.unwrap();
+        assert!(!abi::ipcache_is_exact(&pod::ipcache_key_from_trie(&k)));
+    }
 }

@@ -355,7 +355,7 @@ fn exit_leaves_no_state_behind() {
     let ct = bpfwall_e2e::must(
         std::process::Command::new("bpftool")
             .args(["-j", "map", "dump", "pinned"])
-            .arg(env.pin_root.join("maps/bpfwall_ct_v2")),
+            .arg(env.pin_root.join("maps/bpfwall_ct_v1")),
     );
     let entries: serde_json::Value = serde_json::from_str(&ct).unwrap();
     let endpoint_ids: std::collections::BTreeSet<u64> = entries
@@ -416,6 +416,16 @@ fn daemon_sigkill_keeps_enforcing_and_restart_adopts() {
         6,
         "no duplicate links after the restart"
     );
+    // The restarted daemon moved every link onto the programs it loaded
+    // (as after an upgrade), without detaching anything.
+    let ids = env.link_and_daemon_program_ids();
+    assert_eq!(ids.len(), 6);
+    for (link, runs, loaded) in ids {
+        assert_eq!(
+            runs, loaded,
+            "link {link} runs the restarted daemon's program"
+        );
+    }
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub struct Maps<'a> {
     pub policy: LpmTrie<&'a mut MapData, PolicyData, P<PolicyValue>>,
     /// `bpfwall_policy_exact_v1`: one protocol, one port.
     pub policy_exact: HashMap<&'a mut MapData, P<PolicyKey>, P<PolicyValue>>,
-    /// `bpfwall_ct_v2`.
+    /// `bpfwall_ct_v1`.
     pub ct: HashMap<&'a mut MapData, P<CtKey>, P<CtValue>>,
     /// `bpfwall_policy_rev_v1`.
     pub policy_rev: Array<&'a mut MapData, P<PolicyRevision>>,
@@ -234,11 +234,51 @@ impl<'a> Maps<'a> {
     /// decided again on its next packet. Call after all writes and removals
     /// of a change have landed. Returns the new revision.
     pub fn bump_policy_revision(&mut self) -> Result<u32, DatapathError> {
-        let next = self.policy_revision()?.wrapping_add(1);
+        // Never zero: conntrack entries written by programs older than the
+        // revision carry zero there, and must be decided again.
+        let next = self.policy_revision()?.wrapping_add(1).max(1);
         self.policy_rev
             .set(0, P(PolicyRevision { revision: next }), 0)
             .map_err(map_err(abi::MAP_POLICY_REV, "write"))?;
         Ok(next)
+    }
+
+    /// Moves exact entries (host addresses, single ports) that an older
+    /// daemon wrote into the tries over to the hashes: written to the hash
+    /// first, then deleted from the trie, so a lookup (hash, then trie)
+    /// finds them all along. Returns how many moved.
+    pub fn migrate_exact_entries(&mut self) -> Result<usize, DatapathError> {
+        let mut ipcache = Vec::new();
+        for item in self.ipcache.iter() {
+            let (k, v) = item.map_err(map_err(abi::MAP_IPCACHE, "iterate"))?;
+            let key = pod::ipcache_key_from_trie(&k);
+            if abi::ipcache_is_exact(&key) {
+                ipcache.push((key, v.0));
+            }
+        }
+        let mut policy = Vec::new();
+        for item in self.policy.iter() {
+            let (k, v) = item.map_err(map_err(abi::MAP_POLICY, "iterate"))?;
+            let key = pod::policy_key_from_trie(&k);
+            if abi::policy_is_exact(&key) {
+                policy.push((key, v.0));
+            }
+        }
+        for (k, v) in &ipcache {
+            self.ipcache_exact
+                .insert(P(*k), P(*v), 0)
+                .map_err(map_err(abi::MAP_IPCACHE_EXACT, "insert"))?;
+            ignore_missing(self.ipcache.remove(&pod::ipcache_trie_key(k)))
+                .map_err(map_err(abi::MAP_IPCACHE, "remove"))?;
+        }
+        for (k, v) in &policy {
+            self.policy_exact
+                .insert(P(*k), P(*v), 0)
+                .map_err(map_err(abi::MAP_POLICY_EXACT, "insert"))?;
+            ignore_missing(self.policy.remove(&pod::policy_trie_key(k)))
+                .map_err(map_err(abi::MAP_POLICY, "remove"))?;
+        }
+        Ok(ipcache.len() + policy.len())
     }
 
     /// Deletes every conntrack entry of these endpoints. Returns how many.

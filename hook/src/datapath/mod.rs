@@ -107,6 +107,17 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::pin::PinError>,
     },
+    /// A pinned link could not be moved onto this daemon's program.
+    #[error("cannot move the link {path} onto {name}")]
+    LinkUpdate {
+        /// The link's pin.
+        path: PathBuf,
+        /// The program name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A map is missing from the object.
     #[error("map {name} is missing from the object")]
     MissingMap {
@@ -342,6 +353,66 @@ impl Datapath {
         }
     }
 
+    /// Moves every pinned link onto the programs this daemon loaded, with
+    /// BPF_LINK_UPDATE: the swap is atomic, so no cgroup is ever without a
+    /// program, and links an older bpfwall pinned run the current datapath
+    /// (which reads the maps the current daemon writes). Returns how many.
+    pub fn update_pinned_links(&mut self) -> Result<usize, DatapathError> {
+        let Some(dir) = self.links_dir() else {
+            return Ok(0);
+        };
+        let pins = self.pinned_links()?;
+        for pin in &pins {
+            let name = match pin.direction {
+                "ingress" => abi::PROG_INGRESS,
+                _ => abi::PROG_EGRESS,
+            };
+            let path = dir.join(pin.file_name());
+            let failed = |source| DatapathError::LinkUpdate {
+                path: path.clone(),
+                name,
+                source,
+            };
+            let link = bpf_syscall::obj_get(&path).map_err(failed)?;
+            let prog = self.program(name)?;
+            let prog_fd = prog.fd().map_err(|e| DatapathError::Program {
+                name,
+                source: Box::new(e),
+            })?;
+            use std::os::fd::AsFd as _;
+            bpf_syscall::link_update(link.as_fd(), prog_fd.as_fd()).map_err(failed)?;
+        }
+        Ok(pins.len())
+    }
+
+    /// The id of the program a pinned link runs, and of the program this
+    /// daemon loaded for its direction (for checks).
+    pub fn link_program_ids(&mut self, pin: &LinkPin) -> Result<(u32, u32), DatapathError> {
+        let name = match pin.direction {
+            "ingress" => abi::PROG_INGRESS,
+            _ => abi::PROG_EGRESS,
+        };
+        let path = self
+            .links_dir()
+            .map(|d| d.join(pin.file_name()))
+            .unwrap_or_default();
+        let link_err = |source| DatapathError::Link {
+            name,
+            cgroup: path.clone(),
+            source: Box::new(source),
+        };
+        let link: FdLink = aya::programs::links::PinnedLink::from_pin(&path)
+            .map_err(link_err)?
+            .into();
+        let linked = link.info().map_err(link_err)?.program_id();
+        let prog_err = |e| DatapathError::Program {
+            name,
+            source: Box::new(e),
+        };
+        let ours = self.program(name)?.info().map_err(prog_err)?.id();
+        Ok((linked, ours))
+    }
+
     /// Links grouped by owner.
     pub fn links_by_owner(&self) -> Result<BTreeMap<String, Vec<LinkPin>>, DatapathError> {
         let mut out: BTreeMap<String, Vec<LinkPin>> = BTreeMap::new();
@@ -349,6 +420,88 @@ impl Datapath {
             out.entry(pin.owner.clone()).or_default().push(pin);
         }
         Ok(out)
+    }
+}
+
+/// The two bpf(2) commands aya 0.14 does not offer for cgroup links.
+mod bpf_syscall {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::path::Path;
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+
+    /// `union bpf_attr` for BPF_OBJ_GET (linux/bpf.h).
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        pad: u32,
+    }
+
+    /// `union bpf_attr` for BPF_LINK_UPDATE (linux/bpf.h).
+    #[repr(C)]
+    struct LinkUpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+
+    /// A new fd for a pinned object.
+    pub(super) fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+        let c_path = CString::new(path.as_os_str().as_bytes())?;
+        let attr = ObjGetAttr {
+            pathname: c_path.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+            path_fd: 0,
+            pad: 0,
+        };
+        // SAFETY: attr is a fully initialised BPF_OBJ_GET attribute whose
+        // pathname points to a NUL-terminated string that outlives the call;
+        // the kernel reads size_of::<ObjGetAttr>() bytes of it.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET,
+                &attr as *const ObjGetAttr,
+                std::mem::size_of::<ObjGetAttr>(),
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+
+    /// Points a link at another program, atomically.
+    pub(super) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> std::io::Result<()> {
+        let attr = LinkUpdateAttr {
+            link_fd: link.as_raw_fd() as u32,
+            new_prog_fd: prog.as_raw_fd() as u32,
+            flags: 0,
+            old_prog_fd: 0,
+        };
+        // SAFETY: attr is a fully initialised BPF_LINK_UPDATE attribute; both
+        // fds are borrowed for the duration of the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_LINK_UPDATE,
+                &attr as *const LinkUpdateAttr,
+                std::mem::size_of::<LinkUpdateAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
