@@ -113,10 +113,19 @@ impl Reconciler {
         // programs loaded now; only then may exact entries leave the tries
         // (older programs read the tries only), and the revision moves on
         // so conntrack entries older programs wrote are decided again.
-        let updated = datapath.update_pinned_links()?;
+        let links = datapath.update_pinned_links()?;
+        for e in &links.failed {
+            tracing::error!(error = %format_chain(e), "a pinned link keeps an older program");
+        }
         let (migrated, revision) = {
             let mut maps = datapath.maps()?;
-            (maps.migrate_exact_entries()?, maps.bump_policy_revision()?)
+            // An older program reads the tries only: keep its entries there.
+            let migrated = if links.failed.is_empty() {
+                maps.migrate_exact_entries()?
+            } else {
+                0
+            };
+            (migrated, maps.bump_policy_revision()?)
         };
         let applied = datapath.maps()?.read()?;
         let adoptable = applied
@@ -127,7 +136,9 @@ impl Reconciler {
         tracing::info!(
             endpoints = applied.endpoints.len(),
             policy_entries = applied.policy.len(),
-            links = updated,
+            links_moved = links.updated,
+            links_defunct = links.defunct,
+            links_not_moved = links.failed.len(),
             exact_entries_moved = migrated,
             policy_revision = revision,
             "adopted pinned state (links moved onto the programs loaded now)"

@@ -503,3 +503,36 @@ fn docker_restart_reconnects_and_resyncs() {
         .is_none());
     env.assert_http_allowed(&c, &target);
 }
+
+#[test]
+fn a_container_gone_while_the_daemon_was_down_does_not_stop_its_restart() {
+    // Its links outlive its cgroup (the kernel severs them); the restarted
+    // daemon moves the live links onto its programs, skips the severed
+    // ones, starts, and removes their pins.
+    let mut env = TestEnv::new("severed");
+    let gone = env.start_attached("gone", &["--label", "id=gone"], SLEEP);
+    let stays = env.start_attached(
+        "stays",
+        &[
+            "--label",
+            "bpfwall.ingress=allow from id=nobody port 80/tcp",
+        ],
+        HTTPD,
+    );
+    assert_eq!(env.pinned_links(), 4);
+    env.kill_daemon();
+    env.remove(&gone);
+    env.start_daemon();
+    env.wait_attached(&stays);
+    env.wait_for("the severed links to be removed", |e| e.pinned_links() == 2);
+    let ids = env.link_and_daemon_program_ids();
+    assert_eq!(ids.len(), 2);
+    for (link, runs, loaded) in ids {
+        assert_eq!(
+            runs, loaded,
+            "link {link} runs the restarted daemon's program"
+        );
+    }
+    let client = env.start_attached("client", &["--label", "id=client"], SLEEP);
+    env.assert_http_blocked(&client, &url(&env.ip(&stays)));
+}

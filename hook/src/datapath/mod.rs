@@ -145,6 +145,17 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Da
     }
 }
 
+/// What [`Datapath::update_pinned_links`] did.
+#[derive(Debug, Default)]
+pub struct LinkUpdateReport {
+    /// Links now running this daemon's programs.
+    pub updated: usize,
+    /// Links whose cgroup is gone (removed by the next reconcile).
+    pub defunct: usize,
+    /// Links that still run an older program, and why.
+    pub failed: Vec<DatapathError>,
+}
+
 /// A link pinned for one container and direction, as named on bpffs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LinkPin {
@@ -356,33 +367,40 @@ impl Datapath {
     /// Moves every pinned link onto the programs this daemon loaded, with
     /// BPF_LINK_UPDATE: the swap is atomic, so no cgroup is ever without a
     /// program, and links an older bpfwall pinned run the current datapath
-    /// (which reads the maps the current daemon writes). Returns how many.
-    pub fn update_pinned_links(&mut self) -> Result<usize, DatapathError> {
+    /// (which reads the maps the current daemon writes). A link whose cgroup
+    /// is gone (its container exited while no daemon ran) is left for the
+    /// reconcile to remove; a link that cannot be moved keeps its program
+    /// and is reported.
+    pub fn update_pinned_links(&mut self) -> Result<LinkUpdateReport, DatapathError> {
+        let mut report = LinkUpdateReport::default();
         let Some(dir) = self.links_dir() else {
-            return Ok(0);
+            return Ok(report);
         };
-        let pins = self.pinned_links()?;
-        for pin in &pins {
+        for pin in self.pinned_links()? {
             let name = match pin.direction {
                 "ingress" => abi::PROG_INGRESS,
                 _ => abi::PROG_EGRESS,
             };
             let path = dir.join(pin.file_name());
-            let failed = |source| DatapathError::LinkUpdate {
-                path: path.clone(),
-                name,
-                source,
-            };
-            let link = bpf_syscall::obj_get(&path).map_err(failed)?;
             let prog = self.program(name)?;
             let prog_fd = prog.fd().map_err(|e| DatapathError::Program {
                 name,
                 source: Box::new(e),
             })?;
             use std::os::fd::AsFd as _;
-            bpf_syscall::link_update(link.as_fd(), prog_fd.as_fd()).map_err(failed)?;
+            let moved = bpf_syscall::obj_get(&path)
+                .and_then(|link| bpf_syscall::link_update(link.as_fd(), prog_fd.as_fd()));
+            match moved {
+                Ok(()) => report.updated += 1,
+                Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => report.defunct += 1,
+                Err(source) => report.failed.push(DatapathError::LinkUpdate {
+                    path: path.clone(),
+                    name,
+                    source,
+                }),
+            }
         }
-        Ok(pins.len())
+        Ok(report)
     }
 
     /// The id of the program a pinned link runs, and of the program this
