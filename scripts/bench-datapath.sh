@@ -49,7 +49,7 @@ table=bpfwall_bench
 port=5201
 log() { printf 'bench-datapath: %s\n' "$*" >&2; }
 
-work=$(mktemp -d)
+work= # made after the leftovers of an earlier run are gone
 daemon=
 stop_bpfwall() {
     if [ -n "$daemon" ]; then
@@ -89,7 +89,7 @@ cleanup() {
     stop_nft
     docker rm -f "$pfx-server" "$pfx-client" "$pfx-stranger" >/dev/null 2>&1 || true
     docker network rm "$net" >/dev/null 2>&1 || true
-    rm -rf "$work"
+    [ -z "$work" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -494,41 +494,41 @@ impl TestEnv {
         std::fs::read_dir(self.pin_root.join("links")).map_or(0, |d| d.count())
     }
 
-    /// For every pinned link: the id of the program it runs, and the id of
-    /// the program of its direction the running daemon pinned (bpftool).
-    pub fn link_and_daemon_program_ids(&self) -> Vec<(String, u64, u64)> {
-        let id_of = |what: &str, path: &std::path::Path| -> u64 {
+    /// Asserts that there are `expected` pinned links and that each runs
+    /// the program of its direction the running daemon pinned (read with
+    /// bpftool), as after a restart or an upgrade.
+    pub fn assert_links_run_the_daemons_programs(&self, expected: usize) {
+        let id_of = |what: &str, path: &Path| -> u64 {
             let out = must(
-                std::process::Command::new("bpftool")
+                Command::new("bpftool")
                     .args(["-j", what, "show", "pinned"])
                     .arg(path),
             );
-            let v: serde_json::Value = serde_json::from_str(&out)
+            let v: Value = serde_json::from_str(&out)
                 .unwrap_or_else(|e| panic!("bpftool {what} show {}: {e}: {out}", path.display()));
             let key = if what == "link" { "prog_id" } else { "id" };
             v[key]
                 .as_u64()
                 .unwrap_or_else(|| panic!("no {key} in bpftool's answer: {out}"))
         };
-        let mut out = Vec::new();
-        let links = self.pin_root.join("links");
-        for entry in std::fs::read_dir(&links)
+        let links: Vec<_> = std::fs::read_dir(self.pin_root.join("links"))
             .expect("the links directory")
             .flatten()
-        {
+            .collect();
+        assert_eq!(links.len(), expected, "pinned links");
+        for entry in links {
             let name = entry.file_name().to_string_lossy().to_string();
             let prog = if name.ends_with("_ingress") {
                 "bpfwall_ingress"
             } else {
                 "bpfwall_egress"
             };
-            out.push((
-                name,
+            assert_eq!(
                 id_of("link", &entry.path()),
                 id_of("prog", &self.pin_root.join("progs").join(prog)),
-            ));
+                "link {name} runs the running daemon's program"
+            );
         }
-        out
     }
 
     /// Stops and removes a container.

@@ -418,14 +418,7 @@ fn daemon_sigkill_keeps_enforcing_and_restart_adopts() {
     );
     // The restarted daemon moved every link onto the programs it loaded
     // (as after an upgrade), without detaching anything.
-    let ids = env.link_and_daemon_program_ids();
-    assert_eq!(ids.len(), 6);
-    for (link, runs, loaded) in ids {
-        assert_eq!(
-            runs, loaded,
-            "link {link} runs the restarted daemon's program"
-        );
-    }
+    env.assert_links_run_the_daemons_programs(6);
 }
 
 #[test]
@@ -525,14 +518,7 @@ fn a_container_gone_while_the_daemon_was_down_does_not_stop_its_restart() {
     env.start_daemon();
     env.wait_attached(&stays);
     env.wait_for("the severed links to be removed", |e| e.pinned_links() == 2);
-    let ids = env.link_and_daemon_program_ids();
-    assert_eq!(ids.len(), 2);
-    for (link, runs, loaded) in ids {
-        assert_eq!(
-            runs, loaded,
-            "link {link} runs the restarted daemon's program"
-        );
-    }
+    env.assert_links_run_the_daemons_programs(2);
     let client = env.start_attached("client", &["--label", "id=client"], SLEEP);
     env.assert_http_blocked(&client, &url(&env.ip(&stays)));
 }

@@ -403,34 +403,6 @@ impl Datapath {
         Ok(report)
     }
 
-    /// The id of the program a pinned link runs, and of the program this
-    /// daemon loaded for its direction (for checks).
-    pub fn link_program_ids(&mut self, pin: &LinkPin) -> Result<(u32, u32), DatapathError> {
-        let name = match pin.direction {
-            "ingress" => abi::PROG_INGRESS,
-            _ => abi::PROG_EGRESS,
-        };
-        let path = self
-            .links_dir()
-            .map(|d| d.join(pin.file_name()))
-            .unwrap_or_default();
-        let link_err = |source| DatapathError::Link {
-            name,
-            cgroup: path.clone(),
-            source: Box::new(source),
-        };
-        let link: FdLink = aya::programs::links::PinnedLink::from_pin(&path)
-            .map_err(link_err)?
-            .into();
-        let linked = link.info().map_err(link_err)?.program_id();
-        let prog_err = |e| DatapathError::Program {
-            name,
-            source: Box::new(e),
-        };
-        let ours = self.program(name)?.info().map_err(prog_err)?.id();
-        Ok((linked, ours))
-    }
-
     /// Links grouped by owner.
     pub fn links_by_owner(&self) -> Result<BTreeMap<String, Vec<LinkPin>>, DatapathError> {
         let mut out: BTreeMap<String, Vec<LinkPin>> = BTreeMap::new();
