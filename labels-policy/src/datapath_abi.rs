@@ -1,7 +1,7 @@
 //! Rust mirrors of `bpf-src/bpfwall_maps.h`, the one header that defines every
 //! map key and value. Each struct names the C struct it mirrors. Sizes are
 //! checked here at compile time; sizes and member offsets are checked
-//! against the BTF of the compiled object by `hook/tests/abi_layout.rs`.
+//! against the BTF of the compiled object by `hook/datapath/tests/abi_layout.rs`.
 //!
 //! All structs are `#[repr(C)]` with explicit padding, no `bool` and no
 //! bitfields, so any byte pattern the kernel hands back is a valid value.

@@ -1,0 +1,144 @@
+//! The daemon (`bpfwall daemon`), split by job, each a task or thread of
+//! its own:
+//!
+//! - [`reconcile_loop`]: the thread that owns the [`reconciler`] and so the
+//!   datapath; every change reaches it as an input;
+//! - [`api_server`]: the local API, answering status, check and explain
+//!   from the reconciler's last [`snapshot`], and passing OCI-hook requests
+//!   to the loop;
+//! - [`policy_watch`]: the policy directory, read a few times a second;
+//! - the runtime sources (`crate::runtime`), whose events are forwarded to
+//!   the loop;
+//! - [`host`]: what the reconciler reads of the host, behind a trait.
+
+pub mod api_server;
+pub mod host;
+pub mod policy_watch;
+pub mod reconcile_loop;
+pub mod reconciler;
+pub mod snapshot;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bpfwall_datapath::{Datapath as _, KernelDatapath};
+use bpfwall_sys::error_chain;
+use labels_policy::Selector;
+use tokio::sync::{mpsc, watch};
+
+use self::host::SystemHost;
+use self::policy_watch::PolicyDir;
+use self::reconcile_loop::Input;
+use self::reconciler::Reconciler;
+use self::snapshot::Snapshot;
+use crate::runtime::{docker, RuntimeEvent};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// dockerd's socket.
+    pub docker_socket: String,
+    /// Pin root on bpffs.
+    pub pin_root: PathBuf,
+    /// The API socket.
+    pub api_socket: PathBuf,
+    /// Only containers matching this are attached (all are peers).
+    pub manage: Selector,
+    /// Host-wide policy files.
+    pub policy_dir: PathBuf,
+}
+
+/// The policy directory is read this often (changes apply within a second).
+const POLICY_POLL: Duration = Duration::from_millis(250);
+
+/// Runs until SIGINT or SIGTERM. Leaves every pin in place: enforcement
+/// goes on without the daemon.
+pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    let mut datapath = KernelDatapath::load(Some(&config.pin_root)).with_context(|| {
+        format!(
+            "loading the datapath with pins under {}",
+            config.pin_root.display()
+        )
+    })?;
+    let adopted = datapath.adopt().context("adopting pinned state")?;
+    tracing::info!(
+        endpoints = adopted.contents.endpoints.len(),
+        policy_entries = adopted.contents.policy.len(),
+        links_moved = adopted.links_moved,
+        links_defunct = adopted.links_defunct,
+        links_not_moved = adopted.links_not_moved.len(),
+        exact_entries_moved = adopted.exact_entries_moved,
+        policy_revision = adopted.policy_revision,
+        "adopted pinned state (links moved onto the programs loaded now)"
+    );
+    let counters = match datapath.counter_reader() {
+        Ok(reader) => Some(Arc::from(reader)),
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "cannot open the counters: status shows none");
+            None
+        }
+    };
+    let mut reconciler = Reconciler::new(
+        datapath,
+        SystemHost::new(),
+        config.manage.clone(),
+        adopted.contents,
+    );
+
+    let mut policy_dir = PolicyDir::new(&config.policy_dir);
+    policy_dir.poll();
+    reconciler.set_host_policies(policy_dir.policies());
+    let (files_tx, files_rx) = watch::channel(policy_dir.status());
+
+    let listener = crate::agent::api_server::bind(&config.api_socket)?;
+    let (inputs_tx, inputs_rx) = std::sync::mpsc::channel::<Input>();
+    let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let reconcile_thread = std::thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || reconcile_loop::run(reconciler, inputs_rx, snapshots_tx))
+        .context("cannot start the reconcile thread")?;
+
+    // The Docker source, forwarded to the loop.
+    let (events_tx, mut events_rx) = mpsc::channel::<RuntimeEvent>(4096);
+    tokio::spawn(docker::run(config.docker_socket.clone(), events_tx));
+    let forward = inputs_tx.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            if forward.send(Input::Runtime(event)).is_err() {
+                return;
+            }
+        }
+    });
+
+    tokio::spawn(policy_watch::run(
+        policy_dir,
+        POLICY_POLL,
+        inputs_tx.clone(),
+        files_tx,
+    ));
+
+    let server = api_server::Server {
+        pin_root: config.pin_root.display().to_string(),
+        snapshots: snapshots_rx,
+        policy_files: files_rx,
+        counters,
+        inputs: inputs_tx,
+    };
+    tokio::spawn(server.serve(listener));
+
+    tracing::info!(pin_root = %config.pin_root.display(), api = %config.api_socket.display(), docker = config.docker_socket,
+        policy_dir = %config.policy_dir.display(), "bpfwall daemon running");
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm.recv() => {}
+    }
+    tracing::info!("stopping; pinned programs keep enforcing");
+    let _ = std::fs::remove_file(&config.api_socket);
+    // The loop ends when its inputs do; the runtime's shutdown drops the
+    // tasks holding the senders.
+    drop(reconcile_thread);
+    Ok(())
+}

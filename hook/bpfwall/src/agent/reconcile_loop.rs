@@ -1,0 +1,129 @@
+//! The reconcile loop: a thread of its own that owns the [`Reconciler`]
+//! (and so the datapath). Everything reaches it as an [`Input`]; it takes
+//! in every input that is waiting, reconciles once, answers the OCI hooks
+//! whose containers that reconcile covered, and publishes a [`Snapshot`]
+//! for the API. A hook request therefore waits for at most the reconcile
+//! in flight and its own, never behind a queue of them; status, check and
+//! explain never wait for the loop at all.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bpfwall_datapath::Datapath;
+use labels_policy::HostPolicy;
+use tokio::sync::{oneshot, watch};
+
+use super::host::Host;
+use super::reconciler::Reconciler;
+use super::snapshot::Snapshot;
+use crate::api::{DaemonError, EnforceRequest};
+use crate::runtime::RuntimeEvent;
+
+/// Events arriving within this window are handled by one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+/// Containers known only from the OCI hook are checked for exit this often.
+const HOOK_PRUNE: Duration = Duration::from_secs(1);
+/// A reconcile runs at least this often (host addresses change without events).
+const PERIODIC: Duration = Duration::from_secs(10);
+
+/// What the loop is told.
+#[derive(Debug)]
+pub enum Input {
+    /// A runtime source's event.
+    Runtime(RuntimeEvent),
+    /// The host-wide policies in force changed.
+    HostPolicies(Vec<HostPolicy>),
+    /// The OCI hook asks to police a container before it starts.
+    Enforce {
+        /// The container.
+        request: EnforceRequest,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<String, DaemonError>>,
+    },
+}
+
+/// Runs until every sender of `inputs` is gone.
+pub fn run<D: Datapath, H: Host>(
+    mut reconciler: Reconciler<D, H>,
+    inputs: Receiver<Input>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+) {
+    let mut next_periodic = Instant::now() + PERIODIC;
+    let mut next_prune = Instant::now() + HOOK_PRUNE;
+    loop {
+        let wake = next_periodic.min(next_prune);
+        let first = match inputs.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(input) => Some(input),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut dirty = false;
+        let mut hooks = Vec::new();
+        if let Some(first) = first {
+            // Events come in bursts (a compose up): wait a moment for the
+            // rest, unless a hook is waiting.
+            let mut batch = vec![first];
+            let deadline = Instant::now() + DEBOUNCE;
+            loop {
+                let hook_waiting = batch.iter().any(|i| matches!(i, Input::Enforce { .. }));
+                let next = if hook_waiting {
+                    inputs.try_recv().ok()
+                } else {
+                    inputs
+                        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        .ok()
+                };
+                match next {
+                    Some(input) => batch.push(input),
+                    None => break,
+                }
+            }
+            for input in batch {
+                match input {
+                    Input::Runtime(event) => dirty |= reconciler.handle(event),
+                    Input::HostPolicies(policies) => {
+                        reconciler.set_host_policies(policies);
+                        dirty = true;
+                    }
+                    Input::Enforce { request, reply } => {
+                        let span = tracing::info_span!("oci_hook", container = %request.name, pid = request.pid);
+                        let _guard = span.enter();
+                        let id = request.id.clone();
+                        match reconciler.admit(request) {
+                            Ok(()) => {
+                                dirty = true;
+                                hooks.push((id, reply));
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "refused a container start");
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= next_prune {
+            dirty |= reconciler.prune_dead_hook_containers();
+            next_prune = now + HOOK_PRUNE;
+        }
+        if now >= next_periodic {
+            dirty = true;
+            next_periodic = now + PERIODIC;
+        }
+        if dirty {
+            reconciler.reconcile();
+        }
+        for (id, reply) in hooks {
+            let answer = reconciler.admitted(&id);
+            match &answer {
+                Ok(message) => tracing::info!(container = %id, %message, "enforced before start"),
+                Err(e) => tracing::error!(container = %id, error = %e, "refused a container start"),
+            }
+            let _ = reply.send(answer);
+        }
+        snapshots.send_replace(Arc::new(reconciler.snapshot()));
+    }
+}

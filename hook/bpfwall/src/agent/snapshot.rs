@@ -1,0 +1,239 @@
+//! What the reconciler publishes after each reconcile, and the answers the
+//! API builds from it without waiting for the reconciler: `policy check`,
+//! `policy explain`, and `status` (with counters read on the side).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bpfwall_datapath::CounterReader;
+use labels_policy::datapath_abi as abi;
+use labels_policy::query::{CheckResult, Explanation, FlowEnd};
+use labels_policy::{Compiled, ContainerInput};
+
+use crate::api::{DaemonError, DirectionStatus, EndpointStatus, FileStatus, FlowEndArg, Status};
+use crate::runtime::ContainerRecord;
+
+/// One managed container as the reconciler last saw it.
+#[derive(Debug, Clone)]
+pub struct ContainerView {
+    /// Its full id.
+    pub id: String,
+    /// What the runtime said of it.
+    pub record: ContainerRecord,
+    /// Its endpoint slot, once attached.
+    pub endpoint_id: Option<u32>,
+    /// Why it is not policed, if it is not.
+    pub problem: Option<String>,
+    /// When its programs went on.
+    pub policed_since_unix_us: Option<u64>,
+}
+
+/// The reconciler's state after a reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The last compile.
+    pub compiled: Arc<Compiled>,
+    /// Its input, in order.
+    pub inputs: Arc<Vec<ContainerInput>>,
+    /// The container id of each input.
+    pub input_ids: Arc<Vec<String>>,
+    /// The host's addresses at that compile.
+    pub host_addresses: Arc<Vec<IpAddr>>,
+    /// Managed containers.
+    pub containers: Vec<ContainerView>,
+    /// Is the Docker source connected now?
+    pub docker_connected: bool,
+    /// Has Docker been listed at least once?
+    pub synced: bool,
+    /// Entries in the policy maps.
+    pub policy_entries: usize,
+    /// Entries in the ipcache maps.
+    pub ipcache_entries: usize,
+    /// The last reconcile's error.
+    pub last_error: Option<String>,
+}
+
+impl Snapshot {
+    /// The index of a container in the last compile, by name or id prefix.
+    fn find(&self, name: &str) -> Result<usize, DaemonError> {
+        let name = name.trim_start_matches('/');
+        if let Some(i) = self.inputs.iter().position(|c| c.name == name) {
+            return Ok(i);
+        }
+        let by_id: Vec<usize> = self
+            .input_ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| name.len() >= 4 && id.starts_with(name))
+            .map(|(i, _)| i)
+            .collect();
+        match by_id.as_slice() {
+            [i] => Ok(*i),
+            [] => Err(DaemonError::NotFound {
+                container: name.to_string(),
+            }),
+            _ => Err(DaemonError::Ambiguous {
+                prefix: name.to_string(),
+            }),
+        }
+    }
+
+    fn flow_end(&self, end: &FlowEndArg) -> Result<FlowEnd, DaemonError> {
+        match end {
+            FlowEndArg::Container(name) => self.find(name).map(FlowEnd::Container),
+            FlowEndArg::Address(a) => Ok(FlowEnd::Address(*a)),
+        }
+    }
+
+    /// Would a new connection pass? Answered from the last compile.
+    pub fn check(
+        &self,
+        from: &FlowEndArg,
+        to: &FlowEndArg,
+        protocol: u8,
+        port: u16,
+    ) -> Result<CheckResult, DaemonError> {
+        let from = self.flow_end(from)?;
+        let to = self.flow_end(to)?;
+        labels_policy::query::check(
+            &self.compiled,
+            &self.inputs,
+            &self.host_addresses,
+            &from,
+            &to,
+            protocol,
+            port,
+        )
+        .map_err(|e| DaemonError::Internal {
+            reason: e.to_string(),
+        })
+    }
+
+    /// A container's effective policy.
+    pub fn explain(&self, name: &str) -> Result<Explanation, DaemonError> {
+        let i = self.find(name)?;
+        Ok(labels_policy::query::explain(
+            &self.compiled,
+            &self.inputs,
+            i,
+        ))
+    }
+
+    /// `bpfwall status`: this snapshot, the counters as they are now, and
+    /// the policy files' state.
+    pub fn status(
+        &self,
+        pin_root: &str,
+        counters: Option<&dyn CounterReader>,
+        policy_files: Vec<FileStatus>,
+    ) -> Status {
+        // Label keys any selector uses, so status shows the labels that matter.
+        let mut selector_keys = BTreeSet::new();
+        for report in &self.compiled.containers {
+            for rule in report.ingress_rules.iter().chain(&report.egress_rules) {
+                for peer in &rule.peers {
+                    if let labels_policy::Peer::Endpoints(sel) = peer {
+                        selector_keys.extend(sel.match_labels.keys().cloned());
+                        selector_keys.extend(sel.match_expressions.iter().map(|r| r.key.clone()));
+                    }
+                }
+            }
+        }
+        let reports: BTreeMap<&str, &labels_policy::ContainerReport> = self
+            .compiled
+            .containers
+            .iter()
+            .map(|r| (r.name.as_str(), r))
+            .collect();
+        let mut endpoints = Vec::new();
+        for c in &self.containers {
+            let report = reports.get(c.record.name.as_str());
+            let counters = match (counters, c.endpoint_id) {
+                (Some(reader), Some(ep)) => reader.counters(ep).unwrap_or_default(),
+                _ => Default::default(),
+            };
+            let flags = report.map_or(0, |r| r.flags);
+            let direction = |d: usize, enforce: u32, error: u32, rules: usize| DirectionStatus {
+                state: if flags & error != 0 {
+                    "closed (label error)".into()
+                } else if flags & enforce != 0 {
+                    "enforced".into()
+                } else {
+                    "open".into()
+                },
+                rules,
+                allowed_packets: counters.allowed_packets[d],
+                dropped_packets: counters.dropped_packets[d],
+            };
+            let labels = c
+                .record
+                .labels
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with(labels_policy::label_syntax::LABEL_PREFIX)
+                        || selector_keys.contains(*k)
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut errors: Vec<String> = report
+                .map(|r| {
+                    r.errors
+                        .iter()
+                        .map(|e| format!("container '{}': {e}", c.record.name))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(p) = &c.problem {
+                errors.push(p.clone());
+            }
+            endpoints.push(EndpointStatus {
+                id: c.id.chars().take(12).collect(),
+                name: c.record.name.clone(),
+                identity: report.map_or(0, |r| r.identity),
+                attached: c.endpoint_id.is_some() && c.problem.is_none(),
+                policed_since_unix_us: c.policed_since_unix_us,
+                addresses: c.record.addresses.iter().map(ToString::to_string).collect(),
+                labels,
+                ingress: direction(
+                    0,
+                    abi::EP_ENFORCE_INGRESS,
+                    abi::EP_ERROR_INGRESS,
+                    report.map_or(0, |r| r.ingress_rules.len()),
+                ),
+                egress: direction(
+                    1,
+                    abi::EP_ENFORCE_EGRESS,
+                    abi::EP_ERROR_EGRESS,
+                    report.map_or(0, |r| r.egress_rules.len()),
+                ),
+                errors,
+            });
+        }
+        endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        let drops = counters
+            .and_then(|r| r.drops().ok())
+            .map(|d| {
+                d.into_iter()
+                    .map(|(r, n)| (r.name().to_string(), n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Status {
+            pin_root: pin_root.to_string(),
+            docker_connected: self.docker_connected,
+            endpoints,
+            drops,
+            policy_entries: self.policy_entries,
+            ipcache_entries: self.ipcache_entries,
+            warnings: self
+                .compiled
+                .warnings
+                .iter()
+                .map(|w| format!("{w:?}"))
+                .collect(),
+            last_error: self.last_error.clone(),
+            policy_files,
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The `bpfwall` command line: the daemon, the policy tools, status, the
+//! OCI hook and the runtime installers. It parses, calls, prints; the work
+//! is done in `crate::agent` (the daemon), `crate::runtime` and the
+//! daemon's API.
+
+mod policy;
+pub mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::agent::{self, DaemonConfig};
+use crate::api::{self, Answer, Request};
+
+const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/bpfwall_v1";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bpfwall",
+    version,
+    about = "Label-selected L3/L4 policy for Docker containers, enforced by eBPF"
+)]
+pub struct Cli {
+    /// More logging (-v info for every change, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Daemon {
+        /// dockerd's API socket.
+        #[arg(long, default_value = "/var/run/docker.sock")]
+        docker_socket: String,
+        /// Where maps and links are pinned (on bpffs).
+        #[arg(long, default_value = DEFAULT_PIN_ROOT)]
+        bpffs_root: PathBuf,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Attach only to containers with these labels (KEY=VALUE, repeatable);
+        /// every container is still a peer. Default: all containers.
+        #[arg(long = "manage-label", value_name = "KEY=VALUE")]
+        manage_label: Vec<String>,
+        /// Host-wide Cilium-format policy files (JSON or YAML), reloaded on change.
+        #[arg(long, default_value = crate::agent::policy_watch::DEFAULT_POLICY_DIR)]
+        policy_dir: PathBuf,
+    },
+    /// Validate, check and explain policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Show managed containers, their policy state and counters.
+    Status {
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The OCI createRuntime hook (added by bpfwall-runc): policed before the first instruction.
+    OciHook {
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Docker's data root (container labels are read from it).
+        #[arg(long, default_value = "/var/lib/docker")]
+        docker_root: PathBuf,
+        /// Let the container start when the daemon is unreachable or refuses.
+        #[arg(long)]
+        fail_open: bool,
+    },
+    /// Register bpfwall-runc with Docker (daemon.json) and reload dockerd.
+    InstallRuntime {
+        /// The runtime's name (`docker run --runtime NAME`).
+        #[arg(long, default_value = "bpfwall")]
+        name: String,
+        /// Make it Docker's default runtime (every `docker run`).
+        #[arg(long)]
+        default: bool,
+        /// The daemon's API socket the hook talks to.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Start containers even when bpfwall cannot police them (off by default).
+        #[arg(long)]
+        fail_open: bool,
+        /// Docker's daemon.json.
+        #[arg(long, default_value = "/etc/docker/daemon.json")]
+        daemon_json: PathBuf,
+        /// dockerd's pid file (SIGHUP reloads daemon.json).
+        #[arg(long, default_value = "/var/run/docker.pid")]
+        docker_pid_file: PathBuf,
+        /// dockerd's API socket (to see the reload take effect).
+        #[arg(long, default_value = "/var/run/docker.sock")]
+        docker_socket: String,
+    },
+    /// Undo exactly what install-runtime did, and reload dockerd.
+    UninstallRuntime {
+        /// The runtime's name.
+        #[arg(long, default_value = "bpfwall")]
+        name: String,
+        /// Docker's daemon.json.
+        #[arg(long, default_value = "/etc/docker/daemon.json")]
+        daemon_json: PathBuf,
+        /// dockerd's pid file.
+        #[arg(long, default_value = "/var/run/docker.pid")]
+        docker_pid_file: PathBuf,
+        /// dockerd's API socket (to see the reload take effect).
+        #[arg(long, default_value = "/var/run/docker.sock")]
+        docker_socket: String,
+    },
+    /// Detach everything and remove all pins (uninstall). Stop the daemon first.
+    Teardown {
+        /// The pin root to remove.
+        #[arg(long, default_value = DEFAULT_PIN_ROOT)]
+        bpffs_root: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Check policy files or a label without applying them (exit 0 valid, 2 not).
+    Validate {
+        /// Policy files (JSON or YAML).
+        files: Vec<PathBuf>,
+        /// A label KEY=VALUE, as given to `docker run --label`.
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+    },
+    /// Would a new connection pass, and which rule decides? Exit 0 allowed, 1 denied, 2 error.
+    Check {
+        /// The sending container (name or id).
+        #[arg(
+            long,
+            conflicts_with = "from_cidr",
+            required_unless_present = "from_cidr"
+        )]
+        from: Option<String>,
+        /// The sending address, outside the containers.
+        #[arg(long, value_name = "ADDRESS")]
+        from_cidr: Option<String>,
+        /// The receiving container (name or id).
+        #[arg(long, conflicts_with = "to_cidr", required_unless_present = "to_cidr")]
+        to: Option<String>,
+        /// The receiving address, outside the containers.
+        #[arg(long, value_name = "ADDRESS")]
+        to_cidr: Option<String>,
+        /// PORT/tcp, PORT/udp, or icmp (an echo request).
+        #[arg(long)]
+        port: String,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A container's identity, the rules that select it and its effective table.
+    Explain {
+        /// The container (name or id).
+        container: String,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_manage(labels: &[String]) -> anyhow::Result<labels_policy::Selector> {
+    let mut sel = labels_policy::Selector::default();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--manage-label '{l}': expected KEY=VALUE"))?;
+        sel.match_labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(sel)
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Daemon {
+            docker_socket,
+            bpffs_root,
+            socket,
+            manage_label,
+            policy_dir,
+        } => {
+            agent::run(DaemonConfig {
+                docker_socket,
+                pin_root: bpffs_root,
+                api_socket: socket,
+                manage: parse_manage(&manage_label)?,
+                policy_dir,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { socket, json } => match api::call(&socket, &Request::Status).await? {
+            Answer::Status(s) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    print!("{}", render::status(&s));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Answer::Error { message, .. } => anyhow::bail!("daemon: {message}"),
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        },
+        Command::Policy(PolicyCommand::Validate { files, label }) => {
+            policy::validate(&files, &label)
+        }
+        Command::Policy(PolicyCommand::Check {
+            from,
+            from_cidr,
+            to,
+            to_cidr,
+            port,
+            socket,
+            json,
+        }) => {
+            let (protocol, port_number) = policy::parse_check_port(&port)?;
+            let request = Request::Check {
+                from: policy::flow_end(from, from_cidr, "from")?,
+                to: policy::flow_end(to, to_cidr, "to")?,
+                protocol,
+                port: port_number,
+            };
+            match api::call(&socket, &request).await? {
+                Answer::Check(result) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&result)?);
+                    } else {
+                        println!(
+                            "{} on {port}",
+                            if result.allowed { "ALLOWED" } else { "DENIED" }
+                        );
+                        for s in &result.sides {
+                            println!("  {} of {}: {}", s.direction, s.container, s.reason);
+                        }
+                    }
+                    Ok(if result.allowed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                Answer::Error { message, .. } => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+            }
+        }
+        Command::Policy(PolicyCommand::Explain {
+            container,
+            socket,
+            json,
+        }) => match api::call(&socket, &Request::Explain { container }).await? {
+            Answer::Explain(e) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&e)?);
+                } else {
+                    print!("{}", render::explanation(&e));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Answer::Error { message, .. } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        },
+        Command::OciHook {
+            socket,
+            docker_root,
+            fail_open,
+        } => Ok(crate::runtime::oci_hook::run(&socket, &docker_root, fail_open).await),
+        Command::InstallRuntime {
+            name,
+            default,
+            socket,
+            fail_open,
+            daemon_json,
+            docker_pid_file,
+            docker_socket,
+        } => {
+            crate::runtime::install::install(&crate::runtime::install::InstallOptions {
+                name: name.clone(),
+                default,
+                socket,
+                fail_open,
+                daemon_json: daemon_json.clone(),
+            })?;
+            crate::runtime::install::reload_dockerd(&docker_pid_file)?;
+            crate::runtime::install::wait_for_runtime(&docker_socket, &name, true).await?;
+            println!(
+                "registered runtime '{name}' in {}{}; dockerd reloaded",
+                daemon_json.display(),
+                if default { " as the default" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::UninstallRuntime {
+            name,
+            daemon_json,
+            docker_pid_file,
+            docker_socket,
+        } => {
+            let pending = crate::runtime::install::uninstall(&name, &daemon_json)?;
+            crate::runtime::install::reload_dockerd(&docker_pid_file)?;
+            crate::runtime::install::wait_for_runtime(&docker_socket, &name, false).await?;
+            crate::runtime::install::finish_uninstall(pending)?;
+            println!(
+                "removed runtime '{name}' from {}; dockerd reloaded",
+                daemon_json.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Teardown { bpffs_root } => {
+            bpfwall_datapath::remove_pins(&bpffs_root)?;
+            println!("removed {}", bpffs_root.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! What the CLI prints for people (`--json` prints the API's own types).
+
+use std::fmt::Write as _;
+
+use crate::api::Status;
+
+/// `bpfwall status` as a person reads it.
+pub fn status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "bpfwall: {} endpoints, {} policy entries, {} ipcache entries, docker {}, pins in {}",
+        s.endpoints.len(),
+        s.policy_entries,
+        s.ipcache_entries,
+        if s.docker_connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
+        s.pin_root
+    );
+    if let Some(e) = &s.last_error {
+        let _ = writeln!(out, "last reconcile FAILED: {e}");
+    }
+    for w in &s.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    for f in &s.policy_files {
+        match &f.error {
+            None => {
+                let _ = writeln!(out, "policy file {}: {} specs", f.file, f.specs);
+            }
+            Some(e) => {
+                let _ = writeln!(out, "ERROR policy file {e}");
+            }
+        }
+    }
+    for ep in &s.endpoints {
+        let _ = writeln!(
+            out,
+            "\n{} ({}) identity {}{} [{}]",
+            ep.name,
+            ep.id,
+            ep.identity,
+            if ep.attached { "" } else { " NOT ATTACHED" },
+            ep.addresses.join(", ")
+        );
+        for (k, v) in &ep.labels {
+            let _ = writeln!(out, "  label {k}={v}");
+        }
+        for (name, d) in [("ingress", &ep.ingress), ("egress", &ep.egress)] {
+            let _ = writeln!(
+                out,
+                "  {name:<7} {:<20} rules {:<3} allowed {:<8} dropped {}",
+                d.state, d.rules, d.allowed_packets, d.dropped_packets
+            );
+        }
+        for e in &ep.errors {
+            let _ = writeln!(out, "  ERROR {e}");
+        }
+    }
+    let drops: Vec<String> = s
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if !drops.is_empty() {
+        let _ = writeln!(out, "\ndrops: {}", drops.join(" "));
+    }
+    out
+}
+
+/// `bpfwall policy explain` as a person reads it.
+pub fn explanation(e: &labels_policy::query::Explanation) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} identity {}{}",
+        e.container,
+        e.identity,
+        if e.attached {
+            ""
+        } else {
+            " (NOT ATTACHED: not policed)"
+        }
+    );
+    for err in &e.errors {
+        let _ = writeln!(out, "  ERROR {err}");
+    }
+    for d in &e.directions {
+        let _ = writeln!(out, "{}: {}", d.direction, d.state);
+        for r in &d.rules {
+            let who = if r.matching_containers.is_empty() {
+                String::new()
+            } else {
+                format!(" [now: {}]", r.matching_containers.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "  {:<5} {}{} port {}   ({})",
+                r.verdict, r.peers, who, r.ports, r.origin
+            );
+        }
+    }
+    out
+}

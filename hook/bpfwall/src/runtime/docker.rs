@@ -1,0 +1,191 @@
+//! The Docker source: lists running containers, then follows events and
+//! tells the agent what changed. Reconnects with backoff when dockerd goes
+//! away, and resyncs after every reconnect. It never blocks a handler of
+//! Docker's: it only reads Docker's API.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{ContainerRecord, RuntimeEvent, Source};
+use bpfwall_sys::error_chain;
+
+/// Errors talking to dockerd.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The API call failed.
+    #[error("docker API call {call} failed")]
+    Api {
+        /// What was called.
+        call: &'static str,
+        /// The cause.
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+fn api(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    move |source| DockerError::Api { call, source }
+}
+
+/// Inspects one container; None when it is not running (any more).
+pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerRecord>, DockerError> {
+    let info = match docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(info) => info,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Ok(None),
+        Err(e) => return Err(api("inspect_container")(e)),
+    };
+    let state = info.state.unwrap_or_default();
+    let pid = state.pid.unwrap_or(0);
+    if state.running != Some(true) || pid <= 0 {
+        return Ok(None);
+    }
+    let labels = info
+        .config
+        .and_then(|c| c.labels)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut addresses = Vec::new();
+    if let Some(networks) = info.network_settings.and_then(|n| n.networks) {
+        for settings in networks.values() {
+            for text in [&settings.ip_address, &settings.global_ipv6_address]
+                .into_iter()
+                .flatten()
+            {
+                if let Ok(addr) = text.parse::<IpAddr>() {
+                    addresses.push(addr);
+                }
+            }
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    Ok(Some(ContainerRecord {
+        id: info.id.unwrap_or_else(|| id.to_string()),
+        name: info
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        labels,
+        addresses,
+        pid: pid as u32,
+    }))
+}
+
+async fn list_running(docker: &Docker) -> Result<Vec<ContainerRecord>, DockerError> {
+    let summaries = docker
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(false).build()))
+        .await
+        .map_err(api("list_containers"))?;
+    let mut out = Vec::new();
+    for s in summaries {
+        let Some(id) = s.id else { continue };
+        if let Some(record) = inspect(docker, &id).await? {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+/// What a Docker event means for bpfwall: re-inspect, or remove, a container.
+fn classify(event: &bollard::models::EventMessage) -> Option<(bool, String)> {
+    use bollard::models::EventMessageTypeEnum as T;
+    let action = event.action.as_deref()?;
+    let actor = event.actor.as_ref()?;
+    match event.typ? {
+        T::CONTAINER => {
+            let id = actor.id.clone()?;
+            match action {
+                "start" | "unpause" | "rename" | "restart" => Some((true, id)),
+                "die" | "destroy" => Some((false, id)),
+                _ => None,
+            }
+        }
+        T::NETWORK => {
+            let id = actor.attributes.as_ref()?.get("container")?.clone();
+            match action {
+                "connect" | "disconnect" => Some((true, id)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Follows dockerd forever: connect, list, stream events; on any failure,
+/// report `Disconnected`, back off, and start over. Never panics.
+pub async fn run(socket: String, tx: mpsc::Sender<RuntimeEvent>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match follow(&socket, &tx).await {
+            Ok(()) => tracing::warn!(socket, "docker event stream ended"),
+            Err(e) => tracing::warn!(socket, error = %error_chain(&e), "lost docker"),
+        }
+        if tx
+            .send(RuntimeEvent::Disconnected(Source::Docker))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn follow(socket: &str, tx: &mpsc::Sender<RuntimeEvent>) -> Result<(), DockerError> {
+    let docker = Docker::connect_with_unix(socket, 30, bollard::API_DEFAULT_VERSION)
+        .map_err(api("connect"))?;
+    let docker = docker.negotiate_version().await.map_err(api("version"))?;
+    // Subscribe from a moment before the list, so nothing between the two is missed.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().saturating_sub(1));
+    let containers = list_running(&docker).await?;
+    tracing::info!(socket, containers = containers.len(), "connected to docker");
+    if tx
+        .send(RuntimeEvent::Resync(Source::Docker, containers))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container", "network"])]);
+    let options = EventsOptionsBuilder::new()
+        .since(&since.to_string())
+        .filters(&filters)
+        .build();
+    let mut events = docker.events(Some(options));
+    while let Some(event) = events.next().await {
+        let event = event.map_err(api("events"))?;
+        let Some((running, id)) = classify(&event) else {
+            continue;
+        };
+        let message = if running {
+            match inspect(&docker, &id).await? {
+                Some(record) => RuntimeEvent::Upsert(Source::Docker, record),
+                None => RuntimeEvent::Remove(Source::Docker, id),
+            }
+        } else {
+            RuntimeEvent::Remove(Source::Docker, id)
+        };
+        if tx.send(message).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! `bpfwall oci-hook`: a createRuntime hook. It reads the OCI state on
+//! stdin, asks the running daemon to enforce the container, and returns
+//! only once the programs are attached and the maps hold its policy. It
+//! never calls the Docker API (Docker holds the container's lock during
+//! start): labels come from Docker's config.v2.json on disk, or from the
+//! OCI annotations for other runtimes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use tokio::io::AsyncReadExt as _;
+
+use crate::api::{self, Answer, EnforceRequest, Request};
+
+/// How long the hook waits for its state and for the daemon.
+const STDIN_TIMEOUT: Duration = Duration::from_secs(5);
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The OCI state a runtime passes to hooks.
+#[derive(Debug, Deserialize)]
+struct OciState {
+    id: String,
+    pid: Option<u32>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerConfigV2 {
+    name: Option<String>,
+    config: Option<DockerConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerConfig {
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// Name and labels of a container: Docker's config.v2.json if it has one,
+/// else the OCI annotations.
+fn name_and_labels(
+    docker_root: &Path,
+    state: &OciState,
+) -> anyhow::Result<(String, BTreeMap<String, String>)> {
+    let path = docker_root
+        .join("containers")
+        .join(&state.id)
+        .join("config.v2.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let c: DockerConfigV2 = serde_json::from_slice(&bytes)
+                .with_context(|| format!("cannot parse {}", path.display()))?;
+            let name = c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
+            Ok((name, c.config.and_then(|c| c.labels).unwrap_or_default()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok((state.id.clone(), state.annotations.clone()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+async fn enforce(socket: &Path, docker_root: &Path) -> anyhow::Result<String> {
+    let mut input = String::new();
+    tokio::time::timeout(STDIN_TIMEOUT, tokio::io::stdin().read_to_string(&mut input))
+        .await
+        .context("no OCI state on stdin within 5 s")?
+        .context("cannot read the OCI state from stdin")?;
+    let state: OciState = serde_json::from_str(&input).context("stdin is not an OCI state")?;
+    let pid = state.pid.context("the OCI state has no pid")?;
+    let (name, labels) = name_and_labels(docker_root, &state)?;
+    let request = Request::Enforce(EnforceRequest {
+        id: state.id.clone(),
+        name: name.clone(),
+        pid,
+        labels,
+    });
+    let answer = tokio::time::timeout(DAEMON_TIMEOUT, api::call(socket, &request))
+        .await
+        .with_context(|| {
+            format!(
+                "the bpfwall daemon at {} did not answer within 20 s",
+                socket.display()
+            )
+        })?
+        .with_context(|| {
+            format!(
+                "the bpfwall daemon is unreachable (is it running? socket {})",
+                socket.display()
+            )
+        })?;
+    match answer {
+        Answer::Enforced { message } => Ok(message),
+        // Every kind refuses the start (fail closed); the kind's words say why.
+        Answer::Error { error, .. } => anyhow::bail!("container '{name}' refused: {error}"),
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+/// Runs the hook. Exit 0 lets the container start; anything else makes the
+/// runtime (and `docker run`) fail with our message on stderr.
+pub async fn run(socket: &Path, docker_root: &Path, fail_open: bool) -> std::process::ExitCode {
+    match enforce(socket, docker_root).await {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) if fail_open => {
+            eprintln!("bpfwall: {e:#} (fail-open: starting anyway)");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bpfwall: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! bpfwall's eBPF datapath as a library: the compiled C programs of
+//! `bpf-src/`, their pinned maps, and the cgroup links that attach them to
+//! containers.
+//!
+//! - [`Datapath`] is the small interface the agent's reconciler uses: read
+//!   what the maps hold, write and remove entries one map family at a
+//!   time, attach and detach, bump the policy revision, forget conntrack.
+//!   The reconciler decides the order; this crate only carries it out.
+//! - [`KernelDatapath`] is the real one ([`kernel`]); with the `testing`
+//!   feature, `fake::FakeDatapath` is an in-memory one for unit tests that
+//!   need neither root nor BPF.
+//! - [`maps`] has one module per map family, [`links`] the pinned cgroup
+//!   links, [`bpffs`] the pin root's layout.
+//!
+//! Layout under the pin root (default /sys/fs/bpf/bpfwall_v1, versioned
+//! with the ABI):
+//!
+//! ```text
+//! maps/bpfwall_<what>_v1         every map, shared by all links
+//! progs/bpfwall_ingress          the programs this daemon loaded (replaced at
+//! progs/bpfwall_egress           each start; links keep the ones they hold)
+//! links/<owner>_<cgroup id>_ingress
+//! links/<owner>_<cgroup id>_egress
+//! ```
+//!
+//! (bpffs refuses names with a '.', so the parts are joined by '_'.)
+//!
+//! Links hold the programs in the kernel, so enforcement goes on while no
+//! daemon runs; a new daemon reuses the pinned maps and reads the links
+//! directory to know what is attached.
+
+pub mod bpffs;
+mod error;
+#[cfg(feature = "testing")]
+pub mod fake;
+pub mod kernel;
+pub mod links;
+pub mod maps;
+pub mod pod;
+mod seam;
+#[cfg(feature = "testing")]
+pub mod test_run;
+
+pub use bpffs::{ensure_bpffs, remove_pins};
+pub use error::DatapathError;
+pub use kernel::{AdoptReport, KernelDatapath};
+pub use links::LinkPin;
+pub use maps::{diff, Diff, MapContents};
+pub use seam::{CounterReader, Datapath};
+
+/// The compiled datapath object (bpf-src/bpfwall_cgroup_skb.c).
+pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpfwall.o"));
+
+/// The benchmarks' baseline: cgroup/skb programs that only pass
+/// (bpf-src/bench_empty.c).
+#[cfg(feature = "testing")]
+pub const EMPTY_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_empty.o"));
