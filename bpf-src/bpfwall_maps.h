@@ -5,7 +5,7 @@
  *
  * Rust mirrors live in labels-policy/src/datapath_abi.rs. Each mirror names
  * the struct it mirrors; const asserts check sizes there, and
- * hook/tests/abi_layout.rs checks sizes and member offsets against the BTF
+ * hook/datapath/tests/abi_layout.rs checks sizes and member offsets against the BTF
  * of the compiled object. Change a layout here, bump the map's _vN suffix
  * (and BPFWALL_ABI_VERSION) so a pinned map of the old layout is never
  * misread by new code.

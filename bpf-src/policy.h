@@ -4,7 +4,7 @@
  *
  * Decision order for one packet at one endpoint and direction (the same
  * table is in docs/design.md and drives the tests on both sides:
- * labels-policy/src/decision.rs and hook/tests/datapath_test_run.rs):
+ * labels-policy/src/decision.rs and hook/datapath/tests/test_run.rs):
  *
  *   step  condition                                        result
  *   1     not IPv4 / IPv6                                  pass
