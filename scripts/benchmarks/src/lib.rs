@@ -15,7 +15,7 @@ use bpfwall::api::{self, Answer, ApiError, Request, Status};
 pub enum BenchDaemonError {
     /// Spawning the daemon or a runtime failed.
     #[error("cannot {what}")]
-    Io {
+    Spawn {
         /// What was tried.
         what: String,
         /// The cause.
@@ -49,7 +49,7 @@ impl BenchDaemon {
     pub fn start(bpfwall: &Path, name: &str, label: &str) -> Result<BenchDaemon, BenchDaemonError> {
         let io = |what: &str| {
             let what = what.to_string();
-            move |source| BenchDaemonError::Io { what, source }
+            move |source| BenchDaemonError::Spawn { what, source }
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

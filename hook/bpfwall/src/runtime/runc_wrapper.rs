@@ -13,6 +13,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bpfwall_sys::{io_error, IoError};
 use serde_json::{json, Value};
 
 /// The name the wrapper is installed under (a link to the bpfwall binary).
@@ -35,16 +36,8 @@ pub struct WrapperSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum WrapperError {
     /// The bundle's config.json could not be read or written.
-    #[error("{op} {path}")]
-    Bundle {
-        /// What was done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bundle(#[from] IoError),
     /// config.json is not JSON of the OCI shape.
     #[error("{path} is not an OCI runtime config")]
     Config {
@@ -144,11 +137,7 @@ pub fn hook_entry(exe: &Path, settings: &WrapperSettings) -> Value {
 /// Adds the hook to a bundle's config.json (atomically), once.
 pub fn add_hook(bundle: &Path, exe: &Path, settings: &WrapperSettings) -> Result<(), WrapperError> {
     let path = bundle.join("config.json");
-    let text = std::fs::read(&path).map_err(|source| WrapperError::Bundle {
-        op: "read",
-        path: path.clone(),
-        source,
-    })?;
+    let text = std::fs::read(&path).map_err(io_error("read", &path))?;
     let mut config: Value =
         serde_json::from_slice(&text).map_err(|source| WrapperError::Config {
             path: path.clone(),
@@ -178,16 +167,10 @@ pub fn add_hook(bundle: &Path, exe: &Path, settings: &WrapperSettings) -> Result
         path: path.clone(),
         source,
     })?;
-    std::fs::write(&tmp, out).map_err(|source| WrapperError::Bundle {
-        op: "write",
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, &path).map_err(|source| WrapperError::Bundle {
-        op: "replace",
-        path,
-        source,
-    })
+    std::fs::write(&tmp, out).map_err(io_error("write", &tmp))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(io_error("replace", &path))
+        .map_err(WrapperError::from)
 }
 
 /// The wrapper's main: patch the bundle if this is a create, then exec runc.
