@@ -15,11 +15,10 @@ use ipnet::IpNet;
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::compile::HostPolicy;
 use crate::label_syntax::parse_prefix;
 use crate::model::{
-    Direction, Peer, PortSpec, Protocol, Requirement, Rule, RuleOrigin, Selector, SelectorOperator,
-    Verdict,
+    Direction, HostPolicy, Peer, PortSpec, Protocol, Requirement, Rule, RuleOrigin, Selector,
+    SelectorOperator, Verdict,
 };
 
 /// Where a policy document failed, and why.

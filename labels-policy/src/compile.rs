@@ -12,7 +12,7 @@ use crate::datapath_abi::{
 };
 use crate::identity::{IdentityAllocator, IdentityExhausted, IdentityKind};
 use crate::label_syntax::{policy_from_labels, LabelError};
-use crate::model::{Direction, LabelSet, Peer, PortSpec, Protocol, Rule, Selector, Verdict};
+use crate::model::{Direction, HostPolicy, LabelSet, Peer, PortSpec, Protocol, Rule, Verdict};
 
 /// A container attached to the datapath: its cgroup and counter slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,15 +34,6 @@ pub struct ContainerInput {
     pub addresses: Vec<IpAddr>,
     /// Set when bpfwall's programs are attached to it.
     pub attachment: Option<Attachment>,
-}
-
-/// Rules that apply to every container a selector matches (host-wide files).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPolicy {
-    /// Which containers the rules apply to.
-    pub subject: Selector,
-    /// The rules.
-    pub rules: Vec<Rule>,
 }
 
 /// Everything a compile reads.
@@ -234,6 +225,14 @@ impl<'a> SelectorIndex<'a> {
             .filter(|(_, kind)| peer_selects(peer, kind))
             .map(|(id, _)| *id)
             .collect()
+    }
+}
+
+/// The value the datapath uses for a direction (`BPFWALL_DIR_*`).
+pub fn datapath_direction(direction: Direction) -> u8 {
+    match direction {
+        Direction::Ingress => abi::DIR_INGRESS,
+        Direction::Egress => abi::DIR_EGRESS,
     }
 }
 
@@ -443,7 +442,7 @@ pub fn compile(
                         prefixlen,
                         local_identity: local,
                         peer_identity: peer,
-                        direction: rule.direction.as_datapath(),
+                        direction: datapath_direction(rule.direction),
                         protocol,
                         dport_be: port.to_be(),
                     };

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::compile::{cidr_selects, key_covers, Compiled};
+use crate::compile::{cidr_selects, datapath_direction, key_covers, Compiled};
 use crate::datapath_abi::{self as abi, DropReason, EndpointInfo, PolicyKey};
 use crate::identity::IdentityKind;
 use crate::model::{Direction, Peer, PortSpec, Protocol, Rule, RuleOrigin, Verdict};
@@ -134,7 +134,7 @@ pub fn decide(
         return Decision::Drop(DropReason::PolicyError);
     }
     let peer = ipcache_identity(compiled, packet.remote);
-    let dir = packet.direction.as_datapath();
+    let dir = datapath_direction(packet.direction);
     let specific = policy_lookup(
         compiled,
         endpoint.identity,

@@ -13,11 +13,9 @@ pub mod label_syntax;
 pub mod model;
 pub mod query;
 
-pub use compile::{
-    compile, Attachment, CompileInput, Compiled, ContainerInput, ContainerReport, HostPolicy,
-};
+pub use compile::{compile, Attachment, CompileInput, Compiled, ContainerInput, ContainerReport};
 pub use identity::{IdentityAllocator, IdentityKind};
 pub use label_syntax::{parse_rules, policy_from_labels, LabelError, LabelPolicy};
 pub use model::{
-    Direction, LabelSet, Peer, PortSpec, Protocol, Rule, RuleOrigin, Selector, Verdict,
+    Direction, HostPolicy, LabelSet, Peer, PortSpec, Protocol, Rule, RuleOrigin, Selector, Verdict,
 };

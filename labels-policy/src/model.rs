@@ -1,5 +1,5 @@
-//! The policy model: what every input (labels today, Cilium files later)
-//! compiles to, and what the compiler turns into map entries.
+//! The policy model: what every input (labels, Cilium files) parses to,
+//! and what the compiler turns into map entries.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,14 +21,6 @@ pub enum Direction {
 impl Direction {
     /// Both directions, ingress first.
     pub const ALL: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
-    /// The value the datapath uses (`BPFWALL_DIR_*`).
-    pub fn as_datapath(self) -> u8 {
-        match self {
-            Direction::Ingress => crate::datapath_abi::DIR_INGRESS,
-            Direction::Egress => crate::datapath_abi::DIR_EGRESS,
-        }
-    }
 }
 
 impl fmt::Display for Direction {
@@ -296,4 +288,13 @@ impl fmt::Display for Rule {
         }
         Ok(())
     }
+}
+
+/// Rules that apply to every container a selector matches (host-wide files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPolicy {
+    /// Which containers the rules apply to.
+    pub subject: Selector,
+    /// The rules.
+    pub rules: Vec<Rule>,
 }
