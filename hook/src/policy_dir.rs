@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use labels_policy::cilium::{parse_policy_file, Format, PolicyError};
+use labels_policy::syntax::cilium::{parse_policy_file, Format, PolicyError};
 use labels_policy::HostPolicy;
 
 /// The default policy directory.

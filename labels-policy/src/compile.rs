@@ -11,8 +11,8 @@ use crate::datapath_abi::{
     self as abi, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
 };
 use crate::identity::{IdentityAllocator, IdentityExhausted, IdentityKind};
-use crate::label_syntax::{policy_from_labels, LabelError};
 use crate::model::{Direction, HostPolicy, LabelSet, Peer, PortSpec, Protocol, Rule, Verdict};
+use crate::syntax::{policy_from_labels, LabelError};
 
 /// A container attached to the datapath: its cgroup and counter slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,11 +15,11 @@ use ipnet::IpNet;
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::label_syntax::parse_prefix;
 use crate::model::{
     Direction, HostPolicy, Peer, PortSpec, Protocol, Requirement, Rule, RuleOrigin, Selector,
     SelectorOperator, Verdict,
 };
+use crate::syntax::prefix::parse_prefix;
 
 /// Where a policy document failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
