@@ -11,10 +11,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::compile::{cidr_selects, datapath_direction, key_covers, Compiled};
+use crate::compile::{datapath_direction, key_covers, Compiled};
 use crate::datapath_abi::{self as abi, DropReason, EndpointInfo, PolicyKey};
-use crate::identity::IdentityKind;
-use crate::model::{Direction, Peer, PortSpec, Protocol, Rule, RuleOrigin, Verdict};
+use crate::identity::{peer_selects, IdentityKind};
+use crate::model::{Direction, PortSpec, Protocol, Rule, RuleOrigin, Verdict};
 
 /// What happens to a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,18 +178,6 @@ pub fn port_matches(spec: &PortSpec, protocol: u8, dport: u16) -> bool {
     }
 }
 
-/// Does a rule's peer match a remote of this kind?
-pub fn peer_matches(peer: &Peer, remote: &IdentityKind) -> bool {
-    match (peer, remote) {
-        (Peer::Any, _) => true,
-        (Peer::Host, IdentityKind::Host) => true,
-        (Peer::World, IdentityKind::World | IdentityKind::Cidr(_)) => true,
-        (Peer::Endpoints(s), IdentityKind::Containers(labels)) => s.matches(labels),
-        (Peer::Cidr { prefix, except }, IdentityKind::Cidr(q)) => cidr_selects(prefix, except, q),
-        _ => false,
-    }
-}
-
 /// A verdict from the rules, with the rule that decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleVerdict {
@@ -217,7 +205,7 @@ pub fn evaluate_rules(
         return RuleVerdict::Unenforced;
     }
     let matching = |r: &&&Rule| {
-        r.peers.iter().any(|p| peer_matches(p, remote))
+        r.peers.iter().any(|p| peer_selects(p, remote))
             && (r.ports.is_empty() || r.ports.iter().any(|s| port_matches(s, protocol, dport)))
     };
     if let Some(r) = in_direction
