@@ -9,12 +9,9 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-
 use crate::compile::{datapath_direction, key_covers, Compiled};
 use crate::datapath_abi::{self as abi, DropReason, EndpointInfo, PolicyKey};
-use crate::identity::{peer_selects, IdentityKind};
-use crate::model::{Direction, PortSpec, Protocol, Rule, RuleOrigin, Verdict};
+use crate::model::Direction;
 
 /// What happens to a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,89 +155,6 @@ pub fn decide(
         return Decision::Pass;
     }
     Decision::Drop(DropReason::PolicyDefault)
-}
-
-/// Does a port spec match a packet's protocol and port?
-pub fn port_matches(spec: &PortSpec, protocol: u8, dport: u16) -> bool {
-    let in_range = spec.first <= dport && dport <= spec.last;
-    match spec.protocol {
-        Protocol::Tcp => protocol == abi::IPPROTO_TCP && in_range,
-        Protocol::Udp => protocol == abi::IPPROTO_UDP && in_range,
-        Protocol::Icmp => {
-            (protocol == abi::IPPROTO_ICMP || protocol == abi::IPPROTO_ICMPV6) && in_range
-        }
-        Protocol::Icmp4 => protocol == abi::IPPROTO_ICMP && in_range,
-        Protocol::Icmp6 => protocol == abi::IPPROTO_ICMPV6 && in_range,
-        Protocol::Any if spec.is_all_ports() => true,
-        Protocol::Any => {
-            [abi::IPPROTO_TCP, abi::IPPROTO_UDP, abi::IPPROTO_SCTP].contains(&protocol) && in_range
-        }
-    }
-}
-
-/// A verdict from the rules, with the rule that decided it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuleVerdict {
-    /// The direction has no rules: open.
-    Unenforced,
-    /// An allow matched and no deny did.
-    Allowed(RuleOrigin),
-    /// A deny matched (the first deny in rule order is named).
-    Denied(RuleOrigin),
-    /// Rules apply but none matched.
-    DefaultDeny,
-}
-
-/// Evaluates rules directly: deny wins over allow, whatever their order or
-/// specificity; no rule in the direction means open.
-pub fn evaluate_rules(
-    rules: &[Rule],
-    direction: Direction,
-    remote: &IdentityKind,
-    protocol: u8,
-    dport: u16,
-) -> RuleVerdict {
-    let in_direction: Vec<&Rule> = rules.iter().filter(|r| r.direction == direction).collect();
-    if in_direction.is_empty() {
-        return RuleVerdict::Unenforced;
-    }
-    let matching = |r: &&&Rule| {
-        r.peers.iter().any(|p| peer_selects(p, remote))
-            && (r.ports.is_empty() || r.ports.iter().any(|s| port_matches(s, protocol, dport)))
-    };
-    if let Some(r) = in_direction
-        .iter()
-        .filter(matching)
-        .find(|r| r.verdict == Verdict::Deny)
-    {
-        return RuleVerdict::Denied(r.origin.clone());
-    }
-    if let Some(r) = in_direction.iter().find(matching) {
-        return RuleVerdict::Allowed(r.origin.clone());
-    }
-    RuleVerdict::DefaultDeny
-}
-
-/// Classifies an address the way the compiler fills the ipcache: host
-/// addresses, then container addresses, then the longest rule prefix, then
-/// the world. `prefixes` are the prefixes the rules name.
-pub fn classify_address(
-    addr: IpAddr,
-    host: &[IpAddr],
-    containers: &[(Vec<IpAddr>, crate::model::LabelSet)],
-    prefixes: &[IpNet],
-) -> IdentityKind {
-    if host.contains(&addr) {
-        return IdentityKind::Host;
-    }
-    if let Some((_, labels)) = containers.iter().find(|(a, _)| a.contains(&addr)) {
-        return IdentityKind::Containers(labels.clone());
-    }
-    prefixes
-        .iter()
-        .filter(|p| p.contains(&addr))
-        .max_by_key(|p| p.prefix_len())
-        .map_or(IdentityKind::World, |p| IdentityKind::Cidr(*p))
 }
 
 /// Who is on the other side in a table case.

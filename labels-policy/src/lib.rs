@@ -4,6 +4,7 @@
 //! Pure: labels (and, later, Cilium JSON/YAML) in, a model and map entries
 //! out. No aya, no Docker, no files: everything else calls it.
 
+pub mod attribution;
 pub mod compile;
 pub mod datapath_abi;
 pub mod decision;

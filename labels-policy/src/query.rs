@@ -10,11 +10,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attribution::{evaluate_rules, RuleVerdict};
 use crate::compile::{Compiled, ContainerInput};
 use crate::datapath_abi::{self as abi, DropReason, EndpointKey};
-use crate::decision::{
-    decide, evaluate_rules, ipcache_identity, CtState, Decision, Packet, RuleVerdict,
-};
+use crate::decision::{decide, ipcache_identity, CtState, Decision, Packet};
 use crate::identity::IdentityKind;
 use crate::model::{Direction, Peer, Rule};
 

@@ -9,11 +9,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use labels_policy::attribution::{evaluate_rules, RuleVerdict};
 use labels_policy::compile::{port_prefixes, port_spec_keys};
 use labels_policy::datapath_abi::{self as abi, PolicyKey};
-use labels_policy::decision::{
-    classify_address, decide, evaluate_rules, CtState, Decision, Packet, RuleVerdict,
-};
+use labels_policy::decision::{decide, CtState, Decision, Packet};
+use labels_policy::IdentityKind;
 use labels_policy::{
     compile, Attachment, CompileInput, ContainerInput, Direction, IdentityAllocator, LabelSet,
 };
@@ -245,6 +245,28 @@ proptest! {
 }
 
 // ---- compiled maps agree with the rules ---------------------------------
+
+/// Classifies an address the way the compiler fills the ipcache: host
+/// addresses, then container addresses, then the longest rule prefix, then
+/// the world. `prefixes` are the prefixes the rules name.
+fn classify_address(
+    addr: IpAddr,
+    host: &[IpAddr],
+    containers: &[(Vec<IpAddr>, LabelSet)],
+    prefixes: &[ipnet::IpNet],
+) -> IdentityKind {
+    if host.contains(&addr) {
+        return IdentityKind::Host;
+    }
+    if let Some((_, labels)) = containers.iter().find(|(a, _)| a.contains(&addr)) {
+        return IdentityKind::Containers(labels.clone());
+    }
+    prefixes
+        .iter()
+        .filter(|p| p.contains(&addr))
+        .max_by_key(|p| p.prefix_len())
+        .map_or(IdentityKind::World, |p| IdentityKind::Cidr(*p))
+}
 
 const PEERS: &[&str] = &[
     "id=b",
