@@ -12,6 +12,8 @@ pub mod identity;
 pub mod model;
 pub mod query;
 pub mod syntax;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use compile::{compile, Attachment, CompileInput, Compiled, ContainerInput, ContainerReport};
 pub use identity::{IdentityAllocator, IdentityKind};
