@@ -10,7 +10,7 @@
 //! `labels-policy/tests/` hold it to an independent reference of the rule
 //! semantics.
 //!
-//! Imports: [`crate::compile`] (the compiled maps, the trie's key cover,
+//! Imports: [`crate::compile`](mod@crate::compile) (the compiled maps, the trie's key cover,
 //! the direction code), [`crate::datapath_abi`] and [`crate::model`].
 
 use std::net::IpAddr;

@@ -5,6 +5,14 @@
 //! CIDR identity of its own. Allocation is remembered across reconciles so
 //! the maps change only where the world did, and it can adopt the numbers a
 //! previous daemon left pinned.
+//!
+//! What a peer means is stated over identities, so [`peer_selects`], the one
+//! function that says whether a rule's peer selects an identity, lives here
+//! beside [`IdentityKind`]: the compiler's selector index and rule
+//! attribution both ask it, and neither imports the other.
+//!
+//! Imports: [`crate::model`] and [`crate::datapath_abi`] (the reserved and
+//! first numbers of each range).
 
 use std::collections::{BTreeMap, BTreeSet};
 

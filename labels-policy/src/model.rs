@@ -1,5 +1,11 @@
 //! The policy model: what every input (labels, Cilium files) parses to,
-//! and what the compiler turns into map entries.
+//! and what the compiler turns into map entries. Host-wide policies
+//! ([`HostPolicy`]) are model too: the Cilium parser produces them and the
+//! compiler reads them.
+//!
+//! A leaf: imports nothing of the crate. In particular it does not know the
+//! datapath's encoding (the compiler maps a [`Direction`] to `BPFWALL_DIR_*`),
+//! so every other module may import it.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -4,7 +4,12 @@
 //!
 //! A verdict comes from the compiled maps through [`decide`], the datapath's
 //! own decision table, so it is what the kernel does; the rule that decided
-//! comes from [`evaluate_rules`]. The two are checked against each other.
+//! comes from [`evaluate_rules`]. The two are checked against each other: a
+//! disagreement is a compiler bug and is reported as one.
+//!
+//! Imports: every product module before it ([`crate::compile`](mod@crate::compile),
+//! [`crate::decision`], [`crate::attribution`], [`crate::identity`],
+//! [`crate::model`], [`crate::datapath_abi`]); only the daemon imports it.
 
 use std::net::IpAddr;
 

@@ -8,7 +8,7 @@
 //! enables it in its `[dev-dependencies]`; resolver 2 keeps it out of the
 //! normal build).
 //!
-//! Imports: everything before it ([`crate::compile`], [`crate::decision`],
+//! Imports: everything before it ([`crate::compile`](mod@crate::compile), [`crate::decision`],
 //! [`crate::datapath_abi`], [`crate::identity`], [`crate::model`]); nothing
 //! imports it.
 
@@ -123,7 +123,7 @@ const NAMED: &[(&str, &str)] = &[
     ("bpfwall.ingress.admin", "allow from id=app3 port 22/tcp"),
 ];
 
-/// The shared decision table: every row must hold for [`decide`] and for
+/// The shared decision table: every row must hold for [`decide`](crate::decision::decide) and for
 /// the real program under `BPF_PROG_TEST_RUN`.
 pub fn cases() -> Vec<Case> {
     use CasePeer::{Address, Container, Host};

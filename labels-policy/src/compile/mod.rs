@@ -1,6 +1,17 @@
 //! The compiler: containers, host addresses and rules in; the exact content
 //! of the endpoint, ipcache and policy maps out. Pure: the daemon diffs the
 //! result against what the maps hold and applies the difference.
+//!
+//! This file is the whole compile: identities for label sets and prefixes,
+//! the ipcache, one policy entry per (local identity, peer identity,
+//! protocol and port prefix), endpoints and reports. Its parts:
+//! `policy_keys` (ports to key prefixes, which key covers which, deny
+//! precedence, the direction's datapath code) and `selector_index` (which
+//! identities a peer selects).
+//!
+//! Imports: [`crate::syntax`] (a container's labels to rules),
+//! [`crate::model`], [`crate::identity`] and [`crate::datapath_abi`]; the
+//! decision table, attribution and `query` come after it and import it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

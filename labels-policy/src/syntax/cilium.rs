@@ -7,6 +7,10 @@
 //! that names it, and every error carries the line and column where it is.
 //! All checks happen while deserialising (through `try_from` types), so
 //! serde_json and serde_yaml attach the position.
+//!
+//! Imports: [`crate::model`] (host-wide files become [`HostPolicy`]s) and
+//! the leaf `syntax::prefix`. It owns the [`POLICY_LABEL`] key, whose rules
+//! it names, and [`crate::syntax`] re-exports it.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -13,6 +13,11 @@
 //!
 //! `from` belongs to ingress labels and `to` to egress labels. Columns in
 //! errors count characters of the label's value from 1.
+//!
+//! This module reads one label's value; which labels are read, and by which
+//! language, is decided in [`crate::syntax`].
+//!
+//! Imports: [`crate::model`] and the leaf `syntax::prefix`.
 
 use std::fmt;
 

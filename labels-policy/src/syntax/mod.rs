@@ -8,7 +8,7 @@
 //! policy model ([`crate::model`]).
 //!
 //! Imports: [`crate::model`] and its own children. The children import the
-//! model and the leaf [`prefix`] module, never this parent, so the items
+//! model and the leaf `prefix` module, never this parent, so the items
 //! they share (the prefix parser, the `bpfwall.policy` key) live in leaves
 //! and are re-exported here.
 
