@@ -8,9 +8,10 @@
 //! policy model ([`crate::model`]).
 //!
 //! Imports: [`crate::model`] and its own children. The children import the
-//! model and the leaf `prefix` module, never this parent, so the items
-//! they share (the prefix parser, the `bpfwall.policy` key) live in leaves
-//! and are re-exported here.
+//! model and the leaf `prefix` module, never this parent (that would be a
+//! circle): the prefix parser they share lives in `prefix`, the
+//! `bpfwall.policy` key in `cilium`, which names the rules it parses after
+//! it; both are re-exported here.
 
 pub mod cilium;
 pub mod labels;
