@@ -6,9 +6,11 @@
  * Rust mirrors live in labels-policy/src/datapath_abi.rs. Each mirror names
  * the struct it mirrors; const asserts check sizes there, and
  * hook/datapath/tests/abi_layout.rs checks sizes and member offsets against the BTF
- * of the compiled object. Change a layout here, bump the map's _vN suffix
- * (and BPFWALL_ABI_VERSION) so a pinned map of the old layout is never
- * misread by new code.
+ * of the compiled object; labels-policy/tests/abi_defines.rs reads this file
+ * and checks every numeric BPFWALL_* define against datapath_abi::DEFINES
+ * and every map name against datapath_abi::ALL_MAPS. Change a layout
+ * here, bump the map's _vN suffix (and BPFWALL_ABI_VERSION) so a pinned map
+ * of the old layout is never misread by new code.
  *
  * One exception keeps live state across an upgrade: a field carved out of
  * explicit padding, whose zero means "as before", keeps the map's name

@@ -3,7 +3,8 @@
  * policy.h: identity resolution and the policy decision.
  *
  * Decision order for one packet at one endpoint and direction (the same
- * table is in docs/design.md and drives the tests on both sides:
+ * table is in docs/design.md; its rows, in labels-policy/src/testing.rs,
+ * drive the tests on both sides: the Rust port in
  * labels-policy/src/decision.rs and hook/datapath/tests/test_run.rs):
  *
  *   step  condition                                        result

@@ -2,6 +2,12 @@
 //! map key and value. Each struct names the C struct it mirrors. Sizes are
 //! checked here at compile time; sizes and member offsets are checked
 //! against the BTF of the compiled object by `hook/datapath/tests/abi_layout.rs`.
+//! Every numeric `BPFWALL_*` define is listed in [`DEFINES`] with the value
+//! of its mirror, and `labels-policy/tests/abi_defines.rs` holds that table,
+//! [`ALL_MAPS`] and [`DropReason`] to the header's text.
+//!
+//! A leaf: imports nothing of the crate (ipnet only, for the ipcache key of
+//! a prefix). The compiler, the decision table and the daemon import it.
 //!
 //! All structs are `#[repr(C)]` with explicit padding, no `bool` and no
 //! bitfields, so any byte pattern the kernel hands back is a valid value.
@@ -112,6 +118,61 @@ impl DropReason {
         }
     }
 }
+
+/// Every numeric `#define BPFWALL_*` of `bpfwall_maps.h` with the value of
+/// the Rust constant that mirrors it (built from the constants, not written
+/// again). `labels-policy/tests/abi_defines.rs` reads the header and fails
+/// when a define is missing here, an entry is missing there, or a value
+/// differs; it also holds [`ALL_MAPS`] to the header's maps and
+/// [`DropReason`] to `BPFWALL_DROP_*`.
+pub const DEFINES: &[(&str, u64)] = &[
+    ("BPFWALL_ABI_VERSION", ABI_VERSION as u64),
+    ("BPFWALL_IDENTITY_ANY", IDENTITY_ANY as u64),
+    ("BPFWALL_IDENTITY_HOST", IDENTITY_HOST as u64),
+    ("BPFWALL_IDENTITY_WORLD", IDENTITY_WORLD as u64),
+    (
+        "BPFWALL_IDENTITY_FIRST_CONTAINER",
+        IDENTITY_FIRST_CONTAINER as u64,
+    ),
+    ("BPFWALL_IDENTITY_FIRST_CIDR", IDENTITY_FIRST_CIDR as u64),
+    ("BPFWALL_DIR_INGRESS", DIR_INGRESS as u64),
+    ("BPFWALL_DIR_EGRESS", DIR_EGRESS as u64),
+    ("BPFWALL_VERDICT_ALLOW", VERDICT_ALLOW as u64),
+    ("BPFWALL_VERDICT_DENY", VERDICT_DENY as u64),
+    ("BPFWALL_DROP_POLICY_DENY", DropReason::PolicyDeny as u64),
+    (
+        "BPFWALL_DROP_POLICY_DEFAULT",
+        DropReason::PolicyDefault as u64,
+    ),
+    ("BPFWALL_DROP_POLICY_ERROR", DropReason::PolicyError as u64),
+    (
+        "BPFWALL_DROP_UNKNOWN_ENDPOINT",
+        DropReason::UnknownEndpoint as u64,
+    ),
+    ("BPFWALL_DROP_MALFORMED", DropReason::Malformed as u64),
+    ("BPFWALL_DROP_REASON_MAX", DROP_REASON_MAX as u64),
+    ("BPFWALL_EP_ENFORCE_INGRESS", EP_ENFORCE_INGRESS as u64),
+    ("BPFWALL_EP_ENFORCE_EGRESS", EP_ENFORCE_EGRESS as u64),
+    ("BPFWALL_EP_ERROR_INGRESS", EP_ERROR_INGRESS as u64),
+    ("BPFWALL_EP_ERROR_EGRESS", EP_ERROR_EGRESS as u64),
+    ("BPFWALL_FAMILY_IPV4", FAMILY_IPV4 as u64),
+    ("BPFWALL_FAMILY_IPV6", FAMILY_IPV6 as u64),
+    ("BPFWALL_IPCACHE_PREFIX_BASE", IPCACHE_PREFIX_BASE as u64),
+    (
+        "BPFWALL_POLICY_PREFIX_ANY_PROTO",
+        POLICY_PREFIX_ANY_PROTO as u64,
+    ),
+    (
+        "BPFWALL_POLICY_PREFIX_ANY_PORT",
+        POLICY_PREFIX_ANY_PORT as u64,
+    ),
+    ("BPFWALL_POLICY_PREFIX_FULL", POLICY_PREFIX_FULL as u64),
+    ("BPFWALL_CT_TCP_CLOSING", CT_TCP_CLOSING as u64),
+    ("BPFWALL_MAX_ENDPOINTS", MAX_ENDPOINTS as u64),
+    ("BPFWALL_IPCACHE_ENTRIES", IPCACHE_ENTRIES as u64),
+    ("BPFWALL_POLICY_ENTRIES", POLICY_ENTRIES as u64),
+    ("BPFWALL_CT_ENTRIES", CT_ENTRIES as u64),
+];
 
 /// Mirrors `struct endpoint_key`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

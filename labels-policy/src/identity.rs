@@ -5,6 +5,14 @@
 //! CIDR identity of its own. Allocation is remembered across reconciles so
 //! the maps change only where the world did, and it can adopt the numbers a
 //! previous daemon left pinned.
+//!
+//! What a peer means is stated over identities, so [`peer_selects`], the one
+//! function that says whether a rule's peer selects an identity, lives here
+//! beside [`IdentityKind`]: the compiler's selector index and rule
+//! attribution both ask it, and neither imports the other.
+//!
+//! Imports: [`crate::model`] and [`crate::datapath_abi`] (the reserved and
+//! first numbers of each range).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +21,7 @@ use ipnet::IpNet;
 use crate::datapath_abi::{
     IDENTITY_FIRST_CIDR, IDENTITY_FIRST_CONTAINER, IDENTITY_HOST, IDENTITY_WORLD,
 };
-use crate::model::LabelSet;
+use crate::model::{LabelSet, Peer};
 
 /// The last container identity (the CIDR range starts after it).
 pub const IDENTITY_LAST_CONTAINER: u32 = IDENTITY_FIRST_CIDR - 1;
@@ -31,6 +39,30 @@ pub enum IdentityKind {
     Containers(LabelSet),
     /// Addresses in this prefix that no container or host address claims.
     Cidr(IpNet),
+}
+
+/// Does a CIDR peer select the CIDR identity of `q`? (Inside the prefix and
+/// inside none of its excepts.)
+fn cidr_selects(prefix: &IpNet, except: &[IpNet], q: &IpNet) -> bool {
+    prefix.contains(q) && !except.iter().any(|e| e.contains(q))
+}
+
+/// Does `peer` select an identity of this kind? The one definition of what a
+/// peer means: the compiler's selector index and rule attribution both ask
+/// it. `Peer::Any` selects every kind (the compiler writes it as the
+/// wildcard identity rather than one entry per identity); `Peer::World`
+/// selects the world and every CIDR identity, as Cilium's `world` entity
+/// does; a CIDR peer selects only CIDR identities, never a container or the
+/// host even when their address is inside the prefix.
+pub fn peer_selects(peer: &Peer, kind: &IdentityKind) -> bool {
+    match (peer, kind) {
+        (Peer::Any, _) => true,
+        (Peer::Host, IdentityKind::Host) => true,
+        (Peer::World, IdentityKind::World | IdentityKind::Cidr(_)) => true,
+        (Peer::Endpoints(sel), IdentityKind::Containers(labels)) => sel.matches(labels),
+        (Peer::Cidr { prefix, except }, IdentityKind::Cidr(q)) => cidr_selects(prefix, except, q),
+        _ => false,
+    }
 }
 
 /// A name for an identity in logs and `status`.

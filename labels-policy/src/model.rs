@@ -1,5 +1,11 @@
-//! The policy model: what every input (labels today, Cilium files later)
-//! compiles to, and what the compiler turns into map entries.
+//! The policy model: what every input (labels, Cilium files) parses to,
+//! and what the compiler turns into map entries. Host-wide policies
+//! ([`HostPolicy`]) are model too: the Cilium parser produces them and the
+//! compiler reads them.
+//!
+//! A leaf: imports nothing of the crate. In particular it does not know the
+//! datapath's encoding (the compiler maps a [`Direction`] to `BPFWALL_DIR_*`),
+//! so every other module may import it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,14 +27,6 @@ pub enum Direction {
 impl Direction {
     /// Both directions, ingress first.
     pub const ALL: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
-    /// The value the datapath uses (`BPFWALL_DIR_*`).
-    pub fn as_datapath(self) -> u8 {
-        match self {
-            Direction::Ingress => crate::datapath_abi::DIR_INGRESS,
-            Direction::Egress => crate::datapath_abi::DIR_EGRESS,
-        }
-    }
 }
 
 impl fmt::Display for Direction {
@@ -296,4 +294,13 @@ impl fmt::Display for Rule {
         }
         Ok(())
     }
+}
+
+/// Rules that apply to every container a selector matches (host-wide files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPolicy {
+    /// Which containers the rules apply to.
+    pub subject: Selector,
+    /// The rules.
+    pub rules: Vec<Rule>,
 }

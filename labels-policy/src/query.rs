@@ -4,17 +4,21 @@
 //!
 //! A verdict comes from the compiled maps through [`decide`], the datapath's
 //! own decision table, so it is what the kernel does; the rule that decided
-//! comes from [`evaluate_rules`]. The two are checked against each other.
+//! comes from [`evaluate_rules`]. The two are checked against each other: a
+//! disagreement is a compiler bug and is reported as one.
+//!
+//! Imports: every product module before it ([`crate::compile`](mod@crate::compile),
+//! [`crate::decision`], [`crate::attribution`], [`crate::identity`],
+//! [`crate::model`], [`crate::datapath_abi`]); only the daemon imports it.
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attribution::{evaluate_rules, RuleVerdict};
 use crate::compile::{Compiled, ContainerInput};
 use crate::datapath_abi::{self as abi, DropReason, EndpointKey};
-use crate::decision::{
-    decide, evaluate_rules, ipcache_identity, CtState, Decision, Packet, RuleVerdict,
-};
+use crate::decision::{decide, ipcache_identity, CtState, Decision, Packet};
 use crate::identity::IdentityKind;
 use crate::model::{Direction, Peer, Rule};
 

@@ -7,8 +7,8 @@
     reason = "tests: a failed step is a failed test"
 )]
 
-use labels_policy::cilium::{parse_policy_file, parse_policy_label, Format};
-use labels_policy::decision::{evaluate_rules, RuleVerdict};
+use labels_policy::attribution::{evaluate_rules, RuleVerdict};
+use labels_policy::syntax::cilium::{parse_policy_file, parse_policy_label, Format};
 use labels_policy::{
     compile, CompileInput, ContainerInput, Direction, HostPolicy, IdentityAllocator, IdentityKind,
     LabelSet, Peer, Protocol, Verdict,

@@ -1,4 +1,5 @@
-//! The compiler's output, entry by entry, and its properties.
+//! The compiler's output, entry by entry, and its properties. Its decisions
+//! against an independent reference are in semantics.rs.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,11 +12,8 @@ use std::net::IpAddr;
 
 use labels_policy::compile::{port_prefixes, port_spec_keys};
 use labels_policy::datapath_abi::{self as abi, PolicyKey};
-use labels_policy::decision::{
-    classify_address, decide, evaluate_rules, CtState, Decision, Packet, RuleVerdict,
-};
 use labels_policy::{
-    compile, Attachment, CompileInput, ContainerInput, Direction, IdentityAllocator, LabelSet,
+    compile, Attachment, CompileInput, ContainerInput, IdentityAllocator, LabelSet,
 };
 use proptest::prelude::*;
 
@@ -241,117 +239,5 @@ proptest! {
             covered += size;
         }
         prop_assert_eq!(covered, u32::from(last) - u32::from(first) + 1);
-    }
-}
-
-// ---- compiled maps agree with the rules ---------------------------------
-
-const PEERS: &[&str] = &[
-    "id=b",
-    "id=c",
-    "role=x",
-    "any",
-    "host",
-    "world",
-    "cidr 198.18.0.0/15",
-    "cidr 198.18.1.0/24",
-    "cidr 0.0.0.0/0 except 198.18.0.0/16",
-];
-const PORTS: &[&str] = &[
-    "",
-    " port 80/tcp",
-    " port 22/tcp",
-    " port 1-1024/tcp",
-    " port 53/udp",
-    " port 53/any",
-    " port icmp",
-    " port any/udp",
-    " port 80-90/tcp,53/udp",
-];
-
-fn rule_text() -> impl Strategy<Value = String> {
-    (any::<bool>(), 0..PEERS.len(), 0..PORTS.len()).prop_map(|(deny, p, q)| {
-        format!(
-            "{} {{dir}} {}{}",
-            if deny { "deny" } else { "allow" },
-            PEERS[p],
-            PORTS[q]
-        )
-    })
-}
-
-const REMOTES: &[&str] = &[
-    "10.0.0.2",
-    "10.0.0.3",
-    "10.0.0.9",
-    "172.17.0.1",
-    "198.18.0.7",
-    "198.18.1.7",
-    "203.0.113.5",
-];
-const PROBES: &[(u8, u16)] = &[
-    (6, 80),
-    (6, 22),
-    (6, 85),
-    (6, 1024),
-    (6, 1025),
-    (17, 53),
-    (17, 9),
-    (1, 8),
-    (58, 128),
-    (132, 53),
-    (47, 0),
-];
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
-    #[test]
-    fn map_decisions_agree_with_rule_evaluation(
-        ingress in prop::collection::vec(rule_text(), 0..5),
-        egress in prop::collection::vec(rule_text(), 0..5),
-    ) {
-        let mut a_labels = vec![("id".to_string(), "a".to_string())];
-        if !ingress.is_empty() {
-            a_labels.push(("bpfwall.ingress".into(), ingress.join("; ").replace("{dir}", "from")));
-        }
-        if !egress.is_empty() {
-            a_labels.push(("bpfwall.egress".into(), egress.join("; ").replace("{dir}", "to")));
-        }
-        let a_labels: LabelSet = a_labels.into_iter().collect();
-        let containers = vec![
-            ContainerInput { name: "a".into(), labels: a_labels.clone(), addresses: vec!["10.0.0.1".parse().unwrap()], attachment: Some(Attachment { cgroup_id: 1, endpoint_id: 1 }) },
-            container("b", &[("id", "b"), ("role", "x")], "10.0.0.2", None),
-            container("c", &[("id", "c")], "10.0.0.3", None),
-            container("d", &[("id", "d"), ("role", "x")], "10.0.0.9", None),
-        ];
-        let host: Vec<IpAddr> = vec!["172.17.0.1".parse().unwrap()];
-        let out = compile(CompileInput { containers: &containers, host_addresses: &host, host_policies: &[] }, &mut IdentityAllocator::new()).unwrap();
-        let endpoint = out.endpoints[&abi::EndpointKey { cgroup_id: 1 }];
-        let rules = labels_policy::policy_from_labels(&a_labels);
-        prop_assert!(rules.errors.is_empty(), "{:?}", rules.errors);
-        let prefixes: Vec<ipnet::IpNet> = ["198.18.0.0/15", "198.18.1.0/24", "0.0.0.0/0", "198.18.0.0/16"]
-            .iter()
-            .filter(|p| a_labels.values().any(|v| v.contains(*p)))
-            .map(|p| p.parse().unwrap())
-            .collect();
-        let peers: Vec<(Vec<IpAddr>, LabelSet)> = containers.iter().map(|c| (c.addresses.clone(), c.labels.clone())).collect();
-        for direction in Direction::ALL {
-            for remote in REMOTES {
-                let remote: IpAddr = remote.parse().unwrap();
-                let kind = classify_address(remote, &host, &peers, &prefixes);
-                for &(protocol, dport) in PROBES {
-                    let packet = Packet { direction, remote, protocol, dport, tcp_syn: protocol == 6, loopback: false };
-                    let maps = decide(&out, &endpoint, &packet, CtState::None);
-                    let model = evaluate_rules(&rules.rules, direction, &kind, protocol, dport);
-                    let agree = matches!(
-                        (maps, &model),
-                        (Decision::Pass, RuleVerdict::Unenforced | RuleVerdict::Allowed(_))
-                            | (Decision::Drop(abi::DropReason::PolicyDeny), RuleVerdict::Denied(_))
-                            | (Decision::Drop(abi::DropReason::PolicyDefault), RuleVerdict::DefaultDeny)
-                    );
-                    prop_assert!(agree, "{direction} {remote} {protocol}/{dport}: maps {maps:?}, rules {model:?}\nlabels {a_labels:?}");
-                }
-            }
-        }
     }
 }

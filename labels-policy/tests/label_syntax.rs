@@ -6,8 +6,9 @@
     reason = "tests: a failed step is a failed test"
 )]
 
-use labels_policy::label_syntax::{parse_port, parse_rules, policy_from_labels};
 use labels_policy::model::{Direction, Peer, PortSpec, Protocol, Verdict};
+use labels_policy::syntax::labels::{parse_port, parse_rules};
+use labels_policy::syntax::policy_from_labels;
 use labels_policy::LabelSet;
 
 fn labels(pairs: &[(&str, &str)]) -> LabelSet {

@@ -1,5 +1,5 @@
 //! The real cgroup/skb programs under BPF_PROG_TEST_RUN, over the shared
-//! decision table (labels_policy::decision::cases): for every row, compile
+//! decision table (labels_policy::testing::cases): for every row, compile
 //! the row's policy, write it into the program's (private) maps, build the
 //! packet, run the ingress or egress program and check the verdict and the
 //! drop reason it counted.
@@ -21,7 +21,8 @@ use bpfwall_datapath::maps::MapContents;
 use bpfwall_datapath::test_run::{self, SKB_CTX_IFINDEX, SKB_CTX_SIZE};
 use bpfwall_datapath::{pod, KernelDatapath as Datapath};
 use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason};
-use labels_policy::decision::{case_setup, cases, CaseSetup, CtState, Decision};
+use labels_policy::decision::{CtState, Decision};
+use labels_policy::testing::{case_setup, cases, CaseSetup};
 use labels_policy::Direction;
 
 const REMOTE_OR_LOCAL_SPORT: u16 = 5555;

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use labels_policy::cilium::{parse_policy_file, Format, PolicyError};
+use labels_policy::syntax::cilium::{parse_policy_file, Format, PolicyError};
 use labels_policy::HostPolicy;
 
 use crate::api::FileStatus;

@@ -171,8 +171,7 @@ impl Snapshot {
                 .labels
                 .iter()
                 .filter(|(k, _)| {
-                    k.starts_with(labels_policy::label_syntax::LABEL_PREFIX)
-                        || selector_keys.contains(*k)
+                    k.starts_with(labels_policy::syntax::LABEL_PREFIX) || selector_keys.contains(*k)
                 })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();

@@ -37,7 +37,7 @@ pub(super) fn flow_end(
     match (container, cidr) {
         (Some(c), None) => Ok(api::FlowEndArg::Container(c)),
         (None, Some(a)) => {
-            let net = labels_policy::label_syntax::parse_prefix(&a)
+            let net = labels_policy::syntax::parse_prefix(&a)
                 .map_err(|expected| anyhow::anyhow!("--{flag}-cidr '{a}': expected {expected}"))?;
             Ok(api::FlowEndArg::Address(net.network()))
         }
@@ -46,7 +46,7 @@ pub(super) fn flow_end(
 }
 
 pub(super) fn validate(files: &[PathBuf], labels: &[String]) -> anyhow::Result<ExitCode> {
-    use labels_policy::cilium::{parse_policy_file, Format};
+    use labels_policy::syntax::cilium::{parse_policy_file, Format};
     if files.is_empty() && labels.is_empty() {
         anyhow::bail!("give policy files, or --label KEY=VALUE");
     }
@@ -70,7 +70,7 @@ pub(super) fn validate(files: &[PathBuf], labels: &[String]) -> anyhow::Result<E
         let (key, value) = label
             .split_once('=')
             .with_context(|| format!("--label '{label}': expected KEY=VALUE"))?;
-        if !key.starts_with(labels_policy::label_syntax::LABEL_PREFIX) {
+        if !key.starts_with(labels_policy::syntax::LABEL_PREFIX) {
             anyhow::bail!("--label '{key}': not a bpfwall label (bpfwall.ingress, bpfwall.egress, bpfwall.policy)");
         }
         let set = labels_policy::LabelSet::from([(key.to_string(), value.to_string())]);

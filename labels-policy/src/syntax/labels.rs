@@ -13,18 +13,18 @@
 //!
 //! `from` belongs to ingress labels and `to` to egress labels. Columns in
 //! errors count characters of the label's value from 1.
+//!
+//! This module reads one label's value; which labels are read, and by which
+//! language, is decided in [`crate::syntax`].
+//!
+//! Imports: [`crate::model`] and the leaf `syntax::prefix`.
 
 use std::fmt;
-use std::str::FromStr;
 
 use ipnet::IpNet;
 
-use crate::model::{
-    Direction, LabelSet, Peer, PortSpec, Protocol, Rule, RuleOrigin, Selector, Verdict,
-};
-
-/// Every policy label key starts with this.
-pub const LABEL_PREFIX: &str = "bpfwall.";
+use crate::model::{Direction, Peer, PortSpec, Protocol, Rule, RuleOrigin, Selector, Verdict};
+use crate::syntax::prefix::parse_prefix;
 
 /// A label value bpfwall cannot read, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,97 +38,6 @@ pub struct LabelError {
     pub message: String,
     /// The directions this error closes.
     pub closes: Vec<Direction>,
-}
-
-/// The policy a container's own labels declare.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LabelPolicy {
-    /// Rules parsed from every valid policy label.
-    pub rules: Vec<Rule>,
-    /// Labels that failed to parse. Their directions are closed.
-    pub errors: Vec<LabelError>,
-}
-
-impl LabelPolicy {
-    /// True when an error closes `direction`.
-    pub fn has_error(&self, direction: Direction) -> bool {
-        self.errors.iter().any(|e| e.closes.contains(&direction))
-    }
-}
-
-/// Which direction a label key declares, or None when the key is not a
-/// bpfwall key. Unknown `bpfwall.*` keys are an error: a typo must not
-/// leave a container open.
-fn label_direction(key: &str) -> Option<Result<Direction, LabelError>> {
-    let rest = key.strip_prefix(LABEL_PREFIX)?;
-    let (head, name) = match rest.split_once('.') {
-        Some((head, name)) => (head, Some(name)),
-        None => (rest, None),
-    };
-    if rest == "policy" {
-        return None;
-    }
-    let direction = match head {
-        "ingress" => Direction::Ingress,
-        "egress" => Direction::Egress,
-        _ => {
-            return Some(Err(LabelError {
-                label: key.to_string(),
-                column: 1,
-                message: format!(
-                    "expected a label key bpfwall.ingress, bpfwall.egress, bpfwall.ingress.<name>, bpfwall.egress.<name> or bpfwall.policy, found '{key}'"
-                ),
-                closes: Direction::ALL.to_vec(),
-            }))
-        }
-    };
-    if name == Some("") {
-        return Some(Err(LabelError {
-            label: key.to_string(),
-            column: 1,
-            message: format!("expected a name after '{LABEL_PREFIX}{head}.', found nothing"),
-            closes: vec![direction],
-        }));
-    }
-    Some(Ok(direction))
-}
-
-/// Reads every `bpfwall.*` label of a container. Labels are visited in key
-/// order, so rule origins are stable.
-pub fn policy_from_labels(labels: &LabelSet) -> LabelPolicy {
-    let mut out = LabelPolicy::default();
-    for (key, value) in labels {
-        if key == crate::cilium::POLICY_LABEL {
-            match crate::cilium::parse_policy_label(value) {
-                Ok(mut rules) => out.rules.append(&mut rules),
-                Err(e) => out.errors.push(LabelError {
-                    label: key.clone(),
-                    column: column_of(value, e.line, e.column),
-                    message: e.message,
-                    closes: Direction::ALL.to_vec(),
-                }),
-            }
-            continue;
-        }
-        match label_direction(key) {
-            None => {}
-            Some(Err(e)) => out.errors.push(e),
-            Some(Ok(direction)) => match parse_rules(key, direction, value) {
-                Ok(mut rules) => out.rules.append(&mut rules),
-                Err(e) => out.errors.push(e),
-            },
-        }
-    }
-    out
-}
-
-/// The 1-based character column in `text` of a (line, column) position.
-fn column_of(text: &str, line: usize, column: usize) -> usize {
-    text.split('\n')
-        .take(line.saturating_sub(1))
-        .map(|l| l.chars().count() + 1)
-        .sum::<usize>()
-        + column
 }
 
 /// Parses one label value of the given direction.
@@ -452,23 +361,6 @@ impl Parser<'_> {
         }
         Ok(out)
     }
-}
-
-/// Parses `a.b.c.d/n` or `x::/n`; a bare address is a host prefix. The
-/// prefix must have no bits set past its length.
-pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
-    let net = if text.contains('/') {
-        IpNet::from_str(text)
-            .map_err(|_| "an address prefix such as 10.0.0.0/8 or fd00::/64".to_string())?
-    } else {
-        let addr = std::net::IpAddr::from_str(text)
-            .map_err(|_| "an address prefix such as 10.0.0.0/8 or fd00::/64".to_string())?;
-        IpNet::from(addr)
-    };
-    if net.trunc() != net {
-        return Err(format!("a prefix with no host bits set ({})", net.trunc()));
-    }
-    Ok(net)
 }
 
 /// Parses one port word. On error returns the character offset within the

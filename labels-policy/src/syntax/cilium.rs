@@ -7,6 +7,10 @@
 //! that names it, and every error carries the line and column where it is.
 //! All checks happen while deserialising (through `try_from` types), so
 //! serde_json and serde_yaml attach the position.
+//!
+//! Imports: [`crate::model`] (host-wide files become [`HostPolicy`]s) and
+//! the leaf `syntax::prefix`. It owns the [`POLICY_LABEL`] key, whose rules
+//! it names, and [`crate::syntax`] re-exports it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,12 +19,11 @@ use ipnet::IpNet;
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::compile::HostPolicy;
-use crate::label_syntax::parse_prefix;
 use crate::model::{
-    Direction, Peer, PortSpec, Protocol, Requirement, Rule, RuleOrigin, Selector, SelectorOperator,
-    Verdict,
+    Direction, HostPolicy, Peer, PortSpec, Protocol, Requirement, Rule, RuleOrigin, Selector,
+    SelectorOperator, Verdict,
 };
+use crate::syntax::prefix::parse_prefix;
 
 /// Where a policy document failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,18 +1,37 @@
 //! The compiler: containers, host addresses and rules in; the exact content
 //! of the endpoint, ipcache and policy maps out. Pure: the daemon diffs the
 //! result against what the maps hold and applies the difference.
+//!
+//! This file is the whole compile: identities for label sets and prefixes,
+//! the ipcache, one policy entry per (local identity, peer identity,
+//! protocol and port prefix), endpoints and reports. Its parts:
+//! `policy_keys` (ports to key prefixes, which key covers which, deny
+//! precedence, the direction's datapath code) and `selector_index` (which
+//! identities a peer selects).
+//!
+//! Imports: [`crate::syntax`] (a container's labels to rules),
+//! [`crate::model`], [`crate::identity`] and [`crate::datapath_abi`]; the
+//! decision table, attribution and `query` come after it and import it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+mod policy_keys;
+mod selector_index;
+
+pub(crate) use policy_keys::key_covers;
+pub use policy_keys::{datapath_direction, port_prefixes, port_spec_keys};
+
+use self::policy_keys::resolve_deny_precedence;
+use self::selector_index::SelectorIndex;
 use crate::datapath_abi::{
     self as abi, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
 };
 use crate::identity::{IdentityAllocator, IdentityExhausted, IdentityKind};
-use crate::label_syntax::{policy_from_labels, LabelError};
-use crate::model::{Direction, LabelSet, Peer, PortSpec, Protocol, Rule, Selector, Verdict};
+use crate::model::{Direction, HostPolicy, LabelSet, Peer, Rule, Verdict};
+use crate::syntax::{policy_from_labels, LabelError};
 
 /// A container attached to the datapath: its cgroup and counter slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,15 +53,6 @@ pub struct ContainerInput {
     pub addresses: Vec<IpAddr>,
     /// Set when bpfwall's programs are attached to it.
     pub attachment: Option<Attachment>,
-}
-
-/// Rules that apply to every container a selector matches (host-wide files).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPolicy {
-    /// Which containers the rules apply to.
-    pub subject: Selector,
-    /// The rules.
-    pub rules: Vec<Rule>,
 }
 
 /// Everything a compile reads.
@@ -162,181 +172,6 @@ fn rule_prefixes(rules: &[Rule], out: &mut BTreeSet<IpNet>) {
     }
 }
 
-/// Does a CIDR peer select the CIDR identity of `q`?
-pub(crate) fn cidr_selects(prefix: &IpNet, except: &[IpNet], q: &IpNet) -> bool {
-    prefix.contains(q) && !except.iter().any(|e| e.contains(q))
-}
-
-/// Does `peer` select an identity of this kind? `Peer::Any` is compiled to
-/// the wildcard identity instead and selects nothing here.
-pub(crate) fn peer_selects(peer: &Peer, kind: &IdentityKind) -> bool {
-    match (peer, kind) {
-        (Peer::Any, _) => true,
-        (Peer::Host, IdentityKind::Host) => true,
-        (Peer::World, IdentityKind::World | IdentityKind::Cidr(_)) => true,
-        (Peer::Endpoints(sel), IdentityKind::Containers(labels)) => sel.matches(labels),
-        (Peer::Cidr { prefix, except }, IdentityKind::Cidr(q)) => cidr_selects(prefix, except, q),
-        _ => false,
-    }
-}
-
-/// Container identities by label pair, so a selector is matched against the
-/// few identities that carry one of its pairs instead of all of them.
-struct SelectorIndex<'a> {
-    by_pair: BTreeMap<(&'a str, &'a str), Vec<u32>>,
-}
-
-impl<'a> SelectorIndex<'a> {
-    fn new(identities: &'a BTreeMap<u32, IdentityKind>) -> Self {
-        let mut by_pair: BTreeMap<(&str, &str), Vec<u32>> = BTreeMap::new();
-        for (id, kind) in identities {
-            if let IdentityKind::Containers(labels) = kind {
-                for (k, v) in labels {
-                    by_pair
-                        .entry((k.as_str(), v.as_str()))
-                        .or_default()
-                        .push(*id);
-                }
-            }
-        }
-        SelectorIndex { by_pair }
-    }
-
-    /// The identities `peer` selects (the same set as testing `peer_selects`
-    /// on every identity).
-    fn select(&self, peer: &Peer, identities: &BTreeMap<u32, IdentityKind>) -> Vec<u32> {
-        if let Peer::Endpoints(sel) = peer {
-            if !sel.match_labels.is_empty() {
-                // Candidates: the identities with the rarest of the selector's pairs.
-                let smallest = sel
-                    .match_labels
-                    .iter()
-                    .map(|(k, v)| {
-                        self.by_pair
-                            .get(&(k.as_str(), v.as_str()))
-                            .map_or(&[][..], Vec::as_slice)
-                    })
-                    .min_by_key(|c| c.len())
-                    .unwrap_or(&[]);
-                return smallest
-                    .iter()
-                    .filter(|id| {
-                        identities
-                            .get(id)
-                            .is_some_and(|kind| peer_selects(peer, kind))
-                    })
-                    .copied()
-                    .collect();
-            }
-        }
-        identities
-            .iter()
-            .filter(|(_, kind)| peer_selects(peer, kind))
-            .map(|(id, _)| *id)
-            .collect()
-    }
-}
-
-/// Splits an inclusive port range into aligned prefixes: (first port, number
-/// of leading port bits matched).
-pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u32)> {
-    let mut out = Vec::new();
-    let mut start = u32::from(first);
-    let end = u32::from(last);
-    while start <= end {
-        let mut size: u32 = if start == 0 {
-            1 << 16
-        } else {
-            1 << start.trailing_zeros().min(16)
-        };
-        while start + size - 1 > end {
-            size >>= 1;
-        }
-        // size is a power of two between 1 and 65536, start is below 65536.
-        out.push((start as u16, 16 - size.trailing_zeros()));
-        start += size;
-    }
-    out
-}
-
-/// The (protocol, port, prefixlen) triples a port spec compiles to.
-pub fn port_spec_keys(spec: &PortSpec) -> Vec<(u8, u16, u32)> {
-    let protocols: &[u8] = match spec.protocol {
-        Protocol::Tcp => &[abi::IPPROTO_TCP],
-        Protocol::Udp => &[abi::IPPROTO_UDP],
-        Protocol::Icmp => &[abi::IPPROTO_ICMP, abi::IPPROTO_ICMPV6],
-        Protocol::Icmp4 => &[abi::IPPROTO_ICMP],
-        Protocol::Icmp6 => &[abi::IPPROTO_ICMPV6],
-        Protocol::Any if spec.is_all_ports() => return vec![(0, 0, abi::POLICY_PREFIX_ANY_PROTO)],
-        Protocol::Any => &[abi::IPPROTO_TCP, abi::IPPROTO_UDP, abi::IPPROTO_SCTP],
-    };
-    let mut out = Vec::new();
-    for &p in protocols {
-        if !spec.protocol.is_icmp() && spec.is_all_ports() {
-            out.push((p, 0, abi::POLICY_PREFIX_ANY_PORT));
-            continue;
-        }
-        for (port, bits) in port_prefixes(spec.first, spec.last) {
-            out.push((p, port, abi::POLICY_PREFIX_ANY_PORT + bits));
-        }
-    }
-    out
-}
-
-/// The 24 bits after the fixed part of a policy key (protocol, then port)
-/// and how many of them the key matches.
-fn l4_bits(key: &PolicyKey) -> (u32, u32) {
-    let value = (u32::from(key.protocol) << 16) | u32::from(u16::from_be(key.dport_be));
-    (value, key.prefixlen - abi::POLICY_PREFIX_ANY_PROTO)
-}
-
-/// Does key `outer` cover every packet key `inner` covers? Both must share
-/// local identity, peer and direction.
-pub(crate) fn key_covers(outer: &PolicyKey, inner: &PolicyKey) -> bool {
-    let (ov, ob) = l4_bits(outer);
-    let (iv, ib) = l4_bits(inner);
-    if ob > ib {
-        return false;
-    }
-    let mask = if ob == 0 {
-        0
-    } else {
-        (!0u32 << (24 - ob)) & 0x00ff_ffff
-    };
-    ov & mask == iv & mask
-}
-
-/// Deny wins: drops every allow entry that a deny entry of the same
-/// (local, peer, direction) covers, so the longest match the trie returns is
-/// a deny whenever any deny covers the packet.
-fn resolve_deny_precedence(entries: BTreeMap<PolicyKey, u8>) -> BTreeMap<PolicyKey, PolicyValue> {
-    let group = |k: &PolicyKey| (k.local_identity, k.peer_identity, k.direction);
-    let mut denies: BTreeMap<(u32, u32, u8), Vec<PolicyKey>> = BTreeMap::new();
-    for (k, v) in &entries {
-        if *v == abi::VERDICT_DENY {
-            denies.entry(group(k)).or_default().push(*k);
-        }
-    }
-    entries
-        .into_iter()
-        .filter(|(k, v)| {
-            *v == abi::VERDICT_DENY
-                || !denies
-                    .get(&group(k))
-                    .is_some_and(|ds| ds.iter().any(|d| key_covers(d, k)))
-        })
-        .map(|(k, v)| {
-            (
-                k,
-                PolicyValue {
-                    verdict: v,
-                    pad: [0; 3],
-                },
-            )
-        })
-        .collect()
-}
-
 /// Compiles the whole host's state. Identities come from (and are recorded
 /// in) `allocator`.
 pub fn compile(
@@ -443,7 +278,7 @@ pub fn compile(
                         prefixlen,
                         local_identity: local,
                         peer_identity: peer,
-                        direction: rule.direction.as_datapath(),
+                        direction: datapath_direction(rule.direction),
                         protocol,
                         dport_be: port.to_be(),
                     };
