@@ -134,6 +134,7 @@ mod tests {
             labels: Default::default(),
             addresses: Vec::new(),
             pid,
+            ..ContainerRecord::default()
         }
     }
 

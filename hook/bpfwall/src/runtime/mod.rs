@@ -36,7 +36,7 @@ impl std::fmt::Display for Source {
 }
 
 /// A running container as bpfwall needs it, whatever its runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerRecord {
     /// The full container id.
     pub id: String,
@@ -48,6 +48,15 @@ pub struct ContainerRecord {
     pub addresses: Vec<IpAddr>,
     /// The init process's pid on the host.
     pub pid: u32,
+    /// When that process started (`bpfwall_sys::process::start_time`),
+    /// read when the runtime reported it: a later process with the same
+    /// pid is not this container.
+    pub pid_start_time: Option<u64>,
+    /// The labels its image carries (left out of its identity by default).
+    pub image_labels: labels_policy::LabelSet,
+    /// The id of the container whose network namespace it joined
+    /// (`--network container:X`), when the runtime says so.
+    pub joins: Option<String>,
 }
 
 /// What a streaming source reports.
