@@ -58,6 +58,9 @@ pub struct Snapshot {
     pub map_full_events: u64,
     /// The conntrack map's size.
     pub conntrack_capacity: usize,
+    /// Problems of the policy that the compile does not see (rules that
+    /// select on labels left out of identities).
+    pub warnings: Vec<String>,
     /// The last reconcile's error.
     pub last_error: Option<String>,
 }
@@ -281,6 +284,7 @@ impl Snapshot {
                 .warnings
                 .iter()
                 .map(|w| format!("{w:?}"))
+                .chain(self.warnings.iter().cloned())
                 .collect(),
             last_error: self.last_error.clone(),
             policy_files,

@@ -775,8 +775,37 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             maps: self.datapath.fill(),
             map_full_events: self.map_full_events,
             conntrack_capacity: self.datapath.conntrack_capacity() as usize,
+            warnings: self.excluded_selector_keys(),
             last_error: self.last_error.clone(),
         }
+    }
+
+    /// Rules that select peers by a label left out of identities: they
+    /// match no container (each names its rule and the label).
+    fn excluded_selector_keys(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for report in &self.compiled.containers {
+            for rule in report.ingress_rules.iter().chain(&report.egress_rules) {
+                for peer in &rule.peers {
+                    let labels_policy::Peer::Endpoints(sel) = peer else {
+                        continue;
+                    };
+                    let keys = sel
+                        .match_labels
+                        .keys()
+                        .chain(sel.match_expressions.iter().map(|r| &r.key));
+                    for key in keys {
+                        if self.config.identity_labels.excludes(key) {
+                            out.insert(format!(
+                                "rule {} selects on label '{key}', which is left out of identities: no container has it there (daemon flag --identity-keep-label {key})",
+                                rule.origin
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// A container's endpoint id (tests).

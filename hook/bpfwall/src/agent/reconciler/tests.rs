@@ -604,3 +604,28 @@ fn a_newer_container_owns_an_address_a_stale_one_still_claims() {
         "never inherited from the older one"
     );
 }
+
+#[test]
+fn a_rule_on_a_label_left_out_of_identities_is_named_in_status() {
+    let mut w = World::new();
+    let server = record(
+        "server",
+        10,
+        "172.18.0.2",
+        &[
+            ("id", "server"),
+            (
+                "bpfwall.ingress",
+                "allow from com.docker.compose.container-number=1",
+            ),
+        ],
+    );
+    w.docker_lists(&[(&server, 100)]);
+    let status = w.reconciler.snapshot().status("pins", None, Vec::new());
+    assert!(
+        status.warnings.iter().any(|w| w
+            .contains("bpfwall.ingress[0] selects on label 'com.docker.compose.container-number'")),
+        "{:?}",
+        status.warnings
+    );
+}
