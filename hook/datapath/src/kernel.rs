@@ -152,12 +152,34 @@ impl KernelDatapath {
         for e in &links.failed {
             tracing::error!(error = %error_chain(e), "a pinned link keeps an older program");
         }
+        if links.failed.is_empty() {
+            self.remove_older_maps();
+        }
         Ok(AdoptReport {
             links_moved: links.updated,
             links_defunct: links.defunct,
             links_not_moved: links.failed,
             policy_revision: self.revision,
         })
+    }
+
+    /// Maps of an older layout (another `_vN` than this object's) that an
+    /// older daemon pinned: once every link runs this daemon's programs
+    /// nothing reads them, so their pins go.
+    fn remove_older_maps(&self) {
+        let Some(root) = &self.pin_root else { return };
+        let Ok(entries) = std::fs::read_dir(root.maps()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with("bpfwall_") && !abi::ALL_MAPS.contains(&name.as_str()) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!(map = %name, "removed a map of an older layout"),
+                    Err(e) => tracing::warn!(map = %name, error = %e, "cannot remove a map of an older layout"),
+                }
+            }
+        }
     }
 
     /// A loaded program of the object, by name.
