@@ -16,6 +16,9 @@
  *       container's own address to DST, as fast as it can: flow i goes from
  *       source port 1024 + i % 64512 to destination port DPORT0 + i / 64512.
  *       Prints "sent S failed F" (a send fails when, e.g., a filter drops it).
+ *       DST may be an address of the container's subnet that no one holds:
+ *       the datagrams then never leave the container (they die in its ARP
+ *       queue), which spares the host's own connection tracking.
  *
  * Addresses are numeric (a static binary has no name service); an IPv6
  * address may carry a zone (fe80::1%eth0). The UDP checksum is computed over
@@ -296,6 +299,13 @@ static int flood(char **argv)
 	len = build(&t, 1024, dport0, "flood", "", pkt, &udp_off);
 	if (len < 0 || (fd = raw_socket(t.family)) < 0)
 		return 2;
+	/*
+	 * The largest send buffer allowed (the kernel clamps it): datagrams to
+	 * an address nobody answers ARP for wait in the neighbour queue, whose
+	 * bytes count against this buffer; with the buffer larger than the
+	 * queue, the queue drops its oldest instead of the send blocking.
+	 */
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int){ 1 << 30 }, sizeof(int));
 	if (t.family == AF_INET6)
 		((struct sockaddr_in6 *)&t.sa)->sin6_port = 0;
 	for (unsigned long i = 0; i < count; i++) {
