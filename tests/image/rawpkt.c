@@ -11,11 +11,14 @@
  *       extension headers to put before the UDP header, one letter each:
  *       h = hop-by-hop options (only first), d = destination options; each
  *       is 8 bytes of PadN. "ddddd" is five destination-options headers.
- *   rawpkt flood DST DPORT0 COUNT
- *       Sends one UDP datagram for each of COUNT distinct flows from the
- *       container's own address to DST, as fast as it can: flow i goes from
- *       source port 1024 + i % 64512 to destination port DPORT0 + i / 64512.
- *       Prints "sent S failed F" (a send fails when, e.g., a filter drops it).
+ *   rawpkt flood DST DPORT0 COUNT [PER_FLOW]
+ *       Sends PER_FLOW (default 1) UDP datagrams, back to back, for each of
+ *       COUNT distinct flows from the container's own address to DST, as
+ *       fast as it can: flow i goes from source port 1024 + i % 64512 to
+ *       destination port DPORT0 + i / 64512. With PER_FLOW 2 every flow is
+ *       seen again after it was opened, as a live flow is (an LRU's second
+ *       chance then protects none of them). Prints "sent S failed F", in
+ *       datagrams (a send fails when, e.g., a filter drops it).
  *       DST may be an address of the container's subnet that no one holds:
  *       the datagrams then never leave the container (they die in its ARP
  *       queue), which spares the host's own connection tracking.
@@ -51,7 +54,7 @@ struct target {
 static int usage(void)
 {
 	fprintf(stderr, "usage: rawpkt udp SRC|auto SPORT DST DPORT PAYLOAD [EXT]\n"
-			"       rawpkt flood DST DPORT0 COUNT\n");
+			"       rawpkt flood DST DPORT0 COUNT [PER_FLOW]\n");
 	return 2;
 }
 
@@ -280,18 +283,20 @@ static int send_udp(char **argv, int argc)
 	return 0;
 }
 
-static int flood(char **argv)
+static int flood(char **argv, int argc)
 {
 	uint8_t pkt[MAX_PACKET];
 	struct target t;
 	uint16_t dport0;
-	unsigned long count, sent = 0, failed = 0;
+	unsigned long count, per_flow = 1, sent = 0, failed = 0;
 	size_t udp_off;
 	int len, fd, last_errno = 0;
 	char *end;
 
 	count = strtoul(argv[4], &end, 10);
-	if (port_arg(argv[3], &dport0) < 0 || *end != 0 || count == 0 ||
+	if (*end == 0 && argc == 6)
+		per_flow = strtoul(argv[5], &end, 10);
+	if (port_arg(argv[3], &dport0) < 0 || *end != 0 || count == 0 || per_flow == 0 ||
 	    (unsigned long)dport0 + (count - 1) / 64512 > 65535)
 		return usage();
 	if (parse_dst(argv[2], dport0, &t) < 0 || own_source(&t) < 0)
@@ -320,11 +325,13 @@ static int flood(char **argv)
 		c = udp_checksum(&t, udp, (size_t)len - udp_off);
 		udp[6] = (uint8_t)(c >> 8);
 		udp[7] = (uint8_t)c;
-		if (sendto(fd, pkt, (size_t)len, 0, (struct sockaddr *)&t.sa, t.salen) == len) {
-			sent++;
-		} else {
-			failed++;
-			last_errno = errno;
+		for (unsigned long n = 0; n < per_flow; n++) {
+			if (sendto(fd, pkt, (size_t)len, 0, (struct sockaddr *)&t.sa, t.salen) == len) {
+				sent++;
+			} else {
+				failed++;
+				last_errno = errno;
+			}
 		}
 	}
 	printf("sent %lu failed %lu\n", sent, failed);
@@ -337,7 +344,7 @@ int main(int argc, char **argv)
 {
 	if ((argc == 7 || argc == 8) && strcmp(argv[1], "udp") == 0)
 		return send_udp(argv, argc);
-	if (argc == 5 && strcmp(argv[1], "flood") == 0)
-		return flood(argv);
+	if ((argc == 5 || argc == 6) && strcmp(argv[1], "flood") == 0)
+		return flood(argv, argc);
 	return usage();
 }
