@@ -128,9 +128,9 @@ fn spoofed_source_from_a_container_with_cap_net_raw() {
             "--label",
             "id=server",
             "--label",
-            "bpfwall.ingress=allow from id=good port 5353/udp",
+            "bpfwall.ingress=allow from id=good port 5353/udp; allow from id=evil port 5354/udp",
         ],
-        &["udp_echo", "log", "5353"],
+        &["sh", "-c", "udp_echo log 5354 & exec udp_echo log 5353"],
     );
     let good = env.start_attached("good", &[&net, "--label", "id=good"], SLEEP);
     let evil = env.start_attached("evil", &[&net, "--label", "id=evil"], SLEEP);
@@ -140,6 +140,12 @@ fn spoofed_source_from_a_container_with_cap_net_raw() {
     ] {
         let spoofed = format!("spoofed-{family}");
         let control = format!("control-{family}");
+        // Evil's own datagrams to 5354 arrive: one first (so that evil has
+        // resolved the server's link-layer address, and nothing waits in a
+        // neighbour queue), one after the spoofed one, on the same path.
+        let hello = format!("hello-{family}");
+        rawpkt_udp(&env, &evil, ("auto", 40000), (&server_ip, 5354), &hello, "");
+        wait_received(&env, &server, &hello);
         let before = env.drops(&evil);
         rawpkt_udp(
             &env,
@@ -149,12 +155,11 @@ fn spoofed_source_from_a_container_with_cap_net_raw() {
             &spoofed,
             "",
         );
-        // The same datagram from good itself arrives: the path works.
         rawpkt_udp(
             &env,
-            &good,
+            &evil,
             ("auto", 40000),
-            (&server_ip, 5353),
+            (&server_ip, 5354),
             &control,
             "",
         );
@@ -301,10 +306,11 @@ fn link_local_address_is_policed_like_the_global_one() {
 
 const REVOKE_BEFORE: &str = r#"[{"endpointSelector":{"matchLabels":{"id":"server"}},"ingress":[
   {"fromEndpoints":[{"matchLabels":{"id":"c"}}],"toPorts":[{"ports":[{"port":"5353","protocol":"UDP"}]}]},
-  {"fromEndpoints":[{"matchLabels":{"id":"ctl"}}],"toPorts":[{"ports":[{"port":"5353","protocol":"UDP"}]}]}]}]"#;
-/// The same with c's rule taken away (ctl's keeps the server's ingress enforced).
+  {"fromEndpoints":[{"matchLabels":{"id":"c"}}],"toPorts":[{"ports":[{"port":"5354","protocol":"UDP"}]}]}]}]"#;
+/// The same with c's 5353 rule taken away (5354 stays: the server's ingress
+/// stays enforced, and c's control datagrams take the same path).
 const REVOKE_AFTER: &str = r#"[{"endpointSelector":{"matchLabels":{"id":"server"}},"ingress":[
-  {"fromEndpoints":[{"matchLabels":{"id":"ctl"}}],"toPorts":[{"ports":[{"port":"5353","protocol":"UDP"}]}]}]}]"#;
+  {"fromEndpoints":[{"matchLabels":{"id":"c"}}],"toPorts":[{"ports":[{"port":"5354","protocol":"UDP"}]}]}]}]"#;
 
 /// Taking a rule away cuts a live UDP flow it allowed, both ways.
 #[test]
@@ -319,12 +325,15 @@ fn a_revoked_rule_cuts_both_directions_of_a_live_udp_flow() {
     let server = env.start_attached(
         "server",
         &["--label", "id=server"],
-        &["udp_echo", "log", "5353", "echo"],
+        &[
+            "sh",
+            "-c",
+            "udp_echo log 5354 & exec udp_echo log 5353 echo",
+        ],
     );
     // c's side of the flow: a socket on 40000 that logs what comes back; c
     // sends from that port with rawpkt (a raw socket binds no port).
     let c = env.start_attached("c", &["--label", "id=c"], &["udp_echo", "log", "40000"]);
-    let ctl = env.start_attached("ctl", &["--label", "id=ctl"], SLEEP);
     let (server_ip, c_ip) = (env.ip(&server), env.ip(&c));
     assert_eq!(
         env.endpoint(&server).unwrap()["ingress"]["state"],
@@ -355,22 +364,23 @@ fn a_revoked_rule_cuts_both_directions_of_a_live_udp_flow() {
             == Some(1)
     });
 
-    // c -> server, in the flow's opening direction: dropped at the server's ingress.
+    // c -> server, in the flow's opening direction: dropped at the server's
+    // ingress. The control goes to 5354, which c may still reach.
     let before = env.drops(&server);
     rawpkt_udp(&env, &c, ("auto", 40000), (&server_ip, 5353), "c-after", "");
     rawpkt_udp(
         &env,
-        &ctl,
+        &c,
         ("auto", 40000),
-        (&server_ip, 5353),
-        "ctl-after",
+        (&server_ip, 5354),
+        "c-control",
         "",
     );
     assert_not_received(
         &env,
         &server,
         "c-after",
-        "ctl-after",
+        "c-control",
         "c -> server:5353 after c's rule was revoked",
     );
     env.assert_dropped_since(
