@@ -2,8 +2,8 @@
 //! containers, real packets.
 //!
 //! Every test makes a [`TestEnv`] with a name of its own. The env runs its
-//! own daemon (pins under /sys/fs/bpf/bpfwall_v1_e2e_<name>, API socket under
-//! /run/bpfwall-e2e/) that attaches only to containers labelled
+//! own daemon (pins under /sys/fs/bpf/bpfwall_v1_e2e_<name>, API socket,
+//! policy and state directories under /run/bpfwall-e2e/) that attaches only to containers labelled
 //! `bpfwall-e2e.test=<name>`, so tests run side by side and never touch
 //! containers they did not create. Dropping the env (also when the test
 //! panics) kills the daemon and removes its containers, networks, network
@@ -113,6 +113,8 @@ pub struct TestEnv {
     pub socket: PathBuf,
     /// The daemon's policy directory.
     pub policy_dir: PathBuf,
+    /// The daemon's state directory (saved policy versions).
+    pub state_dir: PathBuf,
     log: PathBuf,
     docker_socket: Option<PathBuf>,
     daemon: Option<Child>,
@@ -142,6 +144,7 @@ impl TestEnv {
             pin_root: PathBuf::from(format!("/sys/fs/bpf/bpfwall_v1_e2e_{name}")),
             socket: dir.join(format!("{name}.sock")),
             policy_dir: dir.join(format!("{name}-policies")),
+            state_dir: dir.join(format!("{name}-state")),
             log: dir.join(format!("{name}.log")),
             docker_socket: docker_socket.map(Path::to_path_buf),
             daemon: None,
@@ -152,6 +155,7 @@ impl TestEnv {
         env.remove_containers();
         let _ = std::fs::remove_dir_all(&env.pin_root);
         let _ = std::fs::remove_dir_all(&env.policy_dir);
+        let _ = std::fs::remove_dir_all(&env.state_dir);
         std::fs::create_dir_all(&env.policy_dir).unwrap();
         env.start_daemon();
         env
@@ -180,6 +184,8 @@ impl TestEnv {
             .arg(format!("{TEST_LABEL}={}", self.name))
             .arg("--policy-dir")
             .arg(&self.policy_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -585,6 +591,7 @@ impl Drop for TestEnv {
         }
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.policy_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_dir_all(format!("/run/bpfwall-e2e/{}-www", self.name));
@@ -700,5 +707,57 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let _lock = DAEMON_JSON.lock().unwrap_or_else(|e| e.into_inner());
         let _ = run(Command::new(bpfwall_bin()).args(["uninstall-runtime", "--name", &self.name]));
+    }
+}
+
+// ---- Daemon lifecycle and counters (the hardening issue) ----------------
+
+impl TestEnv {
+    /// Stops the daemon as an operator or an upgrade does (SIGTERM) and
+    /// waits for it to exit.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// The packets a container's programs dropped in one direction
+    /// ("ingress" or "egress"), as `status` reports them.
+    pub fn dropped_packets(&self, c: &Container, direction: &str) -> u64 {
+        self.endpoint(c)
+            .and_then(|e| e[direction]["dropped_packets"].as_u64())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} has no {direction} counters\n{}",
+                    c.name,
+                    self.status_text()
+                )
+            })
+    }
+
+    /// Asserts an HTTP GET is blocked, and that it is bpfwall that blocks
+    /// it: `server`'s drop counter in `direction` moved (a refused
+    /// connection or a DNS failure must not pass for a block).
+    pub fn assert_http_blocked_by_bpfwall(
+        &self,
+        from: &Container,
+        url: &str,
+        server: &Container,
+        direction: &str,
+    ) {
+        let before = self.dropped_packets(server, direction);
+        self.assert_http_blocked(from, url);
+        let after = self.dropped_packets(server, direction);
+        assert!(
+            after > before,
+            "{} -> {url} failed, but {}'s {direction} drop counter did not move ({before})\n{}",
+            from.name,
+            server.name,
+            self.status_text()
+        );
     }
 }

@@ -13,9 +13,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, watch};
 
+use super::policy_watch::PolicyDirStatus;
 use super::reconcile_loop::Input;
 use super::snapshot::Snapshot;
-use crate::api::{Answer, DaemonError, FileStatus, Request};
+use crate::api::{Answer, DaemonError, Request};
 
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, IoError> {
@@ -43,7 +44,7 @@ pub struct Server {
     /// The reconciler's last snapshot.
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// The policy files' state.
-    pub policy_files: watch::Receiver<Vec<FileStatus>>,
+    pub policy_files: watch::Receiver<PolicyDirStatus>,
     /// The counters, read on the side.
     pub counters: Option<Arc<dyn CounterReader>>,
     /// The reconcile loop.

@@ -11,7 +11,8 @@ use labels_policy::datapath_abi as abi;
 use labels_policy::query::{CheckResult, Explanation, FlowEnd};
 use labels_policy::{Compiled, ContainerInput};
 
-use crate::api::{DaemonError, DirectionStatus, EndpointStatus, FileStatus, FlowEndArg, Status};
+use super::policy_watch::PolicyDirStatus;
+use crate::api::{DaemonError, DirectionStatus, EndpointStatus, FlowEndArg, Status};
 use crate::runtime::ContainerRecord;
 
 /// One managed container as the reconciler last saw it.
@@ -126,7 +127,7 @@ impl Snapshot {
         &self,
         pin_root: &str,
         counters: Option<&dyn CounterReader>,
-        policy_files: Vec<FileStatus>,
+        policy_files: PolicyDirStatus,
     ) -> Status {
         // Label keys any selector uses, so status shows the labels that matter.
         let mut selector_keys = BTreeSet::new();
@@ -232,7 +233,8 @@ impl Snapshot {
                 .map(|w| format!("{w:?}"))
                 .collect(),
             last_error: self.last_error.clone(),
-            policy_files,
+            policy_files: policy_files.files,
+            policy_dir_errors: policy_files.errors,
         }
     }
 }

@@ -51,6 +51,10 @@ enum Command {
         /// Host-wide Cilium-format policy files (JSON or YAML), reloaded on change.
         #[arg(long, default_value = crate::agent::policy_watch::DEFAULT_POLICY_DIR)]
         policy_dir: PathBuf,
+        /// What the daemon keeps across restarts: the last good version of
+        /// each policy file (root-only).
+        #[arg(long, default_value = crate::agent::policy_store::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Validate, check and explain policy.
     #[command(subcommand)]
@@ -194,6 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             socket,
             manage_label,
             policy_dir,
+            state_dir,
         } => {
             agent::run(DaemonConfig {
                 docker_socket,
@@ -201,6 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 api_socket: socket,
                 manage: parse_manage(&manage_label)?,
                 policy_dir,
+                state_dir,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
