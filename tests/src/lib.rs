@@ -710,9 +710,15 @@ impl Drop for Runtime {
     }
 }
 
-// ---- Daemon lifecycle and counters (the hardening issue) ----------------
+// ---- Daemon lifecycle and counters (the hardening issue: restarts, the
+// ---- pin root lock, drop counters) -------------------------------------
 
 impl TestEnv {
+    /// The running daemon's pid.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// Stops the daemon as an operator or an upgrade does (SIGTERM) and
     /// waits for it to exit.
     pub fn stop_daemon(&mut self) {
@@ -723,6 +729,44 @@ impl TestEnv {
             );
             let _ = child.wait();
         }
+    }
+
+    /// Runs a second `bpfwall daemon` with exactly this env's pin root,
+    /// socket, policy and state directories, and waits up to `limit` for
+    /// it to exit. Err (after killing it) if it is still running then.
+    pub fn run_second_daemon(&self, limit: Duration) -> Result<Output, String> {
+        let mut child = Command::new(bpfwall_bin())
+            .args(["daemon", "--bpffs-root"])
+            .arg(&self.pin_root)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--manage-label")
+            .arg(format!("{TEST_LABEL}={}", self.name))
+            .arg("--policy-dir")
+            .arg(&self.policy_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a second bpfwall daemon");
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if child.try_wait().unwrap().is_some() {
+                return Ok(child.wait_with_output().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let out = child.wait_with_output().unwrap();
+        Err(format!(
+            "the second daemon was still running after {limit:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 
     /// The packets a container's programs dropped in one direction
@@ -759,5 +803,27 @@ impl TestEnv {
             server.name,
             self.status_text()
         );
+    }
+
+    /// Each pinned link's name and the id of the program it runs.
+    pub fn link_programs(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(self.pin_root.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = must(
+                Command::new("bpftool")
+                    .args(["-j", "link", "show", "pinned"])
+                    .arg(entry.path()),
+            );
+            let v: Value = serde_json::from_str(&text).unwrap();
+            out.insert(
+                entry.file_name().to_string_lossy().to_string(),
+                v["prog_id"].as_u64().unwrap_or(0),
+            );
+        }
+        out
     }
 }

@@ -18,10 +18,17 @@ use super::reconcile_loop::Input;
 use super::snapshot::Snapshot;
 use crate::api::{Answer, DaemonError, Request};
 
-/// Binds the socket (replacing a stale one) with mode 0600.
+/// Binds the socket (replacing a stale one) with mode 0600. A socket that
+/// answers is not stale: it belongs to a running daemon and stays.
 pub fn bind(path: &Path) -> Result<UnixListener, IoError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_error("create the directory of", path))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io_error("bind", path)(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another process (a running bpfwall daemon?) answers on this socket",
+        )));
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

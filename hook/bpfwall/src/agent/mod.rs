@@ -10,10 +10,12 @@
 //!   with the last good version of each file saved in [`policy_store`];
 //! - the runtime sources (`crate::runtime`), whose events are forwarded to
 //!   the loop;
-//! - [`host`]: what the reconciler reads of the host, behind a trait.
+//! - [`host`]: what the reconciler reads of the host, behind a trait;
+//! - [`instance_lock`]: one daemon per pin root.
 
 pub mod api_server;
 pub mod host;
+pub mod instance_lock;
 pub mod policy_store;
 pub mod policy_watch;
 pub mod reconcile_loop;
@@ -62,6 +64,11 @@ const POLICY_POLL: Duration = Duration::from_millis(250);
 /// Runs until SIGINT or SIGTERM. Leaves every pin in place: enforcement
 /// goes on without the daemon.
 pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    // Before the pins or the socket are touched: one daemon per pin root.
+    let lock = instance_lock::InstanceLock::acquire(
+        std::path::Path::new(instance_lock::LOCK_DIR),
+        &config.pin_root,
+    )?;
     let mut datapath = KernelDatapath::load(Some(&config.pin_root)).with_context(|| {
         format!(
             "loading the datapath with pins under {}",
@@ -149,6 +156,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; pinned programs keep enforcing");
     let _ = std::fs::remove_file(&config.api_socket);
+    // Held to here: the socket is gone before another daemon may start.
+    drop(lock);
     // The loop ends when its inputs do; the runtime's shutdown drops the
     // tasks holding the senders.
     drop(reconcile_thread);
