@@ -25,6 +25,10 @@ pub trait Host {
     fn forbidden_cgroups(&mut self) -> Result<Vec<PathBuf>, CgroupError>;
     /// Does a process with this pid exist?
     fn alive(&self, pid: u32) -> bool;
+    /// When the process that has this pid now started (clock ticks after
+    /// boot); None when there is none. With the pid, it tells a process
+    /// from a later one that reuses the pid.
+    fn start_time(&self, pid: u32) -> Option<u64>;
     /// The addresses in a process's network namespace (empty when it is
     /// the host's).
     fn netns_addresses(&self, pid: u32) -> Result<Vec<IpAddr>, IoError>;
@@ -70,6 +74,10 @@ impl Host for SystemHost {
 
     fn alive(&self, pid: u32) -> bool {
         bpfwall_sys::process::alive(pid)
+    }
+
+    fn start_time(&self, pid: u32) -> Option<u64> {
+        bpfwall_sys::process::start_time(pid).ok()
     }
 
     fn netns_addresses(&self, pid: u32) -> Result<Vec<IpAddr>, IoError> {

@@ -45,6 +45,9 @@ pub struct Snapshot {
     pub containers: Vec<ContainerView>,
     /// Is the Docker source connected now?
     pub docker_connected: bool,
+    /// Is the Docker source in sync: connected, and its list since it
+    /// connected taken in by this snapshot's reconcile?
+    pub docker_synced: bool,
     /// Has Docker been listed at least once?
     pub synced: bool,
     /// Entries in the policy maps.
@@ -222,6 +225,7 @@ impl Snapshot {
         Status {
             pin_root: pin_root.to_string(),
             docker_connected: self.docker_connected,
+            docker_synced: self.docker_synced,
             endpoints,
             drops,
             policy_entries: self.policy_entries,

@@ -52,6 +52,13 @@ pub struct Status {
     pub pin_root: String,
     /// Whether the Docker listener is connected.
     pub docker_connected: bool,
+    /// Whether the daemon is in sync with Docker: connected, and Docker's
+    /// list since it connected is in the maps. While it is not, containers
+    /// started meanwhile are not policed (without bpfwall-runc) and
+    /// Docker's exit events are not coming (containers whose process died
+    /// are still withdrawn).
+    #[serde(default)]
+    pub docker_synced: bool,
     /// Managed containers.
     pub endpoints: Vec<EndpointStatus>,
     /// Drops per named reason, host-wide.

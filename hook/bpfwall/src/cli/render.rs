@@ -14,13 +14,19 @@ pub fn status(s: &Status) -> String {
         s.endpoints.len(),
         s.policy_entries,
         s.ipcache_entries,
-        if s.docker_connected {
-            "connected"
-        } else {
-            "DISCONNECTED"
+        match (s.docker_connected, s.docker_synced) {
+            (true, true) => "connected, synced",
+            (true, false) => "connected, NOT SYNCED yet",
+            (false, _) => "DISCONNECTED, NOT SYNCED",
         },
         s.pin_root
     );
+    if !s.docker_synced {
+        let _ = writeln!(
+            out,
+            "NOT SYNCED with docker: containers started meanwhile are not policed until it is (unless started with bpfwall-runc)"
+        );
+    }
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last reconcile FAILED: {e}");
     }

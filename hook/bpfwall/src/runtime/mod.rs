@@ -36,7 +36,7 @@ impl std::fmt::Display for Source {
 }
 
 /// A running container as bpfwall needs it, whatever its runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerRecord {
     /// The full container id.
     pub id: String,
@@ -48,6 +48,11 @@ pub struct ContainerRecord {
     pub addresses: Vec<IpAddr>,
     /// The init process's pid on the host.
     pub pid: u32,
+    /// When that process started (clock ticks after boot,
+    /// `bpfwall_sys::process::start_time`), read when the source reported
+    /// it: with the pid it names the process for good (a pid can be
+    /// reused). None when the source did not read it.
+    pub start_time: Option<u64>,
 }
 
 /// What a streaming source reports.
@@ -60,6 +65,9 @@ pub enum RuntimeEvent {
     Upsert(Source, ContainerRecord),
     /// A container stopped or is gone.
     Remove(Source, String),
+    /// The source reached its runtime again; a resync follows (until
+    /// then, what it said before may be stale).
+    Connected(Source),
     /// The source lost its runtime; a resync follows when it is back.
     Disconnected(Source),
 }

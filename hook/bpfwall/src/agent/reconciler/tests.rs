@@ -78,6 +78,11 @@ impl Host for FakeHost {
         self.state().alive.contains(&pid)
     }
 
+    // The fake's records carry no start time, so only being alive counts.
+    fn start_time(&self, pid: u32) -> Option<u64> {
+        self.alive(pid).then_some(0)
+    }
+
     fn netns_addresses(&self, pid: u32) -> Result<Vec<IpAddr>, IoError> {
         Ok(self.state().netns.get(&pid).cloned().unwrap_or_default())
     }
@@ -103,6 +108,7 @@ fn record(name: &str, pid: u32, addr: &str, labels: &[(&str, &str)]) -> Containe
             .collect(),
         addresses: vec![addr.parse().unwrap()],
         pid,
+        start_time: None,
     }
 }
 
