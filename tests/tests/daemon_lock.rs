@@ -52,6 +52,18 @@ fn a_second_daemon_on_the_same_pin_root_is_refused() {
     assert_eq!(env.status()["endpoints"].as_array().unwrap().len(), 3);
     // ...its links still run its programs...
     assert_eq!(env.link_programs(), links, "the pinned links were moved");
+    // Nor can its pins be torn down under it.
+    let teardown = bpfwall_e2e::run(
+        std::process::Command::new(bpfwall_e2e::bpfwall_bin())
+            .args(["teardown", "--bpffs-root"])
+            .arg(&env.pin_root),
+    );
+    assert!(!teardown.status.success(), "{teardown:?}");
+    assert!(
+        String::from_utf8_lossy(&teardown.stderr).contains(&format!("pid {first}")),
+        "{teardown:?}"
+    );
+    assert_eq!(env.link_programs(), links, "teardown removed pins");
     // ...and it keeps enforcing and following Docker.
     env.assert_http_allowed(&app2, &target);
     env.assert_http_blocked_by_bpfwall(&app3, &target, &app1, "ingress");

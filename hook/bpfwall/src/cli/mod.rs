@@ -119,7 +119,7 @@ enum Command {
         #[arg(long, default_value = "/var/run/docker.sock")]
         docker_socket: String,
     },
-    /// Detach everything and remove all pins (uninstall). Stop the daemon first.
+    /// Detach everything and remove all pins (uninstall). Refused while a daemon runs on them.
     Teardown {
         /// The pin root to remove.
         #[arg(long, default_value = DEFAULT_PIN_ROOT)]
@@ -328,6 +328,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Teardown { bpffs_root } => {
+            // Never under a running daemon: hold its lock while removing.
+            let _lock = crate::agent::instance_lock::InstanceLock::acquire(
+                std::path::Path::new(crate::agent::instance_lock::LOCK_DIR),
+                &bpffs_root,
+            )?;
             bpfwall_datapath::remove_pins(&bpffs_root)?;
             println!("removed {}", bpffs_root.display());
             Ok(ExitCode::SUCCESS)
