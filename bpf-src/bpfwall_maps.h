@@ -5,18 +5,12 @@
  *
  * Rust mirrors live in labels-policy/src/datapath_abi.rs. Each mirror names
  * the struct it mirrors; const asserts check sizes there, and
- * hook/datapath/tests/abi_layout.rs checks sizes and member offsets against the BTF
- * of the compiled object; labels-policy/tests/abi_defines.rs reads this file
- * and checks every numeric BPFWALL_* define against datapath_abi::DEFINES
- * and every map name against datapath_abi::ALL_MAPS. Change a layout
- * here, bump the map's _vN suffix (and BPFWALL_ABI_VERSION) so a pinned map
- * of the old layout is never misread by new code.
- *
- * One exception keeps live state across an upgrade: a field carved out of
- * explicit padding, whose zero means "as before", keeps the map's name
- * (ct_value.policy_revision: zero in entries of older programs, and the
- * daemon never lets the current revision be zero, so those entries are
- * decided again).
+ * hook/datapath/tests/abi_layout.rs checks sizes and member offsets against
+ * the BTF of the compiled object; labels-policy/tests/abi_defines.rs reads
+ * this file and checks every numeric BPFWALL_* define against
+ * datapath_abi::DEFINES and every map name against datapath_abi::ALL_MAPS.
+ * Change a layout here, bump the map's _vN suffix (and BPFWALL_ABI_VERSION)
+ * so a pinned map of the old layout is never misread by new code.
  *
  * Rules for this file: fixed-width types only, explicit padding fields, no
  * bool, no bitfields. Fields in network byte order end in _be.
@@ -28,7 +22,22 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#define BPFWALL_ABI_VERSION 3
+#define BPFWALL_ABI_VERSION 4
+
+/* ---- generations ------------------------------------------------------ */
+/*
+ * Every value the daemon compiles (endpoint state, ipcache identity, policy
+ * verdict, allowed source) is stored twice, once per generation, and a
+ * packet reads the generation that is active when it starts: the lowest bit
+ * of the policy revision. The daemon writes a change into the inactive
+ * generation of every map (keys new to a map carry "absent" for the active
+ * one), flips the revision, waits until no packet still runs with the old
+ * generation, and only then deletes keys the new one does not have. So
+ * every packet is decided by one whole generation, never by a mix of old
+ * and new entries. A zero in a generation's slot means "absent in that
+ * generation".
+ */
+#define BPFWALL_GENERATIONS 2
 
 /* ---- identities ------------------------------------------------------ */
 /* In a policy key, peer identity 0 means "any peer". */
@@ -47,29 +56,38 @@
 #define BPFWALL_VERDICT_ALLOW 1
 #define BPFWALL_VERDICT_DENY 2
 
-/* Named drop reasons; index into bpfwall_drops_v1. */
+/* Named drop reasons; index into bpfwall_drops_v2. */
 #define BPFWALL_DROP_POLICY_DENY 1       /* an explicit deny entry matched */
 #define BPFWALL_DROP_POLICY_DEFAULT 2    /* enforced direction, no allow matched */
-#define BPFWALL_DROP_POLICY_ERROR 3      /* the endpoint's policy is invalid: closed */
-#define BPFWALL_DROP_UNKNOWN_ENDPOINT 4  /* attached cgroup not (or no longer) in bpfwall_endpoints_v1 */
+#define BPFWALL_DROP_POLICY_ERROR 3      /* the endpoint's policy is invalid (or did not fit): closed */
+#define BPFWALL_DROP_UNKNOWN_ENDPOINT 4  /* attached cgroup not (or no longer) an endpoint */
 #define BPFWALL_DROP_MALFORMED 5         /* IP or L4 header could not be read */
-#define BPFWALL_DROP_REASON_MAX 6
+#define BPFWALL_DROP_SPOOFED 6           /* egress source address is not the endpoint's */
+#define BPFWALL_DROP_EXT_HEADERS 7       /* IPv6 extension headers past the parser's bound */
+#define BPFWALL_DROP_FLOW_REVOKED 8      /* a tracked flow that policy no longer allows */
+#define BPFWALL_DROP_REASON_MAX 9
 
 /* ---- endpoints: cgroup id -> endpoint -------------------------------- */
 #define BPFWALL_EP_ENFORCE_INGRESS 0x1   /* some rule applies to ingress: default deny */
 #define BPFWALL_EP_ENFORCE_EGRESS 0x2
-#define BPFWALL_EP_ERROR_INGRESS 0x4     /* ingress policy failed to compile: deny all new flows */
+#define BPFWALL_EP_ERROR_INGRESS 0x4     /* ingress closed: policy invalid, or did not fit */
 #define BPFWALL_EP_ERROR_EGRESS 0x8
+#define BPFWALL_EP_HOST_NETWORK 0x10     /* in the host's netns: loopback is policed too */
 
 struct endpoint_key {
 	__u64 cgroup_id;
 };
 
+struct endpoint_state {
+	__u32 identity; /* the endpoint's own (label-set) identity; 0: absent */
+	__u32 flags;    /* BPFWALL_EP_* */
+};
+
 struct endpoint_info {
-	__u32 endpoint_id; /* index into bpfwall_counters_v1, < BPFWALL_MAX_ENDPOINTS */
-	__u32 identity;    /* the endpoint's own (label-set) identity */
-	__u32 flags;       /* BPFWALL_EP_* */
-	__u32 pad;
+	__u32 endpoint_id; /* index into the counter and conntrack-use maps,
+			    * < BPFWALL_MAX_ENDPOINTS; the same in every generation */
+	__u32 ct_limit;    /* conntrack entries this endpoint may hold */
+	struct endpoint_state gen[BPFWALL_GENERATIONS];
 };
 
 /* ---- ipcache: address prefix -> identity ------------------------------ */
@@ -86,14 +104,18 @@ struct ipcache_key {
 };
 
 struct ipcache_value {
-	__u32 identity;
+	__u32 identity[BPFWALL_GENERATIONS]; /* 0: no entry in that generation */
 };
 /*
  * Host addresses (prefixlen 64 for IPv4, 160 for IPv6) go to
- * bpfwall_ipcache_exact_v1, a hash with the same key; shorter prefixes to
+ * bpfwall_ipcache_exact_v2, a hash with the same key; shorter prefixes to
  * the trie. A host address is always the longest match, so the datapath
- * asks the hash first and the trie only on a miss: one hash lookup for
- * every container peer, however many entries there are.
+ * asks the hash first and the trie only on a miss (or when the hash entry
+ * is absent in the packet's generation): one hash lookup for every
+ * container peer, however many entries there are. A trie entry absent in a
+ * generation carries, for that generation, the identity of the longest
+ * prefix of that generation that contains it (or none: the world), which
+ * is what the trie would have answered without it.
  */
 
 /* ---- policy: (local identity, peer, direction, proto, port) -> verdict */
@@ -117,20 +139,49 @@ struct policy_key {
 };
 
 struct policy_value {
-	__u8 verdict; /* BPFWALL_VERDICT_* */
-	__u8 pad[3];
+	__u8 verdict[BPFWALL_GENERATIONS]; /* BPFWALL_VERDICT_*; 0: none */
+	__u8 pad[2];
 };
 /*
  * Entries with prefixlen BPFWALL_POLICY_PREFIX_FULL (one protocol, one
- * port) go to bpfwall_policy_exact_v1, a hash with the same key; port
+ * port) go to bpfwall_policy_exact_v2, a hash with the same key; port
  * ranges, any-port and any-protocol entries to the trie. Within one (local
  * identity, peer, direction) an exact entry is the longest match there can
  * be, and the compiler has already resolved deny precedence into the
  * entries, so a hash hit is the trie's answer; the trie is asked on a miss.
+ * As in the ipcache, a trie entry absent in a generation carries the
+ * verdict of that generation's longest entry covering it, or none.
  */
+
+/* ---- sources: which addresses an endpoint may send from -------------- */
+/*
+ * Egress drops a packet whose source address is not one of the sending
+ * endpoint's (BPFWALL_DROP_SPOOFED): a container with CAP_NET_RAW cannot
+ * borrow a peer's identity. Host-network endpoints may send from the
+ * host's addresses; a container in another's netns from that one's.
+ */
+struct source_key {
+	__u32 endpoint_id;
+	__u8 family; /* BPFWALL_FAMILY_* */
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+struct source_value {
+	__u8 allowed[BPFWALL_GENERATIONS]; /* 1: allowed in that generation */
+	__u8 pad[2];
+};
 
 /* ---- conntrack, keyed from the endpoint's point of view -------------- */
 #define BPFWALL_CT_TCP_CLOSING 0x1 /* FIN or RST seen */
+#define BPFWALL_CT_SEEN_REPLY 0x2  /* a packet passed in the reply direction */
+#define BPFWALL_CT_REVOKED 0x4     /* policy no longer allows the flow (at policy_revision) */
+/* Lifetimes since the last packet, in seconds, after Cilium's defaults
+ * (the daemon's collector removes entries past them). */
+#define BPFWALL_CT_LIFETIME_TCP_S 21600        /* a TCP flow that saw a reply */
+#define BPFWALL_CT_LIFETIME_TCP_OPENING_S 60   /* a TCP flow that did not (yet) */
+#define BPFWALL_CT_LIFETIME_TCP_CLOSING_S 10   /* after FIN or RST */
+#define BPFWALL_CT_LIFETIME_OTHER_S 60
 
 struct ct_key {
 	__u8 local_addr[16];
@@ -148,17 +199,31 @@ struct ct_value {
 	__u8 origin_direction;   /* direction of the packet that opened the flow */
 	__u8 flags;              /* BPFWALL_CT_* */
 	__u8 pad[2];
-	__u32 policy_revision;   /* bpfwall_policy_rev_v1 when policy last allowed
-				  * the flow in its origin direction */
+	__u32 policy_revision;   /* the revision policy last decided the flow at;
+				  * packets in both directions are decided
+				  * again when it is not the current one */
+};
+/*
+ * bpfwall_ct_v2 is a hash without preallocation and without eviction: a
+ * flood of flows cannot push out another endpoint's entries. Each endpoint
+ * may hold at most its endpoint_info.ct_limit entries; beyond the shared
+ * limit (ct_config.shared_limit) an endpoint still gets its first
+ * ct_config.guaranteed entries, which the daemon keeps room for. Entries
+ * are counted in bpfwall_ct_used_v2 (index: endpoint id; index 0: the whole
+ * map): the datapath adds, the daemon's collector removes expired entries
+ * and recounts. A flow that finds no room is not tracked (and counted).
+ */
+struct ct_config {
+	__u32 shared_limit; /* entries beyond which only guaranteed shares remain */
+	__u32 guaranteed;   /* entries every endpoint may take whatever the fill */
+	__u32 pad[2];
 };
 
 /* ---- policy revision ------------------------------------------------- */
 /*
- * One u32 at key 0, bumped by the daemon after every change to the
- * endpoint, ipcache or policy maps has landed (removals included). A
- * packet of an established flow in its origin direction skips the policy
- * lookup only while its conntrack entry carries the current revision; any
- * change makes the next packet of every flow be decided again.
+ * One u32 at key 0, bumped by the daemon by exactly one for every change
+ * (it never passes through zero: zero marks conntrack entries that must
+ * be decided again). Its lowest bit is the active generation.
  */
 struct policy_revision {
 	__u32 revision;
@@ -170,13 +235,16 @@ struct endpoint_counters {
 	__u64 dropped_packets[2];
 	__u64 allowed_bytes[2];
 	__u64 dropped_bytes[2];
+	__u64 untracked_flows;    /* allowed flows that found no conntrack room */
+	__u64 pad;
 };
 
 /* ---- map sizes ------------------------------------------------------- */
 #define BPFWALL_MAX_ENDPOINTS 16384
 #define BPFWALL_IPCACHE_ENTRIES 65536
 #define BPFWALL_POLICY_ENTRIES 524288
-#define BPFWALL_CT_ENTRIES 262144
+#define BPFWALL_SOURCE_ENTRIES 65536
+#define BPFWALL_CT_ENTRIES 524288
 
 /* ---- the maps -------------------------------------------------------- */
 struct {
@@ -184,7 +252,7 @@ struct {
 	__uint(max_entries, BPFWALL_MAX_ENDPOINTS);
 	__type(key, struct endpoint_key);
 	__type(value, struct endpoint_info);
-} bpfwall_endpoints_v1 SEC(".maps");
+} bpfwall_endpoints_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -192,7 +260,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ipcache_key);
 	__type(value, struct ipcache_value);
-} bpfwall_ipcache_v1 SEC(".maps");
+} bpfwall_ipcache_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -200,7 +268,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ipcache_key);
 	__type(value, struct ipcache_value);
-} bpfwall_ipcache_exact_v1 SEC(".maps");
+} bpfwall_ipcache_exact_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -208,7 +276,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
-} bpfwall_policy_v1 SEC(".maps");
+} bpfwall_policy_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -216,34 +284,57 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
-} bpfwall_policy_exact_v1 SEC(".maps");
+} bpfwall_policy_exact_v2 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFWALL_SOURCE_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct source_key);
+	__type(value, struct source_value);
+} bpfwall_sources_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, BPFWALL_CT_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
-} bpfwall_ct_v1 SEC(".maps");
+} bpfwall_ct_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BPFWALL_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} bpfwall_ct_used_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ct_config);
+} bpfwall_ct_config_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct policy_revision);
-} bpfwall_policy_rev_v1 SEC(".maps");
+} bpfwall_policy_rev_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, BPFWALL_MAX_ENDPOINTS);
 	__type(key, __u32);
 	__type(value, struct endpoint_counters);
-} bpfwall_counters_v1 SEC(".maps");
+} bpfwall_counters_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, BPFWALL_DROP_REASON_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
-} bpfwall_drops_v1 SEC(".maps");
+} bpfwall_drops_v2 SEC(".maps");
 
 #endif /* BPFWALL_MAPS_H */

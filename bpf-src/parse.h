@@ -11,7 +11,21 @@
 #include <bpf/bpf_endian.h>
 #include "bpfwall_maps.h"
 
-#define IPV6_MAX_EXT_HEADERS 4
+/*
+ * At most this many IPv6 extension headers are walked; a packet with more is
+ * dropped (BPFWALL_DROP_EXT_HEADERS) rather than decided on a guess.
+ */
+#define IPV6_MAX_EXT_HEADERS 8
+
+/* parse_flow's results. */
+#define PARSE_OK 0
+#define PARSE_NOT_IP 1         /* neither IPv4 nor IPv6: passed */
+#define PARSE_MALFORMED (-1)   /* a header could not be read */
+#define PARSE_EXT_HEADERS (-2) /* more IPv6 extension headers than the bound */
+
+#ifndef IPPROTO_MH
+#define IPPROTO_MH 135
+#endif
 
 /* From linux/icmp.h and linux/icmpv6.h, which pull in libc headers. */
 #define ICMP_ECHOREPLY 0
@@ -48,7 +62,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 l4, __u8 direct
 		__u8 hdr[14];
 
 		if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) < 0)
-			return -1;
+			return PARSE_MALFORMED;
 		__builtin_memcpy(&sport, &hdr[0], 2);
 		__builtin_memcpy(&dport, &hdr[2], 2);
 		f->tcp_flags = hdr[13];
@@ -58,7 +72,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 l4, __u8 direct
 		struct udphdr uh;
 
 		if (bpf_skb_load_bytes(skb, l4, &uh, sizeof(uh)) < 0)
-			return -1;
+			return PARSE_MALFORMED;
 		sport = uh.source;
 		dport = uh.dest;
 		break;
@@ -72,7 +86,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 l4, __u8 direct
 		__u8 reply = f->protocol == IPPROTO_ICMP ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY;
 
 		if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) < 0)
-			return -1;
+			return PARSE_MALFORMED;
 		__builtin_memcpy(&id, &hdr[4], 2);
 		/* Policy matches the ICMP type; conntrack pairs echoes by identifier. */
 		f->dport_be = bpf_htons(hdr[0]);
@@ -81,10 +95,10 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 l4, __u8 direct
 			f->local_port_be = id;
 			f->remote_port_be = id;
 		}
-		return 0;
+		return PARSE_OK;
 	}
 	default:
-		return 0;
+		return PARSE_OK;
 	}
 	f->dport_be = dport;
 	if (direction == BPFWALL_DIR_EGRESS) {
@@ -94,7 +108,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 l4, __u8 direct
 		f->local_port_be = dport;
 		f->remote_port_be = sport;
 	}
-	return 0;
+	return PARSE_OK;
 }
 
 static __always_inline void set_addrs(struct flow *f, __u8 direction, const void *src, const void *dst, __u32 len)
@@ -112,15 +126,23 @@ static __always_inline void set_addrs(struct flow *f, __u8 direction, const void
 	}
 }
 
+/*
+ * The extension headers that may stand between the IPv6 header and the
+ * upper layer. ESP (50) and "no next header" (59) end the chain: they are
+ * the packet's protocol, without ports.
+ */
 static __always_inline int ipv6_is_ext_header(__u8 nexthdr)
 {
 	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
-	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT;
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT ||
+	       nexthdr == IPPROTO_AH || nexthdr == IPPROTO_MH;
 }
 
 /*
- * Returns 0 and fills f for IPv4 and IPv6; 1 for packets that are neither
- * (the caller passes those); -1 when a header cannot be read.
+ * Fills f for IPv4 and IPv6 and returns PARSE_OK; PARSE_NOT_IP for packets
+ * that are neither (the caller passes those); PARSE_MALFORMED when a header
+ * cannot be read; PARSE_EXT_HEADERS when the IPv6 extension headers go on
+ * past IPV6_MAX_EXT_HEADERS.
  */
 static __always_inline int parse_flow(struct __sk_buff *skb, __u8 direction, struct flow *f)
 {
@@ -128,7 +150,7 @@ static __always_inline int parse_flow(struct __sk_buff *skb, __u8 direction, str
 
 	__builtin_memset(f, 0, sizeof(*f));
 	if (bpf_skb_load_bytes(skb, 0, &version, 1) < 0)
-		return -1;
+		return PARSE_MALFORMED;
 	version >>= 4;
 
 	if (version == 4) {
@@ -136,9 +158,9 @@ static __always_inline int parse_flow(struct __sk_buff *skb, __u8 direction, str
 		__u8 src[16] = {}, dst[16] = {};
 
 		if (bpf_skb_load_bytes(skb, 0, &iph, sizeof(iph)) < 0)
-			return -1;
+			return PARSE_MALFORMED;
 		if (iph.ihl < 5)
-			return -1;
+			return PARSE_MALFORMED;
 		f->family = BPFWALL_FAMILY_IPV4;
 		f->protocol = iph.protocol;
 		__builtin_memcpy(src, &iph.saddr, 4);
@@ -146,7 +168,7 @@ static __always_inline int parse_flow(struct __sk_buff *skb, __u8 direction, str
 		set_addrs(f, direction, src, dst, 4);
 		/* A non-first fragment carries no L4 header. */
 		if (iph.frag_off & bpf_htons(0x1fff))
-			return 0;
+			return PARSE_OK;
 		return parse_l4(skb, iph.ihl * 4, direction, f);
 	}
 	if (version == 6) {
@@ -155,7 +177,7 @@ static __always_inline int parse_flow(struct __sk_buff *skb, __u8 direction, str
 		__u8 nexthdr;
 
 		if (bpf_skb_load_bytes(skb, 0, &ip6h, sizeof(ip6h)) < 0)
-			return -1;
+			return PARSE_MALFORMED;
 		f->family = BPFWALL_FAMILY_IPV6;
 		set_addrs(f, direction, &ip6h.saddr, &ip6h.daddr, 16);
 		nexthdr = ip6h.nexthdr;
@@ -166,27 +188,33 @@ static __always_inline int parse_flow(struct __sk_buff *skb, __u8 direction, str
 			if (!ipv6_is_ext_header(nexthdr))
 				break;
 			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0)
-				return -1;
+				return PARSE_MALFORMED;
 			if (nexthdr == IPPROTO_FRAGMENT) {
 				__be16 frag_off;
 
 				if (bpf_skb_load_bytes(skb, off + 2, &frag_off, 2) < 0)
-					return -1;
+					return PARSE_MALFORMED;
 				nexthdr = ext[0];
 				off += 8;
 				if (frag_off & bpf_htons(0xfff8)) {
+					/* A non-first fragment: no upper-layer header. */
 					f->protocol = nexthdr;
-					return 0;
+					return PARSE_OK;
 				}
 				continue;
 			}
+			if (nexthdr == IPPROTO_AH)
+				off += ((__u32)ext[1] + 2) * 4; /* AH counts 32-bit words, minus 2 */
+			else
+				off += ((__u32)ext[1] + 1) * 8; /* the others: 8 bytes, minus 1 */
 			nexthdr = ext[0];
-			off += ((__u32)ext[1] + 1) * 8;
 		}
+		if (ipv6_is_ext_header(nexthdr))
+			return PARSE_EXT_HEADERS;
 		f->protocol = nexthdr;
 		return parse_l4(skb, off, direction, f);
 	}
-	return 1;
+	return PARSE_NOT_IP;
 }
 
 #endif /* BPFWALL_PARSE_H */

@@ -9,19 +9,29 @@
  *
  *   step  condition                                        result
  *   1     not IPv4 / IPv6                                  pass
- *   2     on loopback (ifindex 1) in the endpoint's netns  pass, untracked
+ *   2     on loopback (ifindex 1), endpoint not in the     pass, untracked
+ *         host's netns
  *   3     IP or L4 header unreadable                       drop MALFORMED
- *   4     cgroup not in bpfwall_endpoints_v1               drop UNKNOWN_ENDPOINT
- *   5     conntrack: reply of a live flow opened the       pass
- *         other way (a TCP SYN is never a reply)
- *   5b    conntrack: a live flow in its origin direction   pass (a cache of 6-10:
- *         that policy allowed at the current policy         same answer, no
- *         revision (not a TCP SYN)                          lookups)
+ *   3b    more IPv6 extension headers than the bound       drop EXT_HEADERS
+ *   4     cgroup not an endpoint in the packet's           drop UNKNOWN_ENDPOINT
+ *         generation
+ *   4b    egress, source address not the endpoint's        drop SPOOFED
+ *   5     conntrack: a live flow (either direction) that   pass (a cache of 6-10
+ *         policy allowed at the current revision (a TCP     for the flow's opening
+ *         SYN is never part of a tracked flow)              direction)
+ *   5b    conntrack: a live flow policy denied at the      drop FLOW_REVOKED
+ *         current revision
+ *   5c    conntrack: a live flow decided at an older       steps 6-10 for its opening
+ *         revision                                          direction: pass, or drop
+ *                                                           and mark it revoked
  *   6     direction not enforced for the endpoint          pass, tracked
  *   7     endpoint's policy in error for the direction     drop POLICY_ERROR
  *   8     a deny entry matches, for this peer or any peer  drop POLICY_DENY
  *   9     an allow entry matches, this peer or any peer    pass, tracked
  *   10    otherwise                                        drop POLICY_DEFAULT
+ *
+ * Every lookup reads the generation the packet started with (the lowest
+ * bit of the policy revision, read once per packet): see bpfwall_maps.h.
  *
  * Within one (local identity, peer, direction) the trie returns the longest
  * match; the compiler removes every allow that a broader deny covers, so the
@@ -34,23 +44,30 @@
 #include "bpfwall_maps.h"
 #include "parse.h"
 
-static __always_inline __u32 ipcache_identity(const struct flow *f)
+/* The peer's identity in generation g: the exact hash, then the trie. */
+static __always_inline __u32 ipcache_identity(const struct flow *f, __u32 g)
 {
 	struct ipcache_key key = {};
 	struct ipcache_value *v;
+	__u32 identity = 0;
 
 	key.family = f->family;
 	key.prefixlen = BPFWALL_IPCACHE_PREFIX_BASE + (f->family == BPFWALL_FAMILY_IPV4 ? 32 : 128);
 	__builtin_memcpy(key.addr, f->remote_addr, 16);
 	/* Host addresses: one hash lookup; prefixes: the trie (see bpfwall_maps.h). */
-	v = bpf_map_lookup_elem(&bpfwall_ipcache_exact_v1, &key);
-	if (!v)
-		v = bpf_map_lookup_elem(&bpfwall_ipcache_v1, &key);
-	return v ? v->identity : BPFWALL_IDENTITY_WORLD;
+	v = bpf_map_lookup_elem(&bpfwall_ipcache_exact_v2, &key);
+	if (v)
+		identity = v->identity[g & 1];
+	if (!identity) {
+		v = bpf_map_lookup_elem(&bpfwall_ipcache_v2, &key);
+		if (v)
+			identity = v->identity[g & 1];
+	}
+	return identity ? identity : BPFWALL_IDENTITY_WORLD;
 }
 
 static __always_inline __u8 policy_lookup(__u32 local_identity, __u32 peer_identity, __u8 direction,
-					 const struct flow *f)
+					 const struct flow *f, __u32 g)
 {
 	struct policy_key key = {
 		.prefixlen = BPFWALL_POLICY_PREFIX_FULL,
@@ -61,15 +78,19 @@ static __always_inline __u8 policy_lookup(__u32 local_identity, __u32 peer_ident
 		.dport_be = f->dport_be,
 	};
 	/* An exact (protocol, port) entry is the longest match: hash first. */
-	struct policy_value *v = bpf_map_lookup_elem(&bpfwall_policy_exact_v1, &key);
+	struct policy_value *v = bpf_map_lookup_elem(&bpfwall_policy_exact_v2, &key);
+	__u8 verdict = v ? v->verdict[g & 1] : 0;
 
-	if (!v)
-		v = bpf_map_lookup_elem(&bpfwall_policy_v1, &key);
-	return v ? v->verdict : 0;
+	if (!verdict) {
+		v = bpf_map_lookup_elem(&bpfwall_policy_v2, &key);
+		verdict = v ? v->verdict[g & 1] : 0;
+	}
+	return verdict;
 }
 
-/* Steps 6 to 10. Returns 0 to pass, or a BPFWALL_DROP_* reason. */
-static __always_inline __u32 policy_decide(const struct endpoint_info *ep, __u8 direction, const struct flow *f)
+/* Steps 6 to 10 in generation g. Returns 0 to pass, or a BPFWALL_DROP_* reason. */
+static __always_inline __u32 policy_decide(const struct endpoint_state *ep, __u8 direction, const struct flow *f,
+					   __u32 g)
 {
 	__u32 enforce = direction == BPFWALL_DIR_INGRESS ? BPFWALL_EP_ENFORCE_INGRESS : BPFWALL_EP_ENFORCE_EGRESS;
 	__u32 error = direction == BPFWALL_DIR_INGRESS ? BPFWALL_EP_ERROR_INGRESS : BPFWALL_EP_ERROR_EGRESS;
@@ -80,9 +101,9 @@ static __always_inline __u32 policy_decide(const struct endpoint_info *ep, __u8 
 		return 0;
 	if (ep->flags & error)
 		return BPFWALL_DROP_POLICY_ERROR;
-	peer = ipcache_identity(f);
-	specific = policy_lookup(ep->identity, peer, direction, f);
-	wildcard = policy_lookup(ep->identity, BPFWALL_IDENTITY_ANY, direction, f);
+	peer = ipcache_identity(f, g);
+	specific = policy_lookup(ep->identity, peer, direction, f, g);
+	wildcard = policy_lookup(ep->identity, BPFWALL_IDENTITY_ANY, direction, f, g);
 	if (specific == BPFWALL_VERDICT_DENY || wildcard == BPFWALL_VERDICT_DENY)
 		return BPFWALL_DROP_POLICY_DENY;
 	if (specific == BPFWALL_VERDICT_ALLOW || wildcard == BPFWALL_VERDICT_ALLOW)

@@ -32,7 +32,7 @@ cargo build --quiet -p bpfwall
 export BPFWALL_BIN="$top/target/debug/bpfwall"
 log=$(mktemp)
 status=0
-cargo test --workspace -- --test-threads="${BPFWALL_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast -- --test-threads="${BPFWALL_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one per binary).
 passed=$( (grep -oE '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true) | awk '{s+=$4} END {print s+0}')
 failed=$( (grep -oE '[0-9]+ failed;' "$log" || true) | awk '{s+=$1} END {print s+0}')

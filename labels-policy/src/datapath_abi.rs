@@ -18,25 +18,34 @@
 )]
 
 /// `BPFWALL_ABI_VERSION`: bumped with every layout change, with the map names.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
-pub const MAP_ENDPOINTS: &str = "bpfwall_endpoints_v1";
-pub const MAP_IPCACHE: &str = "bpfwall_ipcache_v1";
-pub const MAP_POLICY: &str = "bpfwall_policy_v1";
-pub const MAP_IPCACHE_EXACT: &str = "bpfwall_ipcache_exact_v1";
-pub const MAP_POLICY_EXACT: &str = "bpfwall_policy_exact_v1";
-pub const MAP_CT: &str = "bpfwall_ct_v1";
-pub const MAP_POLICY_REV: &str = "bpfwall_policy_rev_v1";
-pub const MAP_COUNTERS: &str = "bpfwall_counters_v1";
-pub const MAP_DROPS: &str = "bpfwall_drops_v1";
+/// `BPFWALL_GENERATIONS`: every compiled value is stored once per generation.
+pub const GENERATIONS: usize = 2;
+
+pub const MAP_ENDPOINTS: &str = "bpfwall_endpoints_v2";
+pub const MAP_IPCACHE: &str = "bpfwall_ipcache_v2";
+pub const MAP_POLICY: &str = "bpfwall_policy_v2";
+pub const MAP_IPCACHE_EXACT: &str = "bpfwall_ipcache_exact_v2";
+pub const MAP_POLICY_EXACT: &str = "bpfwall_policy_exact_v2";
+pub const MAP_SOURCES: &str = "bpfwall_sources_v2";
+pub const MAP_CT: &str = "bpfwall_ct_v2";
+pub const MAP_CT_USED: &str = "bpfwall_ct_used_v2";
+pub const MAP_CT_CONFIG: &str = "bpfwall_ct_config_v2";
+pub const MAP_POLICY_REV: &str = "bpfwall_policy_rev_v2";
+pub const MAP_COUNTERS: &str = "bpfwall_counters_v2";
+pub const MAP_DROPS: &str = "bpfwall_drops_v2";
 /// Every map the object defines, for pinning.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE,
     MAP_IPCACHE_EXACT,
     MAP_POLICY,
     MAP_POLICY_EXACT,
+    MAP_SOURCES,
     MAP_CT,
+    MAP_CT_USED,
+    MAP_CT_CONFIG,
     MAP_POLICY_REV,
     MAP_COUNTERS,
     MAP_DROPS,
@@ -61,6 +70,7 @@ pub const EP_ENFORCE_INGRESS: u32 = 0x1;
 pub const EP_ENFORCE_EGRESS: u32 = 0x2;
 pub const EP_ERROR_INGRESS: u32 = 0x4;
 pub const EP_ERROR_EGRESS: u32 = 0x8;
+pub const EP_HOST_NETWORK: u32 = 0x10;
 
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
@@ -71,11 +81,18 @@ pub const POLICY_PREFIX_ANY_PORT: u32 = 80;
 pub const POLICY_PREFIX_FULL: u32 = 96;
 
 pub const CT_TCP_CLOSING: u8 = 0x1;
+pub const CT_SEEN_REPLY: u8 = 0x2;
+pub const CT_REVOKED: u8 = 0x4;
+pub const CT_LIFETIME_TCP_S: u64 = 21600;
+pub const CT_LIFETIME_TCP_OPENING_S: u64 = 60;
+pub const CT_LIFETIME_TCP_CLOSING_S: u64 = 10;
+pub const CT_LIFETIME_OTHER_S: u64 = 60;
 
 pub const MAX_ENDPOINTS: u32 = 16384;
 pub const IPCACHE_ENTRIES: u32 = 65536;
 pub const POLICY_ENTRIES: u32 = 524_288;
-pub const CT_ENTRIES: u32 = 262_144;
+pub const SOURCE_ENTRIES: u32 = 65536;
+pub const CT_ENTRIES: u32 = 524_288;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -83,7 +100,7 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_SCTP: u8 = 132;
 
-/// Named drop reasons (`BPFWALL_DROP_*`), indices into `bpfwall_drops_v1`.
+/// Named drop reasons (`BPFWALL_DROP_*`), indices into `bpfwall_drops_v2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u32)]
 pub enum DropReason {
@@ -92,19 +109,25 @@ pub enum DropReason {
     PolicyError = 3,
     UnknownEndpoint = 4,
     Malformed = 5,
+    Spoofed = 6,
+    ExtHeaders = 7,
+    FlowRevoked = 8,
 }
 
 /// `BPFWALL_DROP_REASON_MAX`.
-pub const DROP_REASON_MAX: u32 = 6;
+pub const DROP_REASON_MAX: u32 = 9;
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::PolicyDeny,
         DropReason::PolicyDefault,
         DropReason::PolicyError,
         DropReason::UnknownEndpoint,
         DropReason::Malformed,
+        DropReason::Spoofed,
+        DropReason::ExtHeaders,
+        DropReason::FlowRevoked,
     ];
 
     /// The name operators see in `status`.
@@ -115,6 +138,9 @@ impl DropReason {
             DropReason::PolicyError => "policy-error",
             DropReason::UnknownEndpoint => "unknown-endpoint",
             DropReason::Malformed => "malformed",
+            DropReason::Spoofed => "spoofed-source",
+            DropReason::ExtHeaders => "ipv6-extension-headers",
+            DropReason::FlowRevoked => "flow-revoked",
         }
     }
 }
@@ -127,6 +153,7 @@ impl DropReason {
 /// [`DropReason`] to `BPFWALL_DROP_*`.
 pub const DEFINES: &[(&str, u64)] = &[
     ("BPFWALL_ABI_VERSION", ABI_VERSION as u64),
+    ("BPFWALL_GENERATIONS", GENERATIONS as u64),
     ("BPFWALL_IDENTITY_ANY", IDENTITY_ANY as u64),
     ("BPFWALL_IDENTITY_HOST", IDENTITY_HOST as u64),
     ("BPFWALL_IDENTITY_WORLD", IDENTITY_WORLD as u64),
@@ -150,11 +177,15 @@ pub const DEFINES: &[(&str, u64)] = &[
         DropReason::UnknownEndpoint as u64,
     ),
     ("BPFWALL_DROP_MALFORMED", DropReason::Malformed as u64),
+    ("BPFWALL_DROP_SPOOFED", DropReason::Spoofed as u64),
+    ("BPFWALL_DROP_EXT_HEADERS", DropReason::ExtHeaders as u64),
+    ("BPFWALL_DROP_FLOW_REVOKED", DropReason::FlowRevoked as u64),
     ("BPFWALL_DROP_REASON_MAX", DROP_REASON_MAX as u64),
     ("BPFWALL_EP_ENFORCE_INGRESS", EP_ENFORCE_INGRESS as u64),
     ("BPFWALL_EP_ENFORCE_EGRESS", EP_ENFORCE_EGRESS as u64),
     ("BPFWALL_EP_ERROR_INGRESS", EP_ERROR_INGRESS as u64),
     ("BPFWALL_EP_ERROR_EGRESS", EP_ERROR_EGRESS as u64),
+    ("BPFWALL_EP_HOST_NETWORK", EP_HOST_NETWORK as u64),
     ("BPFWALL_FAMILY_IPV4", FAMILY_IPV4 as u64),
     ("BPFWALL_FAMILY_IPV6", FAMILY_IPV6 as u64),
     ("BPFWALL_IPCACHE_PREFIX_BASE", IPCACHE_PREFIX_BASE as u64),
@@ -168,9 +199,22 @@ pub const DEFINES: &[(&str, u64)] = &[
     ),
     ("BPFWALL_POLICY_PREFIX_FULL", POLICY_PREFIX_FULL as u64),
     ("BPFWALL_CT_TCP_CLOSING", CT_TCP_CLOSING as u64),
+    ("BPFWALL_CT_SEEN_REPLY", CT_SEEN_REPLY as u64),
+    ("BPFWALL_CT_REVOKED", CT_REVOKED as u64),
+    ("BPFWALL_CT_LIFETIME_TCP_S", CT_LIFETIME_TCP_S),
+    (
+        "BPFWALL_CT_LIFETIME_TCP_OPENING_S",
+        CT_LIFETIME_TCP_OPENING_S,
+    ),
+    (
+        "BPFWALL_CT_LIFETIME_TCP_CLOSING_S",
+        CT_LIFETIME_TCP_CLOSING_S,
+    ),
+    ("BPFWALL_CT_LIFETIME_OTHER_S", CT_LIFETIME_OTHER_S),
     ("BPFWALL_MAX_ENDPOINTS", MAX_ENDPOINTS as u64),
     ("BPFWALL_IPCACHE_ENTRIES", IPCACHE_ENTRIES as u64),
     ("BPFWALL_POLICY_ENTRIES", POLICY_ENTRIES as u64),
+    ("BPFWALL_SOURCE_ENTRIES", SOURCE_ENTRIES as u64),
     ("BPFWALL_CT_ENTRIES", CT_ENTRIES as u64),
 ];
 
@@ -181,14 +225,21 @@ pub struct EndpointKey {
     pub cgroup_id: u64,
 }
 
+/// Mirrors `struct endpoint_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct EndpointState {
+    pub identity: u32,
+    pub flags: u32,
+}
+
 /// Mirrors `struct endpoint_info`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(C)]
 pub struct EndpointInfo {
     pub endpoint_id: u32,
-    pub identity: u32,
-    pub flags: u32,
-    pub pad: u32,
+    pub ct_limit: u32,
+    pub gen: [EndpointState; GENERATIONS],
 }
 
 /// Mirrors `struct ipcache_key`.
@@ -205,7 +256,7 @@ pub struct IpcacheKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(C)]
 pub struct IpcacheValue {
-    pub identity: u32,
+    pub identity: [u32; GENERATIONS],
 }
 
 /// Mirrors `struct policy_key`.
@@ -224,8 +275,26 @@ pub struct PolicyKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(C)]
 pub struct PolicyValue {
-    pub verdict: u8,
+    pub verdict: [u8; GENERATIONS],
+    pub pad: [u8; 2],
+}
+
+/// Mirrors `struct source_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct SourceKey {
+    pub endpoint_id: u32,
+    pub family: u8,
     pub pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// Mirrors `struct source_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct SourceValue {
+    pub allowed: [u8; GENERATIONS],
+    pub pad: [u8; 2],
 }
 
 /// Mirrors `struct ct_key`.
@@ -253,6 +322,15 @@ pub struct CtValue {
     pub policy_revision: u32,
 }
 
+/// Mirrors `struct ct_config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct CtConfig {
+    pub shared_limit: u32,
+    pub guaranteed: u32,
+    pub pad: [u32; 2],
+}
+
 /// Mirrors `struct policy_revision`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -268,6 +346,8 @@ pub struct EndpointCounters {
     pub dropped_packets: [u64; 2],
     pub allowed_bytes: [u64; 2],
     pub dropped_bytes: [u64; 2],
+    pub untracked_flows: u64,
+    pub pad: u64,
 }
 
 impl EndpointCounters {
@@ -279,20 +359,25 @@ impl EndpointCounters {
             self.allowed_bytes[d] += other.allowed_bytes[d];
             self.dropped_bytes[d] += other.dropped_bytes[d];
         }
+        self.untracked_flows += other.untracked_flows;
     }
 }
 
 const _: () = {
     assert!(size_of::<EndpointKey>() == 8);
-    assert!(size_of::<EndpointInfo>() == 16);
+    assert!(size_of::<EndpointState>() == 8);
+    assert!(size_of::<EndpointInfo>() == 24);
     assert!(size_of::<IpcacheKey>() == 24);
-    assert!(size_of::<IpcacheValue>() == 4);
+    assert!(size_of::<IpcacheValue>() == 8);
     assert!(size_of::<PolicyKey>() == 16);
     assert!(size_of::<PolicyValue>() == 4);
+    assert!(size_of::<SourceKey>() == 24);
+    assert!(size_of::<SourceValue>() == 4);
     assert!(size_of::<CtKey>() == 44);
     assert!(size_of::<CtValue>() == 16);
+    assert!(size_of::<CtConfig>() == 16);
     assert!(size_of::<PolicyRevision>() == 4);
-    assert!(size_of::<EndpointCounters>() == 64);
+    assert!(size_of::<EndpointCounters>() == 80);
 };
 
 /// One struct's layout as the tests compare it with the object's BTF:
@@ -310,11 +395,8 @@ macro_rules! layout {
 pub fn layouts() -> Vec<StructLayout> {
     vec![
         layout!("endpoint_key", EndpointKey, [cgroup_id]),
-        layout!(
-            "endpoint_info",
-            EndpointInfo,
-            [endpoint_id, identity, flags, pad]
-        ),
+        layout!("endpoint_state", EndpointState, [identity, flags]),
+        layout!("endpoint_info", EndpointInfo, [endpoint_id, ct_limit, gen]),
         layout!("ipcache_key", IpcacheKey, [prefixlen, family, pad, addr]),
         layout!("ipcache_value", IpcacheValue, [identity]),
         layout!(
@@ -330,6 +412,9 @@ pub fn layouts() -> Vec<StructLayout> {
             ]
         ),
         layout!("policy_value", PolicyValue, [verdict, pad]),
+        layout!("source_key", SourceKey, [endpoint_id, family, pad, addr]),
+        layout!("source_value", SourceValue, [allowed, pad]),
+        layout!("ct_config", CtConfig, [shared_limit, guaranteed, pad]),
         layout!(
             "ct_key",
             CtKey,
@@ -357,7 +442,9 @@ pub fn layouts() -> Vec<StructLayout> {
                 allowed_packets,
                 dropped_packets,
                 allowed_bytes,
-                dropped_bytes
+                dropped_bytes,
+                untracked_flows,
+                pad
             ]
         ),
     ]
@@ -377,6 +464,25 @@ pub fn ipcache_is_exact(key: &IpcacheKey) -> bool {
 /// port) rather than the trie: the rule of `bpfwall_maps.h`.
 pub fn policy_is_exact(key: &PolicyKey) -> bool {
     key.prefixlen == POLICY_PREFIX_FULL
+}
+
+/// The key of an address an endpoint may send from.
+pub fn source_key(endpoint_id: u32, addr: std::net::IpAddr) -> SourceKey {
+    let mut key = SourceKey {
+        endpoint_id,
+        ..SourceKey::default()
+    };
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            key.family = FAMILY_IPV4;
+            key.addr[..4].copy_from_slice(&a.octets());
+        }
+        std::net::IpAddr::V6(a) => {
+            key.family = FAMILY_IPV6;
+            key.addr.copy_from_slice(&a.octets());
+        }
+    }
+    key
 }
 
 /// The ipcache key for an address prefix.

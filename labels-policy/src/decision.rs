@@ -15,8 +15,8 @@
 
 use std::net::IpAddr;
 
-use crate::compile::{datapath_direction, key_covers, Compiled};
-use crate::datapath_abi::{self as abi, DropReason, EndpointInfo, PolicyKey};
+use crate::compile::{datapath_direction, key_covers, Compiled, Endpoint};
+use crate::datapath_abi::{self as abi, DropReason, PolicyKey};
 use crate::model::Direction;
 
 /// What happens to a packet.
@@ -44,6 +44,8 @@ pub enum CtState {
 pub struct Packet {
     /// Ingress or egress.
     pub direction: Direction,
+    /// The endpoint's own side's address (on egress, the source).
+    pub local: IpAddr,
     /// The other side's address.
     pub remote: IpAddr,
     /// IP protocol number.
@@ -61,7 +63,7 @@ pub fn ipcache_identity(compiled: &Compiled, addr: IpAddr) -> u32 {
     compiled
         .ipcache
         .iter()
-        .filter_map(|(k, v)| abi::ipcache_prefix(k).map(|p| (p, v.identity)))
+        .filter_map(|(k, v)| abi::ipcache_prefix(k).map(|p| (p, *v)))
         .filter(|(p, _)| p.contains(&addr))
         .max_by_key(|(p, _)| p.prefix_len())
         .map_or(abi::IDENTITY_WORLD, |(_, id)| id)
@@ -108,20 +110,31 @@ pub fn policy_lookup(
                 && key_covers(k, &packet_key)
         })
         .max_by_key(|(k, _)| k.prefixlen)
-        .map(|(_, v)| v.verdict)
+        .map(|(_, v)| *v)
+}
+
+/// May the endpoint send from this address (step 4b)?
+pub fn source_is_own(compiled: &Compiled, endpoint: &Endpoint, local: IpAddr) -> bool {
+    compiled
+        .sources
+        .contains(&abi::source_key(endpoint.endpoint_id, local))
 }
 
 /// Steps 2 to 10 of the decision table for an endpoint found in step 4
 /// (step 1, non-IP, and step 3, unreadable headers, happen before a packet
-/// has this shape).
-pub fn decide(
-    compiled: &Compiled,
-    endpoint: &EndpointInfo,
-    packet: &Packet,
-    ct: CtState,
-) -> Decision {
-    if packet.loopback {
+/// has this shape). A conntrack state is one at the current revision (a
+/// flow decided at an older one is decided again, like a new one).
+pub fn decide(compiled: &Compiled, endpoint: &Endpoint, packet: &Packet, ct: CtState) -> Decision {
+    if packet.loopback && endpoint.flags & abi::EP_HOST_NETWORK == 0 {
         return Decision::Pass;
+    }
+    let unspecified_icmpv6 = packet.protocol == abi::IPPROTO_ICMPV6
+        && matches!(packet.local, IpAddr::V6(a) if a.is_unspecified());
+    if packet.direction == Direction::Egress
+        && !source_is_own(compiled, endpoint, packet.local)
+        && !unspecified_icmpv6
+    {
+        return Decision::Drop(DropReason::Spoofed);
     }
     if ct == CtState::OpenedOtherWay && !packet.tcp_syn {
         return Decision::Pass;

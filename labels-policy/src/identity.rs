@@ -181,9 +181,131 @@ impl IdentityAllocator {
     }
 }
 
+/// Labels that name one instance rather than what a container is: never
+/// part of its identity unless the daemon is told otherwise. Compose's
+/// per-replica and per-run labels (so replicas of one service share an
+/// identity), and the OCI image annotations an image carries.
+pub const DEFAULT_EXCLUDED_LABELS: &[&str] = &[
+    "com.docker.compose.container-number",
+    "com.docker.compose.oneoff",
+    "com.docker.compose.config-hash",
+    "com.docker.compose.version",
+    "com.docker.compose.slug",
+    "com.docker.compose.replace",
+    "com.docker.compose.depends_on",
+    "com.docker.compose.image",
+    "com.docker.compose.project.config_files",
+    "com.docker.compose.project.working_dir",
+    "com.docker.compose.project.environment_file",
+    "org.opencontainers.image.*",
+];
+
+/// Which of a container's labels make its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityLabels {
+    /// Keys left out: exact, or a prefix when it ends in `*`.
+    pub exclude: Vec<String>,
+    /// Keep the labels a container only has from its image (off by
+    /// default: two services built from one image are not one identity).
+    pub include_image_labels: bool,
+}
+
+impl Default for IdentityLabels {
+    fn default() -> Self {
+        IdentityLabels {
+            exclude: DEFAULT_EXCLUDED_LABELS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            include_image_labels: false,
+        }
+    }
+}
+
+impl IdentityLabels {
+    /// Is this key left out of identities?
+    pub fn excludes(&self, key: &str) -> bool {
+        if key.starts_with(crate::syntax::LABEL_PREFIX) {
+            // A container's own policy is always part of what it is.
+            return false;
+        }
+        self.exclude
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => key.starts_with(prefix),
+                None => key == pattern,
+            })
+    }
+
+    /// The identity-relevant labels of a container with `labels`, whose
+    /// image carries `image_labels`. A label with the image's key and value
+    /// came from the image (a `--label` of the same key with another value
+    /// is the container's own, and kept).
+    pub fn relevant(&self, labels: &LabelSet, image_labels: &LabelSet) -> LabelSet {
+        labels
+            .iter()
+            .filter(|(k, v)| {
+                !self.excludes(k)
+                    && (self.include_image_labels
+                        || k.starts_with(crate::syntax::LABEL_PREFIX)
+                        || image_labels.get(*k) != Some(*v))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_and_images_do_not_split_identities() {
+        let l = |pairs: &[(&str, &str)]| -> LabelSet {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let config = IdentityLabels::default();
+        let image = l(&[
+            ("maintainer", "x"),
+            ("org.opencontainers.image.title", "web"),
+        ]);
+        let replica = |n: &str| {
+            l(&[
+                ("com.docker.compose.project", "shop"),
+                ("com.docker.compose.service", "web"),
+                ("com.docker.compose.container-number", n),
+                ("com.docker.compose.config-hash", "abc"),
+                ("maintainer", "x"),
+                ("org.opencontainers.image.title", "web"),
+                ("bpfwall.ingress", "allow from any"),
+            ])
+        };
+        let one = config.relevant(&replica("1"), &image);
+        assert_eq!(one, config.relevant(&replica("2"), &image));
+        assert_eq!(
+            one.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "bpfwall.ingress",
+                "com.docker.compose.project",
+                "com.docker.compose.service"
+            ]
+        );
+        // A label given at run time with another value than the image's stays.
+        let own = config.relevant(&l(&[("maintainer", "me")]), &image);
+        assert_eq!(own, l(&[("maintainer", "me")]));
+        let keep = IdentityLabels {
+            exclude: vec!["tier*".into()],
+            include_image_labels: true,
+        };
+        let kept = keep.relevant(
+            &l(&[("maintainer", "x"), ("tier", "a"), ("bpfwall.egress", "x")]),
+            &image,
+        );
+        assert_eq!(kept, l(&[("maintainer", "x"), ("bpfwall.egress", "x")]));
+    }
 
     #[test]
     fn lowest_free_finds_the_first_gap() {

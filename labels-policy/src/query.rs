@@ -103,7 +103,7 @@ fn side(
     containers: &[ContainerInput],
     index: usize,
     direction: Direction,
-    remote: IpAddr,
+    (local, remote): (IpAddr, IpAddr),
     protocol: u8,
     port: u16,
 ) -> Result<SideVerdict, CheckError> {
@@ -126,6 +126,7 @@ fn side(
     };
     let packet = Packet {
         direction,
+        local,
         remote,
         protocol,
         dport: port,
@@ -193,26 +194,26 @@ pub fn check(
     port: u16,
 ) -> Result<CheckResult, CheckError> {
     let mut sides = Vec::new();
+    let sender = address_of(from, containers, host)?;
+    let receiver = address_of(to, containers, host)?;
     if let FlowEnd::Container(i) = from {
-        let remote = address_of(to, containers, host)?;
         sides.push(side(
             compiled,
             containers,
             *i,
             Direction::Egress,
-            remote,
+            (sender, receiver),
             protocol,
             port,
         )?);
     }
     if let FlowEnd::Container(i) = to {
-        let remote = address_of(from, containers, host)?;
         sides.push(side(
             compiled,
             containers,
             *i,
             Direction::Ingress,
-            remote,
+            (receiver, sender),
             protocol,
             port,
         )?);

@@ -14,8 +14,8 @@
 
 use std::net::IpAddr;
 
-use crate::compile::{compile, Attachment, CompileInput, Compiled, ContainerInput};
-use crate::datapath_abi::{self as abi, DropReason, EndpointInfo};
+use crate::compile::{compile, Attachment, CompileInput, Compiled, ContainerInput, Endpoint};
+use crate::datapath_abi::{self as abi, DropReason};
 use crate::decision::{CtState, Decision, Packet};
 use crate::identity::{IdentityAllocator, IdentityExhausted};
 use crate::model::{Direction, LabelSet};
@@ -59,6 +59,9 @@ pub struct Case {
     pub ct: CtState,
     /// On the loopback device.
     pub loopback: bool,
+    /// The local side's address (on egress, the source): normally
+    /// `CASE_LOCAL_ADDR`, another for a forged source.
+    pub local: &'static str,
     /// What must happen.
     pub expect: Decision,
 }
@@ -72,6 +75,7 @@ const PASS: Decision = Decision::Pass;
 const DENY: Decision = Decision::Drop(DropReason::PolicyDeny);
 const DEFAULT: Decision = Decision::Drop(DropReason::PolicyDefault);
 const ERROR: Decision = Decision::Drop(DropReason::PolicyError);
+const SPOOFED: Decision = Decision::Drop(DropReason::Spoofed);
 
 const fn case(
     name: &'static str,
@@ -92,6 +96,7 @@ const fn case(
         tcp_syn: protocol == TCP,
         ct: CtState::None,
         loopback: false,
+        local: CASE_LOCAL_ADDR,
         expect,
     }
 }
@@ -449,6 +454,42 @@ pub fn cases() -> Vec<Case> {
                 PASS,
             )
         },
+        Case {
+            local: CASE_PEER_ADDR,
+            ..case(
+                "forged source: a peer's address on egress",
+                ARTICLE,
+                app3,
+                OUT,
+                UDP,
+                5353,
+                SPOOFED,
+            )
+        },
+        Case {
+            local: CASE_HOST_ADDR,
+            ..case(
+                "forged source: the host's address from a container",
+                ARTICLE,
+                app2,
+                OUT,
+                TCP,
+                80,
+                SPOOFED,
+            )
+        },
+        Case {
+            local: CASE_PEER_ADDR,
+            ..case(
+                "forged source: ingress does not look at it",
+                L3_ONLY,
+                app2,
+                IN,
+                TCP,
+                80,
+                PASS,
+            )
+        },
     ]
 }
 
@@ -458,7 +499,7 @@ pub struct CaseSetup {
     /// The compiled maps for the local container, app2, app3 and the host.
     pub compiled: Compiled,
     /// The local container's endpoint entry.
-    pub endpoint: EndpointInfo,
+    pub endpoint: Endpoint,
     /// The packet.
     pub packet: Packet,
     /// The local address the packet uses.
@@ -493,18 +534,24 @@ pub fn case_setup(case: &Case, cgroup_id: u64) -> Result<CaseSetup, IdentityExha
                 cgroup_id,
                 endpoint_id: 7,
             }),
+            network: Default::default(),
+            started: 0,
         },
         ContainerInput {
             name: "app2".into(),
             labels: labels(&[], "app2"),
             addresses: vec![parse_addr(CASE_PEER_ADDR)],
             attachment: None,
+            network: Default::default(),
+            started: 0,
         },
         ContainerInput {
             name: "app3".into(),
             labels: labels(&[], "app3"),
             addresses: vec![parse_addr(app3_addr)],
             attachment: None,
+            network: Default::default(),
+            started: 0,
         },
     ];
     let host = [parse_addr(CASE_HOST_ADDR)];
@@ -532,13 +579,14 @@ pub fn case_setup(case: &Case, cgroup_id: u64) -> Result<CaseSetup, IdentityExha
         endpoint,
         packet: Packet {
             direction: case.direction,
+            local: parse_addr(case.local),
             remote,
             protocol: case.protocol,
             dport: case.dport,
             tcp_syn: case.tcp_syn,
             loopback: case.loopback,
         },
-        local: parse_addr(CASE_LOCAL_ADDR),
+        local: parse_addr(case.local),
     })
 }
 

@@ -56,18 +56,24 @@ fn app1_compiled(app1: &[(&str, &str)], host_policies: &[HostPolicy]) -> labels_
                 cgroup_id: 1,
                 endpoint_id: 1,
             }),
+            network: Default::default(),
+            started: 0,
         },
         ContainerInput {
             name: "app2".into(),
             labels: labels(&[("id", "app2")]),
             addresses: vec!["10.0.0.2".parse().unwrap()],
             attachment: None,
+            network: Default::default(),
+            started: 0,
         },
         ContainerInput {
             name: "app3".into(),
             labels: labels(&[("id", "app3")]),
             addresses: vec!["10.0.0.3".parse().unwrap()],
             attachment: None,
+            network: Default::default(),
+            started: 0,
         },
     ];
     compile(

@@ -51,6 +51,8 @@ fn container(
             cgroup_id: c,
             endpoint_id: c as u32,
         }),
+        network: Default::default(),
+        started: 0,
     }
 }
 
@@ -95,7 +97,7 @@ fn article_policy_compiles_to_one_entry() {
             dport_be: 80u16.to_be(),
         }
     );
-    assert_eq!(v.verdict, abi::VERDICT_ALLOW);
+    assert_eq!(*v, abi::VERDICT_ALLOW);
     assert_eq!(out.endpoints.len(), 3);
     assert_eq!(
         out.endpoints[&abi::EndpointKey { cgroup_id: 11 }].flags,
@@ -176,7 +178,7 @@ fn covered_allows_are_removed_and_narrow_denies_kept() {
     let verdicts: BTreeSet<(u32, u8, u8)> = out
         .policy
         .iter()
-        .map(|(k, v)| (k.peer_identity, k.protocol, v.verdict))
+        .map(|(k, v)| (k.peer_identity, k.protocol, *v))
         .collect();
     let b = out.containers[1].identity;
     let c = out.containers[2].identity;

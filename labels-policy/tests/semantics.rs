@@ -46,6 +46,8 @@ fn container(name: &str, pairs: &[(&str, &str)], addresses: &[&str]) -> Containe
         labels: labels(pairs),
         addresses: addrs(addresses),
         attachment: None,
+        network: Default::default(),
+        started: 0,
     }
 }
 
@@ -101,6 +103,12 @@ fn check_against_oracle(
         cgroup_id: 1,
         endpoint_id: 1,
     });
+    // Egress packets leave from the container's own address (a forged one
+    // is dropped before policy: the decision-table cases cover that).
+    if containers[0].addresses.is_empty() {
+        containers[0].addresses.push("192.0.2.254".parse().unwrap());
+    }
+    let local = containers[0].addresses[0];
     let compiled = compile(
         CompileInput {
             containers: &containers,
@@ -134,6 +142,7 @@ fn check_against_oracle(
                 let expected = oracle::expected(rules, direction, &want_remote, protocol, dport);
                 let packet = Packet {
                     direction,
+                    local,
                     remote,
                     protocol,
                     dport,
@@ -236,7 +245,7 @@ proptest! {
         let parsed = labels_policy::policy_from_labels(&a_labels);
         prop_assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         let containers = vec![
-            ContainerInput { name: "a".into(), labels: a_labels.clone(), addresses: addrs(&["10.0.0.1"]), attachment: None },
+            ContainerInput { name: "a".into(), labels: a_labels.clone(), addresses: addrs(&["10.0.0.1"]), attachment: None, network: Default::default(), started: 0, },
             container("b", &[("id", "b"), ("role", "x")], &["10.0.0.2"]),
             container("c", &[("id", "c")], &["10.0.0.3"]),
             container("d", &[("id", "d"), ("role", "x")], &["10.0.0.9"]),

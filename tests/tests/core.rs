@@ -321,8 +321,8 @@ fn exit_leaves_no_state_behind() {
     );
     let baseline = |env: &TestEnv| {
         (
-            env.pinned_map_len("bpfwall_endpoints_v1"),
-            env.pinned_map_len("bpfwall_policy_v1"),
+            env.pinned_map_len("bpfwall_endpoints_v2"),
+            env.pinned_map_len("bpfwall_policy_v2"),
             env.pinned_links(),
         )
     };
@@ -355,7 +355,7 @@ fn exit_leaves_no_state_behind() {
     let ct = bpfwall_e2e::must(
         std::process::Command::new("bpftool")
             .args(["-j", "map", "dump", "pinned"])
-            .arg(env.pin_root.join("maps/bpfwall_ct_v1")),
+            .arg(env.pin_root.join("maps/bpfwall_ct_v2")),
     );
     let entries: serde_json::Value = serde_json::from_str(&ct).unwrap();
     let endpoint_ids: std::collections::BTreeSet<u64> = entries

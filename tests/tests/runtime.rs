@@ -298,5 +298,5 @@ fn hook_in_a_hand_written_runc_config() {
     env.wait_for("the exited container to be torn down", |env| {
         env.endpoint(&c).is_none() && env.pinned_links() == 0
     });
-    assert_eq!(env.pinned_map_len("bpfwall_endpoints_v1"), 0);
+    assert_eq!(env.pinned_map_len("bpfwall_endpoints_v2"), 0);
 }

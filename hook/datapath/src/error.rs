@@ -73,6 +73,13 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
+    /// The RCU barrier's maps could not be made.
+    #[error("cannot create the maps of the RCU barrier")]
+    Barrier {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A map is missing from the object.
     #[error("map {name} is missing from the object")]
     MissingMap {

@@ -1,41 +1,33 @@
 //! An in-memory [`Datapath`] for unit tests that need neither root nor BPF:
-//! it keeps what the maps and links would hold, records every call in
-//! order with the contents after it (so a test can ask what a packet would
-//! have met at each step), and fails on demand.
+//! it keeps what the active and the staged generation hold and the links,
+//! records every call in order with the active content after it (what a
+//! packet would have met at that step), and fails on demand.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use labels_policy::datapath_abi::{
-    DropReason, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, PolicyKey,
-    PolicyValue,
-};
+use labels_policy::datapath_abi::{self as abi, DropReason, EndpointCounters};
 use labels_policy::Direction;
 
-use crate::{CounterReader, Datapath, DatapathError, LinkPin, MapContents};
+use crate::maps::conntrack::{Collected, CtShares};
+use crate::{
+    ConntrackCollector, CounterReader, Datapath, DatapathError, LinkPin, MapContents, StageError,
+};
 
 /// One call the reconciler made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// `read`.
-    Read,
-    /// `upsert_policy` with this many entries.
-    UpsertPolicy(usize),
-    /// `upsert_ipcache`.
-    UpsertIpcache(usize),
-    /// `upsert_endpoints`.
-    UpsertEndpoints(usize),
-    /// `remove_policy`.
-    RemovePolicy(usize),
-    /// `remove_ipcache`.
-    RemoveIpcache(usize),
-    /// `remove_endpoints`.
-    RemoveEndpoints(usize),
+    /// `stage`.
+    Stage,
+    /// `flip`.
+    Flip,
+    /// `prune`.
+    Prune,
+    /// `set_conntrack_shares`.
+    SetShares(CtShares),
     /// `reset_counters` of this slot.
     ResetCounters(u32),
-    /// `bump_policy_revision`.
-    BumpRevision,
     /// `forget_conntrack` of these slots.
     ForgetConntrack(BTreeSet<u32>),
     /// `attach` for this owner and cgroup id.
@@ -45,19 +37,14 @@ pub enum Op {
 }
 
 impl Op {
-    /// The operation's kind, for failure injection: "upsert_policy",
-    /// "attach", ...
+    /// The operation's kind, for failure injection: "stage", "attach", ...
     pub fn kind(&self) -> &'static str {
         match self {
-            Op::Read => "read",
-            Op::UpsertPolicy(_) => "upsert_policy",
-            Op::UpsertIpcache(_) => "upsert_ipcache",
-            Op::UpsertEndpoints(_) => "upsert_endpoints",
-            Op::RemovePolicy(_) => "remove_policy",
-            Op::RemoveIpcache(_) => "remove_ipcache",
-            Op::RemoveEndpoints(_) => "remove_endpoints",
+            Op::Stage => "stage",
+            Op::Flip => "flip",
+            Op::Prune => "prune",
+            Op::SetShares(_) => "set_conntrack_shares",
             Op::ResetCounters(_) => "reset_counters",
-            Op::BumpRevision => "bump_policy_revision",
             Op::ForgetConntrack(_) => "forget_conntrack",
             Op::Attach(..) => "attach",
             Op::Detach(_) => "detach",
@@ -68,8 +55,12 @@ impl Op {
 /// What the fake holds; shared with the test through [`FakeDatapath::state`].
 #[derive(Debug, Default)]
 pub struct FakeState {
-    /// The three compiled map families.
-    pub contents: MapContents,
+    /// The active generation.
+    pub active: MapContents,
+    /// The staged generation, between stage and flip.
+    pub staged: Option<MapContents>,
+    /// Keys the maps still hold beyond the active generation (until prune).
+    pub leftover: MapContents,
     /// Pinned links.
     pub links: BTreeSet<LinkPin>,
     /// The policy revision.
@@ -78,14 +69,16 @@ pub struct FakeState {
     pub conntrack: BTreeMap<u32, usize>,
     /// Counters per endpoint slot.
     pub counters: BTreeMap<u32, EndpointCounters>,
-    /// Every call, with the map contents after it.
+    /// The conntrack shares last set.
+    pub shares: Option<CtShares>,
+    /// Every call, with the active content after it.
     pub journal: Vec<(Op, MapContents)>,
     /// Calls of this kind fail (with a map error) while set.
     pub fail_kind: Option<&'static str>,
     /// `attach` fails for these cgroup directories (the cgroup is gone).
     pub vanished_cgroups: BTreeSet<std::path::PathBuf>,
-    /// The policy family holds at most this many entries (a full map fails
-    /// the upsert that would pass it, after writing what fits).
+    /// The policy maps hold at most this many entries (both generations
+    /// together, as the real maps do).
     pub policy_capacity: Option<usize>,
 }
 
@@ -93,6 +86,8 @@ pub struct FakeState {
 #[derive(Debug, Clone, Default)]
 pub struct FakeDatapath {
     state: Arc<Mutex<FakeState>>,
+    /// A copy of the active content, for `active()`'s borrow.
+    active: MapContents,
 }
 
 fn injected(kind: &'static str) -> DatapathError {
@@ -114,101 +109,102 @@ impl FakeDatapath {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record(
+    fn record<T>(
         &self,
         op: Op,
-        change: impl FnOnce(&mut FakeState) -> Result<(), DatapathError>,
-    ) -> Result<(), DatapathError> {
+        change: impl FnOnce(&mut FakeState) -> Result<T, DatapathError>,
+    ) -> Result<T, DatapathError> {
         let mut s = self.state();
         if s.fail_kind == Some(op.kind()) {
             return Err(injected(op.kind()));
         }
         let result = change(&mut s);
-        let after = s.contents.clone();
+        let after = s.active.clone();
         s.journal.push((op, after));
         result
+    }
+
+    fn sync_active(&mut self) {
+        let active = self.state().active.clone();
+        self.active = active;
     }
 }
 
 impl Datapath for FakeDatapath {
-    fn read(&mut self) -> Result<MapContents, DatapathError> {
-        let mut out = MapContents::default();
-        self.record(Op::Read, |s| {
-            out = s.contents.clone();
-            Ok(())
+    fn active(&self) -> &MapContents {
+        &self.active
+    }
+
+    fn stage(&mut self, next: &MapContents) -> Result<(), StageError> {
+        let mut s = self.state();
+        if s.fail_kind == Some("stage") {
+            return Err(StageError::Datapath(injected("stage")));
+        }
+        if let Some(capacity) = s.policy_capacity {
+            let keys: BTreeSet<_> = s
+                .active
+                .policy
+                .keys()
+                .chain(s.leftover.policy.keys())
+                .chain(next.policy.keys())
+                .collect();
+            if keys.len() > capacity {
+                return Err(StageError::Full {
+                    map: abi::MAP_POLICY,
+                    needed: keys.len(),
+                    capacity,
+                });
+            }
+        }
+        s.staged = Some(next.clone());
+        let after = s.active.clone();
+        s.journal.push((Op::Stage, after));
+        Ok(())
+    }
+
+    fn flip(&mut self) -> Result<u32, DatapathError> {
+        let revision = self.record(Op::Flip, |s| {
+            if let Some(staged) = s.staged.take() {
+                let old = std::mem::replace(&mut s.active, staged);
+                s.leftover.policy.extend(old.policy);
+                s.leftover.ipcache.extend(old.ipcache);
+                s.leftover.endpoints.extend(old.endpoints);
+                s.leftover.sources.extend(old.sources);
+                s.revision = s.revision.wrapping_add(1).max(1);
+            }
+            Ok(s.revision)
         })?;
-        Ok(out)
+        self.sync_active();
+        Ok(revision)
     }
 
-    fn upsert_policy(&mut self, entries: &[(PolicyKey, PolicyValue)]) -> Result<(), DatapathError> {
-        self.record(Op::UpsertPolicy(entries.len()), |s| {
-            for (k, v) in entries {
-                let full = s
-                    .policy_capacity
-                    .is_some_and(|cap| s.contents.policy.len() >= cap);
-                if full && !s.contents.policy.contains_key(k) {
-                    return Err(DatapathError::Map {
-                        name: "bpfwall_policy_v1",
-                        op: "insert",
-                        source: Box::new(aya::maps::MapError::SyscallError(
-                            aya::sys::SyscallError {
-                                call: "bpf_map_update_elem",
-                                io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
-                            },
-                        )),
-                    });
-                }
-                s.contents.policy.insert(*k, *v);
-            }
+    fn prune(&mut self) -> Result<(), DatapathError> {
+        self.record(Op::Prune, |s| {
+            s.leftover = MapContents::default();
             Ok(())
         })
     }
 
-    fn upsert_ipcache(
-        &mut self,
-        entries: &[(IpcacheKey, IpcacheValue)],
-    ) -> Result<(), DatapathError> {
-        self.record(Op::UpsertIpcache(entries.len()), |s| {
-            s.contents.ipcache.extend(entries.iter().copied());
+    fn fill(&self) -> BTreeMap<&'static str, (usize, usize)> {
+        let s = self.state();
+        BTreeMap::from([(
+            abi::MAP_POLICY,
+            (
+                s.active.policy.len() + s.leftover.policy.len(),
+                s.policy_capacity.unwrap_or(abi::POLICY_ENTRIES as usize),
+            ),
+        )])
+    }
+
+    fn set_conntrack_shares(&mut self, shares: &CtShares) -> Result<(), DatapathError> {
+        self.record(Op::SetShares(*shares), |s| {
+            s.shares = Some(*shares);
             Ok(())
         })
     }
 
-    fn upsert_endpoints(
-        &mut self,
-        entries: &[(EndpointKey, EndpointInfo)],
-    ) -> Result<(), DatapathError> {
-        self.record(Op::UpsertEndpoints(entries.len()), |s| {
-            s.contents.endpoints.extend(entries.iter().copied());
-            Ok(())
-        })
-    }
-
-    fn remove_policy(&mut self, keys: &[PolicyKey]) -> Result<(), DatapathError> {
-        self.record(Op::RemovePolicy(keys.len()), |s| {
-            for k in keys {
-                s.contents.policy.remove(k);
-            }
-            Ok(())
-        })
-    }
-
-    fn remove_ipcache(&mut self, keys: &[IpcacheKey]) -> Result<(), DatapathError> {
-        self.record(Op::RemoveIpcache(keys.len()), |s| {
-            for k in keys {
-                s.contents.ipcache.remove(k);
-            }
-            Ok(())
-        })
-    }
-
-    fn remove_endpoints(&mut self, keys: &[EndpointKey]) -> Result<(), DatapathError> {
-        self.record(Op::RemoveEndpoints(keys.len()), |s| {
-            for k in keys {
-                s.contents.endpoints.remove(k);
-            }
-            Ok(())
-        })
+    fn conntrack_capacity(&self) -> u32 {
+        abi::CT_ENTRIES
     }
 
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), DatapathError> {
@@ -218,25 +214,14 @@ impl Datapath for FakeDatapath {
         })
     }
 
-    fn bump_policy_revision(&mut self) -> Result<u32, DatapathError> {
-        let mut next = 0;
-        self.record(Op::BumpRevision, |s| {
-            s.revision = s.revision.wrapping_add(1).max(1);
-            next = s.revision;
-            Ok(())
-        })?;
-        Ok(next)
-    }
-
     fn forget_conntrack(&mut self, endpoint_ids: &BTreeSet<u32>) -> Result<usize, DatapathError> {
-        let mut forgotten = 0;
         self.record(Op::ForgetConntrack(endpoint_ids.clone()), |s| {
+            let mut forgotten = 0;
             for ep in endpoint_ids {
                 forgotten += s.conntrack.remove(ep).unwrap_or(0);
             }
-            Ok(())
-        })?;
-        Ok(forgotten)
+            Ok(forgotten)
+        })
     }
 
     fn links(&self) -> Result<Vec<LinkPin>, DatapathError> {
@@ -279,6 +264,10 @@ impl Datapath for FakeDatapath {
     fn counter_reader(&mut self) -> Result<Box<dyn CounterReader>, DatapathError> {
         Ok(Box::new(self.clone()))
     }
+
+    fn conntrack_collector(&mut self) -> Result<Box<dyn ConntrackCollector>, DatapathError> {
+        Ok(Box::new(self.clone()))
+    }
 }
 
 impl CounterReader for FakeDatapath {
@@ -293,5 +282,24 @@ impl CounterReader for FakeDatapath {
 
     fn drops(&self) -> Result<BTreeMap<DropReason, u64>, DatapathError> {
         Ok(DropReason::ALL.into_iter().map(|r| (r, 0)).collect())
+    }
+
+    fn conntrack_used(&self, endpoint_id: u32) -> Result<u32, DatapathError> {
+        Ok(self
+            .state()
+            .conntrack
+            .get(&endpoint_id)
+            .map_or(0, |n| *n as u32))
+    }
+}
+
+impl ConntrackCollector for FakeDatapath {
+    fn collect(&mut self, _now: u64) -> Result<Collected, DatapathError> {
+        let s = self.state();
+        Ok(Collected {
+            expired: 0,
+            per_endpoint: s.conntrack.iter().map(|(ep, n)| (*ep, *n as u32)).collect(),
+            total: s.conntrack.values().sum::<usize>() as u32,
+        })
     }
 }

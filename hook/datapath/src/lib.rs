@@ -2,10 +2,11 @@
 //! `bpf-src/`, their pinned maps, and the cgroup links that attach them to
 //! containers.
 //!
-//! - [`Datapath`] is the small interface the agent's reconciler uses: read
-//!   what the maps hold, write and remove entries one map family at a
-//!   time, attach and detach, bump the policy revision, forget conntrack.
-//!   The reconciler decides the order; this crate only carries it out.
+//! - [`Datapath`] is the small interface the agent's reconciler uses: stage
+//!   a change beside what is in force, flip to it, prune what only the old
+//!   generation had ([`generations`]: no packet is ever decided by a mix of
+//!   old and new entries), attach and detach, forget conntrack. The
+//!   reconciler decides the order; this crate only carries it out.
 //! - [`KernelDatapath`] is the real one ([`kernel`]); with the `testing`
 //!   feature, `fake::FakeDatapath` is an in-memory one for unit tests that
 //!   need neither root nor BPF.
@@ -16,7 +17,7 @@
 //! with the ABI):
 //!
 //! ```text
-//! maps/bpfwall_<what>_v1         every map, shared by all links
+//! maps/bpfwall_<what>_v2         every map, shared by all links
 //! progs/bpfwall_ingress          the programs this daemon loaded (replaced at
 //! progs/bpfwall_egress           each start; links keep the ones they hold)
 //! links/<owner>_<cgroup id>_ingress
@@ -33,20 +34,25 @@ pub mod bpffs;
 mod error;
 #[cfg(feature = "testing")]
 pub mod fake;
+pub mod generations;
 pub mod kernel;
 pub mod links;
 pub mod maps;
 pub mod pod;
+mod rcu;
 mod seam;
+mod syscall;
 #[cfg(feature = "testing")]
 pub mod test_run;
 
 pub use bpffs::{ensure_bpffs, remove_pins};
 pub use error::DatapathError;
-pub use kernel::{AdoptReport, KernelDatapath};
+pub use generations::MapContents;
+pub use kernel::{AdoptReport, KernelDatapath, MapSizes};
 pub use links::LinkPin;
-pub use maps::{diff, Diff, MapContents};
-pub use seam::{CounterReader, Datapath};
+pub use maps::conntrack::{Collected, CtShares};
+pub use maps::{diff, Diff};
+pub use seam::{ConntrackCollector, CounterReader, Datapath, StageError};
 
 /// The compiled datapath object (bpf-src/bpfwall_cgroup_skb.c).
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpfwall.o"));

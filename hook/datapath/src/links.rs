@@ -179,8 +179,8 @@ impl KernelDatapath {
                 source: Box::new(e),
             })?;
             use std::os::fd::AsFd as _;
-            let moved = bpf_syscall::obj_get(&path)
-                .and_then(|link| bpf_syscall::link_update(link.as_fd(), prog_fd.as_fd()));
+            let moved = crate::syscall::obj_get(&path)
+                .and_then(|link| crate::syscall::link_update(link.as_fd(), prog_fd.as_fd()));
             match moved {
                 Ok(()) => report.updated += 1,
                 Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => report.defunct += 1,
@@ -192,88 +192,6 @@ impl KernelDatapath {
             }
         }
         Ok(report)
-    }
-}
-
-/// The two bpf(2) commands aya 0.14 does not offer for cgroup links.
-mod bpf_syscall {
-    use std::ffi::CString;
-    use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
-    use std::os::unix::ffi::OsStrExt as _;
-    use std::path::Path;
-
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_UPDATE: libc::c_long = 29;
-
-    /// `union bpf_attr` for BPF_OBJ_GET (linux/bpf.h).
-    #[repr(C)]
-    struct ObjGetAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        pad: u32,
-    }
-
-    /// `union bpf_attr` for BPF_LINK_UPDATE (linux/bpf.h).
-    #[repr(C)]
-    struct LinkUpdateAttr {
-        link_fd: u32,
-        new_prog_fd: u32,
-        flags: u32,
-        old_prog_fd: u32,
-    }
-
-    /// A new fd for a pinned object.
-    pub(super) fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
-        let c_path = CString::new(path.as_os_str().as_bytes())?;
-        let attr = ObjGetAttr {
-            pathname: c_path.as_ptr() as u64,
-            bpf_fd: 0,
-            file_flags: 0,
-            path_fd: 0,
-            pad: 0,
-        };
-        // SAFETY: attr is a fully initialised BPF_OBJ_GET attribute whose
-        // pathname points to a NUL-terminated string that outlives the call;
-        // the kernel reads size_of::<ObjGetAttr>() bytes of it.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_OBJ_GET,
-                &attr as *const ObjGetAttr,
-                std::mem::size_of::<ObjGetAttr>(),
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-    }
-
-    /// Points a link at another program, atomically.
-    pub(super) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> std::io::Result<()> {
-        let attr = LinkUpdateAttr {
-            link_fd: link.as_raw_fd() as u32,
-            new_prog_fd: prog.as_raw_fd() as u32,
-            flags: 0,
-            old_prog_fd: 0,
-        };
-        // SAFETY: attr is a fully initialised BPF_LINK_UPDATE attribute; both
-        // fds are borrowed for the duration of the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_LINK_UPDATE,
-                &attr as *const LinkUpdateAttr,
-                std::mem::size_of::<LinkUpdateAttr>(),
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
     }
 }
 

@@ -9,8 +9,8 @@
 use aya::maps::lpm_trie::Key;
 use aya::Pod;
 use labels_policy::datapath_abi::{
-    CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
-    PolicyKey, PolicyRevision, PolicyValue,
+    CtConfig, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey,
+    IpcacheValue, PolicyKey, PolicyRevision, PolicyValue, SourceKey, SourceValue,
 };
 
 /// A mirror struct as an aya map key or value.
@@ -40,6 +40,12 @@ unsafe impl Pod for P<PolicyRevision> {}
 unsafe impl Pod for P<IpcacheKey> {}
 // SAFETY: as above.
 unsafe impl Pod for P<PolicyKey> {}
+// SAFETY: as above.
+unsafe impl Pod for P<SourceKey> {}
+// SAFETY: as above.
+unsafe impl Pod for P<SourceValue> {}
+// SAFETY: as above.
+unsafe impl Pod for P<CtConfig> {}
 
 /// `struct ipcache_key` after its prefixlen.
 pub type IpcacheData = [u8; 20];

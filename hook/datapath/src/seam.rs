@@ -3,42 +3,57 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use labels_policy::datapath_abi::{
-    DropReason, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, PolicyKey,
-    PolicyValue,
-};
+use labels_policy::datapath_abi::{DropReason, EndpointCounters};
 
-use crate::maps::counters::OwnedCounters;
+use crate::maps::conntrack::{Collected, CtShares};
 use crate::{DatapathError, KernelDatapath, LinkPin, MapContents};
 
-/// What the agent's reconciler asks of the datapath. Each call does one
-/// thing to one map family or to the links; the reconciler decides the
-/// order, and the `testing` feature's fake records it.
+/// Why a change could not be staged. Either way the active generation is
+/// untouched: every packet is still decided as before.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// A map would not hold both generations: nothing was written.
+    #[error("map {map} is full: the change needs {needed} entries and it holds {capacity}")]
+    Full {
+        /// The map.
+        map: &'static str,
+        /// Entries the change needs there (both generations).
+        needed: usize,
+        /// The map's size.
+        capacity: usize,
+    },
+    /// A write failed; what was added for the staged generation was taken
+    /// back.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+/// What the agent's reconciler asks of the datapath. A change goes through
+/// generations (`crate::generations`): [`Datapath::stage`] writes the next
+/// content beside the active one, [`Datapath::flip`] makes it the one every
+/// new packet is decided by (and waits for the packets decided by the old
+/// one), [`Datapath::prune`] deletes what only the old one had. The
+/// reconciler decides the order of these and of the links; the `testing`
+/// feature's fake records it.
 pub trait Datapath {
-    /// What the endpoint, ipcache and policy maps hold.
-    fn read(&mut self) -> Result<MapContents, DatapathError>;
-    /// Writes policy entries.
-    fn upsert_policy(&mut self, entries: &[(PolicyKey, PolicyValue)]) -> Result<(), DatapathError>;
-    /// Writes ipcache entries.
-    fn upsert_ipcache(
-        &mut self,
-        entries: &[(IpcacheKey, IpcacheValue)],
-    ) -> Result<(), DatapathError>;
-    /// Writes endpoint entries.
-    fn upsert_endpoints(
-        &mut self,
-        entries: &[(EndpointKey, EndpointInfo)],
-    ) -> Result<(), DatapathError>;
-    /// Deletes policy entries.
-    fn remove_policy(&mut self, keys: &[PolicyKey]) -> Result<(), DatapathError>;
-    /// Deletes ipcache entries.
-    fn remove_ipcache(&mut self, keys: &[IpcacheKey]) -> Result<(), DatapathError>;
-    /// Deletes endpoint entries.
-    fn remove_endpoints(&mut self, keys: &[EndpointKey]) -> Result<(), DatapathError>;
+    /// The content every packet is decided by now.
+    fn active(&self) -> &MapContents;
+    /// Writes `next` into the staged generation.
+    fn stage(&mut self, next: &MapContents) -> Result<(), StageError>;
+    /// Makes the staged generation active and waits until no packet is
+    /// decided by the old one any more. Returns the new policy revision.
+    fn flip(&mut self) -> Result<u32, DatapathError>;
+    /// Deletes the keys the active generation does not have.
+    fn prune(&mut self) -> Result<(), DatapathError>;
+    /// Entries and capacity of every compiled map, by name.
+    fn fill(&self) -> BTreeMap<&'static str, (usize, usize)>;
+    /// Sets the conntrack shares (per-endpoint limit, shared limit,
+    /// guaranteed share).
+    fn set_conntrack_shares(&mut self, shares: &CtShares) -> Result<(), DatapathError>;
+    /// Conntrack entries the map holds at most.
+    fn conntrack_capacity(&self) -> u32;
     /// Zeroes an endpoint slot's counters.
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), DatapathError>;
-    /// Marks the maps changed; returns the new revision.
-    fn bump_policy_revision(&mut self) -> Result<u32, DatapathError>;
     /// Deletes the conntrack entries of these endpoint slots; returns how many.
     fn forget_conntrack(&mut self, endpoint_ids: &BTreeSet<u32>) -> Result<usize, DatapathError>;
     /// Every pinned link.
@@ -54,6 +69,8 @@ pub trait Datapath {
     fn detach(&mut self, pin: &LinkPin) -> Result<(), DatapathError>;
     /// A reader of the counters that other threads may use.
     fn counter_reader(&mut self) -> Result<Box<dyn CounterReader>, DatapathError>;
+    /// A collector of expired conntrack entries for a thread of its own.
+    fn conntrack_collector(&mut self) -> Result<Box<dyn ConntrackCollector>, DatapathError>;
 }
 
 /// Reads the per-CPU counters, summed; shared with the threads that answer
@@ -63,53 +80,57 @@ pub trait CounterReader: Send + Sync + std::fmt::Debug {
     fn counters(&self, endpoint_id: u32) -> Result<EndpointCounters, DatapathError>;
     /// Host-wide drops per reason.
     fn drops(&self) -> Result<BTreeMap<DropReason, u64>, DatapathError>;
+    /// Conntrack entries an endpoint slot holds (0: the whole map).
+    fn conntrack_used(&self, endpoint_id: u32) -> Result<u32, DatapathError>;
+}
+
+/// Removes expired conntrack entries and recounts what each endpoint holds.
+pub trait ConntrackCollector: Send + std::fmt::Debug {
+    /// One pass at `now` (CLOCK_MONOTONIC_COARSE, ns).
+    fn collect(&mut self, now: u64) -> Result<Collected, DatapathError>;
+}
+
+impl ConntrackCollector for crate::maps::conntrack::Collector {
+    fn collect(&mut self, now: u64) -> Result<Collected, DatapathError> {
+        crate::maps::conntrack::Collector::collect(self, now)
+    }
 }
 
 impl Datapath for KernelDatapath {
-    fn read(&mut self) -> Result<MapContents, DatapathError> {
-        self.maps()?.read()
+    fn active(&self) -> &MapContents {
+        self.active_contents()
     }
 
-    fn upsert_policy(&mut self, entries: &[(PolicyKey, PolicyValue)]) -> Result<(), DatapathError> {
-        self.maps()?.upsert_policy(entries)
+    fn stage(&mut self, next: &MapContents) -> Result<(), StageError> {
+        self.stage_contents(next)
     }
 
-    fn upsert_ipcache(
-        &mut self,
-        entries: &[(IpcacheKey, IpcacheValue)],
-    ) -> Result<(), DatapathError> {
-        self.maps()?.upsert_ipcache(entries)
+    fn flip(&mut self) -> Result<u32, DatapathError> {
+        self.flip_generation()
     }
 
-    fn upsert_endpoints(
-        &mut self,
-        entries: &[(EndpointKey, EndpointInfo)],
-    ) -> Result<(), DatapathError> {
-        self.maps()?.upsert_endpoints(entries)
+    fn prune(&mut self) -> Result<(), DatapathError> {
+        self.prune_keys()
     }
 
-    fn remove_policy(&mut self, keys: &[PolicyKey]) -> Result<(), DatapathError> {
-        self.maps()?.remove_policy(keys)
+    fn fill(&self) -> BTreeMap<&'static str, (usize, usize)> {
+        self.map_fill()
     }
 
-    fn remove_ipcache(&mut self, keys: &[IpcacheKey]) -> Result<(), DatapathError> {
-        self.maps()?.remove_ipcache(keys)
+    fn set_conntrack_shares(&mut self, shares: &CtShares) -> Result<(), DatapathError> {
+        self.set_shares(shares)
     }
 
-    fn remove_endpoints(&mut self, keys: &[EndpointKey]) -> Result<(), DatapathError> {
-        self.maps()?.remove_endpoints(keys)
+    fn conntrack_capacity(&self) -> u32 {
+        self.capacity(labels_policy::datapath_abi::MAP_CT) as u32
     }
 
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), DatapathError> {
         self.maps()?.reset_counters(endpoint_id)
     }
 
-    fn bump_policy_revision(&mut self) -> Result<u32, DatapathError> {
-        self.maps()?.bump_policy_revision()
-    }
-
     fn forget_conntrack(&mut self, endpoint_ids: &BTreeSet<u32>) -> Result<usize, DatapathError> {
-        self.maps()?.forget_conntrack(endpoint_ids)
+        self.forget(endpoint_ids)
     }
 
     fn links(&self) -> Result<Vec<LinkPin>, DatapathError> {
@@ -130,16 +151,10 @@ impl Datapath for KernelDatapath {
     }
 
     fn counter_reader(&mut self) -> Result<Box<dyn CounterReader>, DatapathError> {
-        use aya::maps::IterableMap as _;
-        use labels_policy::datapath_abi as abi;
-        let maps = self.maps()?;
-        let id = |data: &aya::maps::MapData, name: &'static str| {
-            data.info()
-                .map(|i| i.id())
-                .map_err(crate::error::map_error(name, "read the id of"))
-        };
-        let counters = id(maps.counters.map(), abi::MAP_COUNTERS)?;
-        let drops = id(maps.drops.map(), abi::MAP_DROPS)?;
-        Ok(Box::new(OwnedCounters::open(counters, drops)?))
+        Ok(Box::new(self.open_counters()?))
+    }
+
+    fn conntrack_collector(&mut self) -> Result<Box<dyn ConntrackCollector>, DatapathError> {
+        Ok(Box::new(self.open_collector()?))
     }
 }

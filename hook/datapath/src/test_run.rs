@@ -9,8 +9,7 @@ use std::process::Command;
 
 use labels_policy::datapath_abi as abi;
 
-use crate::maps::{diff, MapContents};
-use crate::{DatapathError, KernelDatapath};
+use crate::{KernelDatapath, MapContents};
 
 /// `sizeof(struct __sk_buff)`.
 pub const SKB_CTX_SIZE: usize = 192;
@@ -93,6 +92,64 @@ pub fn ipv4_packet(
     p
 }
 
+/// Ethernet + IPv6 + `ext_headers` destination-options headers (8 bytes
+/// each) + an L4 header as [`ipv4_packet`] builds it (TCP with
+/// `tcp_flags`, UDP, or ICMPv6 with type = `dport`).
+pub fn ipv6_packet(
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    ext_headers: usize,
+) -> Vec<u8> {
+    // The L4 part of the IPv4 builder (its header starts after 14 + 20 bytes).
+    let v4 = ipv4_packet(
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        protocol,
+        sport,
+        dport,
+        tcp_flags,
+    );
+    let l4 = &v4[34..];
+    const IPPROTO_DSTOPTS: u8 = 60;
+    let mut ext = Vec::new();
+    for i in 0..ext_headers {
+        let next = if i + 1 == ext_headers {
+            protocol
+        } else {
+            IPPROTO_DSTOPTS
+        };
+        // next header, length 0 (8 bytes), a PadN option filling the rest.
+        ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    let first = if ext_headers > 0 {
+        IPPROTO_DSTOPTS
+    } else {
+        protocol
+    };
+    let payload = ext.len() + l4.len();
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&[0x86, 0xdd]);
+    p.extend_from_slice(&[
+        0x60,
+        0,
+        0,
+        0,
+        (payload >> 8) as u8,
+        payload as u8,
+        first,
+        64,
+    ]);
+    p.extend_from_slice(&octets(src));
+    p.extend_from_slice(&octets(dst));
+    p.extend_from_slice(&ext);
+    p.extend_from_slice(l4);
+    p
+}
+
 /// A `__sk_buff` context whose packet arrives on `ifindex`.
 pub fn skb_ctx(ifindex: u32) -> [u8; SKB_CTX_SIZE] {
     let mut ctx = [0u8; SKB_CTX_SIZE];
@@ -127,22 +184,23 @@ pub fn own_cgroup_id() -> Result<u64, bpfwall_sys::cgroup::CgroupError> {
 }
 
 impl KernelDatapath {
-    /// Brings the maps from `current` to a compile's content, as a reconcile does.
+    /// Conntrack shares for a test or benchmark with a few endpoints.
+    pub fn set_test_shares(&mut self) -> Result<(), crate::DatapathError> {
+        use crate::Datapath as _;
+        let shares = crate::CtShares::for_endpoints(self.conntrack_capacity(), 65_536, 1024, 8);
+        self.set_conntrack_shares(&shares)
+    }
+
+    /// Brings the maps to a compile's content through a whole change
+    /// (stage, flip, prune), as a reconcile does.
     pub fn write_compiled(
         &mut self,
-        current: &MapContents,
         compiled: &labels_policy::Compiled,
-    ) -> Result<(), DatapathError> {
-        let mut maps = self.maps()?;
-        let e = diff(&current.endpoints, &compiled.endpoints);
-        let i = diff(&current.ipcache, &compiled.ipcache);
-        let p = diff(&current.policy, &compiled.policy);
-        maps.upsert_policy(&p.upsert)?;
-        maps.upsert_ipcache(&i.upsert)?;
-        maps.upsert_endpoints(&e.upsert)?;
-        maps.remove_endpoints(&e.remove)?;
-        maps.remove_ipcache(&i.remove)?;
-        maps.remove_policy(&p.remove)?;
-        maps.bump_policy_revision().map(|_| ())
+    ) -> Result<(), crate::StageError> {
+        use crate::Datapath as _;
+        self.stage(&MapContents::of(compiled))?;
+        self.flip()?;
+        self.prune()?;
+        Ok(())
     }
 }

@@ -2,7 +2,9 @@
 //! decision table (labels_policy::testing::cases): for every row, compile
 //! the row's policy, write it into the program's (private) maps, build the
 //! packet, run the ingress or egress program and check the verdict and the
-//! drop reason it counted.
+//! drop reason it counted. Then what the table cannot show: a change in
+//! generations, conntrack cut in both directions by a revoked rule,
+//! conntrack shares, IPv6 extension headers, host-network loopback.
 //!
 //! Needs root and BPF. The test runs in a network namespace of its own with
 //! a dummy device of its own, because the kernel treats a test packet as
@@ -17,13 +19,14 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use bpfwall_datapath::maps::MapContents;
 use bpfwall_datapath::test_run::{self, SKB_CTX_IFINDEX, SKB_CTX_SIZE};
-use bpfwall_datapath::{pod, KernelDatapath as Datapath};
+use bpfwall_datapath::{CtShares, Datapath as _, KernelDatapath, MapContents};
 use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason};
 use labels_policy::decision::{CtState, Decision};
 use labels_policy::testing::{case_setup, cases, CaseSetup};
-use labels_policy::Direction;
+use labels_policy::{
+    compile, Attachment, CompileInput, ContainerInput, Direction, IdentityAllocator,
+};
 
 const REMOTE_OR_LOCAL_SPORT: u16 = 5555;
 
@@ -33,12 +36,14 @@ fn own_netns_with_device() -> u32 {
         .expect("a netns with a veth of the test's own (needs root and iproute2)")
 }
 
-fn write_compiled(dp: &mut Datapath, current: &MapContents, compiled: &labels_policy::Compiled) {
-    dp.write_compiled(current, compiled).unwrap();
-}
-
 fn own_cgroup_id() -> u64 {
     test_run::own_cgroup_id().unwrap()
+}
+
+fn load() -> KernelDatapath {
+    let mut dp = KernelDatapath::load(None).expect("load the datapath (needs root and BPF)");
+    dp.set_test_shares().unwrap();
+    dp
 }
 
 fn octets(addr: IpAddr) -> Vec<u8> {
@@ -71,26 +76,30 @@ fn packet(src: IpAddr, dst: IpAddr, protocol: u8, sport: u16, dport: u16, syn: b
     )
 }
 
+fn ctx_on(ifindex: u32) -> [u8; SKB_CTX_SIZE] {
+    let mut ctx = [0u8; SKB_CTX_SIZE];
+    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
 /// The datapath holding the policy of the decision table's row "L3+L4:
 /// app2 may reach ...", that row's setup, and a context on the test's own
 /// device.
-fn app2_may_reach() -> (Datapath, CaseSetup, [u8; SKB_CTX_SIZE]) {
+fn app2_may_reach() -> (KernelDatapath, CaseSetup, [u8; SKB_CTX_SIZE]) {
     let ifindex = own_netns_with_device();
     let cgroup_id = own_cgroup_id();
-    let mut dp = Datapath::load(None).unwrap();
+    let mut dp = load();
     let case = cases()
         .into_iter()
         .find(|c| c.name.starts_with("L3+L4: app2 may reach"))
         .unwrap();
     let setup = case_setup(&case, cgroup_id).unwrap();
-    write_compiled(&mut dp, &MapContents::default(), &setup.compiled);
-    let mut ctx = [0u8; SKB_CTX_SIZE];
-    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-    (dp, setup, ctx)
+    dp.write_compiled(&setup.compiled).unwrap();
+    (dp, setup, ctx_on(ifindex))
 }
 
 /// One packet through a program; its return value.
-fn run_program(dp: &mut Datapath, name: &'static str, ctx: &[u8], bytes: &[u8]) -> u32 {
+fn run_program(dp: &mut KernelDatapath, name: &'static str, ctx: &[u8], bytes: &[u8]) -> u32 {
     dp.program(name)
         .unwrap()
         .test_run(TestRunOptions {
@@ -102,63 +111,88 @@ fn run_program(dp: &mut Datapath, name: &'static str, ctx: &[u8], bytes: &[u8]) 
         .return_value
 }
 
+fn drops(dp: &mut KernelDatapath) -> std::collections::BTreeMap<DropReason, u64> {
+    dp.maps().unwrap().drops().unwrap()
+}
+
+/// One packet through a program, and the drop reason it counted (None: passed).
+fn verdict(dp: &mut KernelDatapath, name: &'static str, ctx: &[u8], bytes: &[u8]) -> Decision {
+    let before = drops(dp);
+    let rv = run_program(dp, name, ctx, bytes);
+    let after = drops(dp);
+    let counted: Vec<DropReason> = DropReason::ALL
+        .into_iter()
+        .filter(|r| after[r] > before[r])
+        .collect();
+    match (rv, counted.as_slice()) {
+        (1, []) => Decision::Pass,
+        (0, [reason]) => Decision::Drop(*reason),
+        (rv, counted) => panic!("returned {rv} with drop counters {counted:?}"),
+    }
+}
+
+fn now_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
 #[test]
 fn decision_table_holds_in_the_kernel() {
     let ifindex = own_netns_with_device();
     let cgroup_id = own_cgroup_id();
-    let mut dp = Datapath::load(None).expect("load the datapath (needs root and BPF)");
-    let mut current = MapContents::default();
+    let mut dp = load();
     let mut failures = Vec::new();
     let table = cases();
     for case in &table {
         let setup = case_setup(case, cgroup_id).unwrap();
-        // Write this row's maps: diff from the previous row's.
-        {
-            write_compiled(&mut dp, &current, &setup.compiled);
-            let mut maps = dp.maps().unwrap();
-            assert_eq!(
-                maps.read().unwrap().policy,
-                setup.compiled.policy,
-                "{}: policy map content",
-                case.name
-            );
-            maps.forget_conntrack(&[setup.endpoint.endpoint_id].into())
-                .unwrap();
-            let (local_port, remote_port) = match case.direction {
-                Direction::Ingress => (case.dport, REMOTE_OR_LOCAL_SPORT),
-                Direction::Egress => (REMOTE_OR_LOCAL_SPORT, case.dport),
-            };
-            let origin = match (case.ct, case.direction) {
-                (CtState::None, _) => None,
-                (CtState::OpenedOtherWay, Direction::Ingress)
-                | (CtState::OpenedThisWay, Direction::Egress) => Some(abi::DIR_EGRESS),
-                _ => Some(abi::DIR_INGRESS),
-            };
-            if let Some(origin) = origin {
-                let key = CtKey {
-                    local_addr: addr16(setup.local),
-                    remote_addr: addr16(setup.packet.remote),
-                    local_port_be: local_port.to_be(),
-                    remote_port_be: remote_port.to_be(),
-                    protocol: case.protocol,
-                    family: abi::FAMILY_IPV4,
-                    pad: 0,
-                    endpoint_id: setup.endpoint.endpoint_id,
-                };
-                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-                let value = CtValue {
-                    last_seen_ns: now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64,
-                    origin_direction: origin,
-                    ..CtValue::default()
-                };
-                maps.insert_conntrack(key, value).unwrap();
-            }
-        }
-        current = MapContents {
-            endpoints: setup.compiled.endpoints.clone(),
-            ipcache: setup.compiled.ipcache.clone(),
-            policy: setup.compiled.policy.clone(),
+        // This row's maps, as a change from the previous row's.
+        dp.write_compiled(&setup.compiled).unwrap();
+        assert_eq!(
+            dp.active(),
+            &MapContents::of(&setup.compiled),
+            "{}: the active generation",
+            case.name
+        );
+        let revision = dp.maps().unwrap().policy_revision().unwrap();
+        dp.forget_conntrack(&[setup.endpoint.endpoint_id].into())
+            .unwrap();
+        let (local_port, remote_port) = match case.direction {
+            Direction::Ingress => (case.dport, REMOTE_OR_LOCAL_SPORT),
+            Direction::Egress => (REMOTE_OR_LOCAL_SPORT, case.dport),
         };
+        let origin = match (case.ct, case.direction) {
+            (CtState::None, _) => None,
+            (CtState::OpenedOtherWay, Direction::Ingress)
+            | (CtState::OpenedThisWay, Direction::Egress) => Some(abi::DIR_EGRESS),
+            _ => Some(abi::DIR_INGRESS),
+        };
+        if let Some(origin) = origin {
+            let key = CtKey {
+                local_addr: addr16(setup.local),
+                remote_addr: addr16(setup.packet.remote),
+                local_port_be: local_port.to_be(),
+                remote_port_be: remote_port.to_be(),
+                protocol: case.protocol,
+                family: abi::FAMILY_IPV4,
+                pad: 0,
+                endpoint_id: setup.endpoint.endpoint_id,
+            };
+            // A reply's flow: allowed at the current revision. A flow in the
+            // packet's own direction: tracked under older maps (revision 0),
+            // so the packet is decided again, as the table says.
+            let value = CtValue {
+                last_seen_ns: now_ns(),
+                origin_direction: origin,
+                flags: abi::CT_SEEN_REPLY,
+                policy_revision: if case.ct == CtState::OpenedOtherWay {
+                    revision
+                } else {
+                    0
+                },
+                ..CtValue::default()
+            };
+            dp.maps().unwrap().insert_conntrack(key, value).unwrap();
+        }
         let (src, dst) = match case.direction {
             Direction::Ingress => (setup.packet.remote, setup.local),
             Direction::Egress => (setup.local, setup.packet.remote),
@@ -171,40 +205,12 @@ fn decision_table_holds_in_the_kernel() {
             case.dport,
             case.tcp_syn,
         );
-        let mut ctx = [0u8; SKB_CTX_SIZE];
-        let dev = if case.loopback { 1 } else { ifindex };
-        ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&dev.to_ne_bytes());
-
-        let drops_before = dp.maps().unwrap().drops().unwrap();
+        let ctx = ctx_on(if case.loopback { 1 } else { ifindex });
         let name = match case.direction {
             Direction::Ingress => abi::PROG_INGRESS,
             Direction::Egress => abi::PROG_EGRESS,
         };
-        let result = dp
-            .program(name)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(&bytes),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("{}: BPF_PROG_TEST_RUN failed: {e}", case.name));
-        let drops_after = dp.maps().unwrap().drops().unwrap();
-        let counted: Vec<DropReason> = DropReason::ALL
-            .into_iter()
-            .filter(|r| drops_after[r] > drops_before[r])
-            .collect();
-        let got = match (result.return_value, counted.as_slice()) {
-            (1, []) => Decision::Pass,
-            (0, [reason]) => Decision::Drop(*reason),
-            (rv, counted) => {
-                failures.push(format!(
-                    "{}: returned {rv} with drop counters {counted:?}",
-                    case.name
-                ));
-                continue;
-            }
-        };
+        let got = verdict(&mut dp, name, &ctx, &bytes);
         if got != case.expect {
             failures.push(format!(
                 "{}: expected {:?}, the program said {:?}",
@@ -263,33 +269,122 @@ fn conntrack_records_allowed_flows_and_passes_their_replies() {
     );
 }
 
-/// Ethernet + IPv6 (optionally with a hop-by-hop header) + TCP SYN.
-fn packet6(src: IpAddr, dst: IpAddr, dport: u16, hop_by_hop: bool) -> Vec<u8> {
-    let mut l4 = Vec::new();
-    l4.extend_from_slice(&REMOTE_OR_LOCAL_SPORT.to_be_bytes());
-    l4.extend_from_slice(&dport.to_be_bytes());
-    l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 5 << 4, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
-    let mut ext = Vec::new();
-    let mut next = abi::IPPROTO_TCP;
-    if hop_by_hop {
-        // next header TCP, length 0 (8 bytes), PadN option filling the rest.
-        ext.extend_from_slice(&[abi::IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
-        next = 0; // IPPROTO_HOPOPTS
+#[test]
+fn a_staged_change_decides_nothing_until_the_flip_and_then_cuts_both_directions() {
+    // A flow app2 -> local:80 is allowed and tracked. The next policy (no
+    // allow) is staged: nothing changes for any packet, new or
+    // established. After the flip every packet of the flow is decided
+    // again, in both directions, and dropped: the reply direction too.
+    let (mut dp, setup, ctx) = app2_may_reach();
+    let (local, app2) = (setup.local, setup.packet.remote);
+    let inbound = |syn| packet(app2, local, abi::IPPROTO_TCP, 41000, 80, syn);
+    let reply = packet(local, app2, abi::IPPROTO_TCP, 80, 41000, false);
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_INGRESS, &ctx, &inbound(true)),
+        Decision::Pass
+    );
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_EGRESS, &ctx, &reply),
+        Decision::Pass
+    );
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_INGRESS, &ctx, &inbound(false)),
+        Decision::Pass
+    );
+
+    let mut next = MapContents::of(&setup.compiled);
+    next.policy.clear();
+    dp.stage(&next).unwrap();
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_INGRESS, &ctx, &inbound(false)),
+        Decision::Pass,
+        "staged only: established"
+    );
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_EGRESS, &ctx, &reply),
+        Decision::Pass,
+        "staged only: reply"
+    );
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_INGRESS, &ctx, &inbound(true)),
+        Decision::Pass,
+        "staged only: a new SYN"
+    );
+
+    dp.flip().unwrap();
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_EGRESS, &ctx, &reply),
+        Decision::Drop(DropReason::PolicyDefault),
+        "the reply direction is decided again, as its flow"
+    );
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_INGRESS, &ctx, &inbound(false)),
+        Decision::Drop(DropReason::FlowRevoked),
+        "and the flow stays cut"
+    );
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_INGRESS, &ctx, &inbound(true)),
+        Decision::Drop(DropReason::PolicyDefault)
+    );
+    dp.prune().unwrap();
+    assert!(
+        dp.maps().unwrap().read_policy().unwrap().is_empty(),
+        "pruned"
+    );
+
+    // Policy back: the flow is decided again and allowed again.
+    dp.write_compiled(&setup.compiled).unwrap();
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_INGRESS, &ctx, &inbound(false)),
+        Decision::Pass
+    );
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_EGRESS, &ctx, &reply),
+        Decision::Pass
+    );
+}
+
+#[test]
+fn an_endpoint_holds_only_its_share_of_conntrack() {
+    // With a limit of 2 entries per endpoint, a third allowed flow passes
+    // untracked (counted), and its reply is not let in by conntrack.
+    let (mut dp, setup, ctx) = app2_may_reach();
+    let shares = CtShares::for_endpoints(dp.conntrack_capacity(), 2, 1, 4);
+    dp.set_conntrack_shares(&shares).unwrap();
+    // The limit is written with the endpoint: a change writes it.
+    let mut again = MapContents::of(&setup.compiled);
+    again.policy.clear();
+    dp.stage(&again).unwrap();
+    dp.flip().unwrap();
+    dp.prune().unwrap();
+    dp.write_compiled(&setup.compiled).unwrap();
+    let local = setup.local;
+    let app3: IpAddr = "172.31.0.4".parse().unwrap();
+    for sport in [41001, 41002, 41003] {
+        let out = packet(local, app3, abi::IPPROTO_UDP, sport, 53, false);
+        assert_eq!(
+            verdict(&mut dp, abi::PROG_EGRESS, &ctx, &out),
+            Decision::Pass
+        );
     }
-    let payload = ext.len() + l4.len();
-    let mut p = vec![0u8; 12];
-    p.extend_from_slice(&[0x86, 0xdd]);
-    p.extend_from_slice(&[0x60, 0, 0, 0, (payload >> 8) as u8, payload as u8, next, 64]);
-    p.extend_from_slice(&octets(src));
-    p.extend_from_slice(&octets(dst));
-    p.extend_from_slice(&ext);
-    p.extend_from_slice(&l4);
-    p
+    let reader = dp.counter_reader().unwrap();
+    let ep = setup.endpoint.endpoint_id;
+    assert_eq!(reader.conntrack_used(ep).unwrap(), 2);
+    assert_eq!(reader.counters(ep).unwrap().untracked_flows, 1);
+    let reply = |sport| packet(app3, local, abi::IPPROTO_UDP, 53, sport, false);
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_INGRESS, &ctx, &reply(41001)),
+        Decision::Pass
+    );
+    assert_eq!(
+        verdict(&mut dp, abi::PROG_INGRESS, &ctx, &reply(41003)),
+        Decision::Drop(DropReason::PolicyDefault),
+        "the untracked flow's reply is decided as new"
+    );
 }
 
 #[test]
 fn ipv6_selectors_cidrs_and_extension_headers() {
-    use labels_policy::{compile, Attachment, CompileInput, ContainerInput, IdentityAllocator};
     let ifindex = own_netns_with_device();
     let cgroup_id = own_cgroup_id();
     let labels = |pairs: &[(&str, &str)]| {
@@ -304,7 +399,10 @@ fn ipv6_selectors_cidrs_and_extension_headers() {
             name: "local".into(),
             labels: labels(&[
                 ("id", "local"),
-                ("bpfwall.ingress", "allow from id=app2 port 80/tcp"),
+                (
+                    "bpfwall.ingress",
+                    "allow from id=app2 port 80/tcp; allow from any; deny from any port 5353/udp",
+                ),
                 (
                     "bpfwall.egress",
                     "allow to cidr 2001:db8::/32 except 2001:db8:1::/48 port 443/tcp",
@@ -315,18 +413,16 @@ fn ipv6_selectors_cidrs_and_extension_headers() {
                 cgroup_id,
                 endpoint_id: 3,
             }),
+            network: Default::default(),
+            started: 0,
         },
         ContainerInput {
             name: "app2".into(),
             labels: labels(&[("id", "app2")]),
             addresses: vec![addr("fd00::3")],
             attachment: None,
-        },
-        ContainerInput {
-            name: "app3".into(),
-            labels: labels(&[("id", "app3")]),
-            addresses: vec![addr("fd00::4")],
-            attachment: None,
+            network: Default::default(),
+            started: 0,
         },
     ];
     let compiled = compile(
@@ -338,204 +434,222 @@ fn ipv6_selectors_cidrs_and_extension_headers() {
         &mut IdentityAllocator::new(),
     )
     .unwrap();
-    let mut dp = Datapath::load(None).unwrap();
-    write_compiled(&mut dp, &MapContents::default(), &compiled);
-    let mut ctx = [0u8; SKB_CTX_SIZE];
-    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut dp = load();
+    dp.write_compiled(&compiled).unwrap();
+    let ctx = ctx_on(ifindex);
     let local = addr("fd00::2");
-    let rows: &[(&str, &'static str, IpAddr, IpAddr, u16, bool, u32)] = &[
+    let (tcp, udp) = (abi::IPPROTO_TCP, abi::IPPROTO_UDP);
+    let pass = Decision::Pass;
+    let deny = Decision::Drop(DropReason::PolicyDeny);
+    let default = Decision::Drop(DropReason::PolicyDefault);
+    let ext = Decision::Drop(DropReason::ExtHeaders);
+    // (what, program, src, dst, protocol, dport, extension headers, expected)
+    type Row<'a> = (
+        &'a str,
+        &'static str,
+        IpAddr,
+        IpAddr,
+        u8,
+        u16,
+        usize,
+        Decision,
+    );
+    let rows: &[Row] = &[
         (
             "app2 -> 80",
             abi::PROG_INGRESS,
             addr("fd00::3"),
             local,
+            tcp,
             80,
-            false,
-            1,
+            0,
+            pass,
         ),
         (
-            "app2 -> 80 behind a hop-by-hop header",
+            "app2 -> 80 behind one header",
             abi::PROG_INGRESS,
             addr("fd00::3"),
             local,
+            tcp,
             80,
-            true,
             1,
+            pass,
         ),
         (
-            "app2 -> 81",
+            "anyone -> 5353/udp is denied",
             abi::PROG_INGRESS,
             addr("fd00::3"),
             local,
-            81,
-            false,
+            udp,
+            5353,
             0,
+            deny,
+        ),
+        // Past the old parser's bound of 4: the deny must still see UDP 5353.
+        (
+            "5353/udp behind 5 headers",
+            abi::PROG_INGRESS,
+            addr("fd00::3"),
+            local,
+            udp,
+            5353,
+            5,
+            deny,
         ),
         (
-            "app3 -> 80",
+            "5353/udp behind 8 headers",
             abi::PROG_INGRESS,
-            addr("fd00::4"),
+            addr("fd00::3"),
             local,
-            80,
-            false,
-            0,
+            udp,
+            5353,
+            8,
+            deny,
+        ),
+        (
+            "another port behind 8 headers",
+            abi::PROG_INGRESS,
+            addr("fd00::3"),
+            local,
+            udp,
+            5354,
+            8,
+            pass,
+        ),
+        (
+            "9 headers: more than the bound",
+            abi::PROG_INGRESS,
+            addr("fd00::3"),
+            local,
+            udp,
+            5354,
+            9,
+            ext,
         ),
         (
             "-> 2001:db8::5 443",
             abi::PROG_EGRESS,
             local,
             addr("2001:db8::5"),
+            tcp,
             443,
-            false,
-            1,
+            0,
+            pass,
         ),
         (
             "-> 2001:db8:1::5 443 (except)",
             abi::PROG_EGRESS,
             local,
             addr("2001:db8:1::5"),
+            tcp,
             443,
-            false,
             0,
+            default,
         ),
         (
             "-> 2001:db9::5 443 (outside)",
             abi::PROG_EGRESS,
             local,
             addr("2001:db9::5"),
+            tcp,
             443,
-            false,
             0,
+            default,
         ),
         (
             "-> app2 443 (a container, not cidr)",
             abi::PROG_EGRESS,
             local,
             addr("fd00::3"),
+            tcp,
             443,
-            false,
             0,
+            default,
+        ),
+        (
+            "a forged source",
+            abi::PROG_EGRESS,
+            addr("fd00::3"),
+            addr("2001:db8::5"),
+            tcp,
+            443,
+            0,
+            Decision::Drop(DropReason::Spoofed),
         ),
     ];
     let mut failures = Vec::new();
-    for (name, prog, src, dst, dport, hbh, want) in rows {
-        let bytes = packet6(*src, *dst, *dport, *hbh);
-        let got = dp
-            .program(prog)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(&bytes),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .unwrap()
-            .return_value;
+    for (name, prog, src, dst, protocol, dport, headers, want) in rows {
+        let bytes = test_run::ipv6_packet(
+            *src,
+            *dst,
+            *protocol,
+            REMOTE_OR_LOCAL_SPORT,
+            *dport,
+            test_run::TCP_SYN,
+            *headers,
+        );
+        let got = verdict(&mut dp, prog, &ctx, &bytes);
         if got != *want {
-            failures.push(format!("{name}: expected {want}, got {got}"));
+            failures.push(format!("{name}: expected {want:?}, got {got:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
-fn established_flows_skip_policy_only_until_the_maps_change() {
-    // A packet of an established flow in its origin direction is passed on
-    // its conntrack entry while the policy revision is the one policy
-    // allowed it at; every change (the daemon bumps the revision after its
-    // writes) makes the next packet be decided again.
-    let (mut dp, setup, ctx) = app2_may_reach();
-    let (local, app2) = (setup.local, setup.packet.remote);
-    let run = |dp: &mut Datapath, syn: bool| {
-        let bytes = packet(app2, local, abi::IPPROTO_TCP, 41000, 80, syn);
-        run_program(dp, abi::PROG_INGRESS, &ctx, &bytes)
-    };
-    assert_eq!(run(&mut dp, true), 1, "the SYN is allowed by policy");
-    assert_eq!(run(&mut dp, false), 1, "so is the next packet");
-
-    // Take the allow out of the map without telling the datapath (no
-    // revision bump): the established flow still passes, which shows its
-    // packets do not look policy up; a SYN on the same tuple always does.
-    let policy_keys: Vec<_> = setup.compiled.policy.keys().copied().collect();
-    dp.maps().unwrap().remove_policy(&policy_keys).unwrap();
-    assert_eq!(run(&mut dp, false), 1, "established, same revision: cached");
-    assert_eq!(run(&mut dp, true), 0, "a SYN is decided by policy");
-
-    // The daemon's last step of a change: bump. Now the flow is cut.
-    let before = dp.maps().unwrap().policy_revision().unwrap();
-    let after = dp.maps().unwrap().bump_policy_revision().unwrap();
-    assert_eq!(after, before.wrapping_add(1));
-    assert_eq!(run(&mut dp, false), 0, "decided again under the new maps");
-
-    // Policy back: the same flow is allowed again (and cached again).
-    let empty = MapContents {
-        endpoints: setup.compiled.endpoints.clone(),
-        ipcache: setup.compiled.ipcache.clone(),
-        policy: Default::default(),
-    };
-    write_compiled(&mut dp, &empty, &setup.compiled);
-    assert_eq!(run(&mut dp, false), 1, "allowed again after the change");
-}
-
-#[test]
-fn exact_entries_an_older_daemon_left_in_the_tries_move_to_the_hashes() {
-    // Older daemons wrote every entry into the tries. The migration moves
-    // host addresses and single-port entries to the hashes (hash first, then
-    // out of the trie) and leaves ranges and prefixes where they are.
+fn loopback_is_policed_for_host_network_endpoints_only() {
+    let _ = own_netns_with_device();
     let cgroup_id = own_cgroup_id();
-    let mut dp = Datapath::load(None).unwrap();
-    let case = cases()
-        .into_iter()
-        .find(|c| c.name.starts_with("port range: past the end"))
+    let host: IpAddr = "127.0.0.1".parse().unwrap();
+    let labels: labels_policy::LabelSet = [
+        ("id".to_string(), "h".to_string()),
+        (
+            "bpfwall.egress".to_string(),
+            "allow to host port 80/tcp".to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let mut dp = load();
+    let lo = ctx_on(1);
+    for (network, want_8080) in [
+        (labels_policy::compile::Network::Own, Decision::Pass),
+        (
+            labels_policy::compile::Network::Host,
+            Decision::Drop(DropReason::PolicyDefault),
+        ),
+    ] {
+        let containers = [ContainerInput {
+            name: "h".into(),
+            labels: labels.clone(),
+            addresses: Vec::new(),
+            network,
+            started: 0,
+            attachment: Some(Attachment {
+                cgroup_id,
+                endpoint_id: 4,
+            }),
+        }];
+        let compiled = compile(
+            CompileInput {
+                containers: &containers,
+                host_addresses: &[host],
+                host_policies: &[],
+            },
+            &mut IdentityAllocator::new(),
+        )
         .unwrap();
-    let setup = case_setup(&case, cgroup_id).unwrap();
-    {
-        let mut maps = dp.maps().unwrap();
-        for (k, v) in &setup.compiled.policy {
-            maps.policy
-                .insert(&pod::policy_trie_key(k), pod::P(*v), 0)
-                .unwrap();
-        }
-        for (k, v) in &setup.compiled.ipcache {
-            maps.ipcache
-                .insert(&pod::ipcache_trie_key(k), pod::P(*v), 0)
-                .unwrap();
-        }
-    }
-    let exact = setup
-        .compiled
-        .policy
-        .keys()
-        .filter(|k| abi::policy_is_exact(k))
-        .count()
-        + setup
-            .compiled
-            .ipcache
-            .keys()
-            .filter(|k| abi::ipcache_is_exact(k))
-            .count();
-    assert!(exact > 0, "the row has exact entries to move");
-    let mut maps = dp.maps().unwrap();
-    assert_eq!(maps.migrate_exact_entries().unwrap(), exact);
-    assert_eq!(
-        maps.migrate_exact_entries().unwrap(),
-        0,
-        "nothing left to move"
-    );
-    let read = maps.read().unwrap();
-    assert_eq!(
-        read.policy, setup.compiled.policy,
-        "every policy entry, once"
-    );
-    assert_eq!(
-        read.ipcache, setup.compiled.ipcache,
-        "every ipcache entry, once"
-    );
-    for item in maps.policy.iter() {
-        let (k, _) = item.unwrap();
-        assert!(!abi::policy_is_exact(&pod::policy_key_from_trie(&k)));
-    }
-    for item in maps.ipcache.iter() {
-        let (k, _) = item.unwrap();
-        assert!(!abi::ipcache_is_exact(&pod::ipcache_key_from_trie(&k)));
+        dp.write_compiled(&compiled).unwrap();
+        let to = |port| packet(host, host, abi::IPPROTO_TCP, 41000, port, true);
+        assert_eq!(
+            verdict(&mut dp, abi::PROG_EGRESS, &lo, &to(8080)),
+            want_8080,
+            "{network:?}: loopback to a port its policy does not allow"
+        );
+        assert_eq!(
+            verdict(&mut dp, abi::PROG_EGRESS, &lo, &to(80)),
+            Decision::Pass,
+            "{network:?}: loopback to a port its policy allows"
+        );
     }
 }

@@ -16,8 +16,9 @@ pub fn netns_inode(pid: u32) -> Result<u64, IoError> {
         .map_err(io_error("read", &path))
 }
 
-/// The addresses in `pid`'s network namespace, loopback and IPv6
-/// link-local left out. Empty when the process shares our namespace (host
+/// The addresses in `pid`'s network namespace, IPv6 link-local ones
+/// included (a container may send from them: they are its identity too),
+/// loopback left out. Empty when the process shares our namespace (host
 /// networking: peers see it as the host).
 pub fn addresses_of_pid(pid: u32) -> Result<Vec<IpAddr>, IoError> {
     let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
@@ -37,10 +38,7 @@ pub fn addresses_of_pid(pid: u32) -> Result<Vec<IpAddr>, IoError> {
                     .map(|v4| IpAddr::V4(v4.ip()))
                     .or_else(|| sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
             })
-            .filter(|a| {
-                !a.is_loopback()
-                    && !matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
-            })
+            .filter(|a| !a.is_loopback())
             .collect();
         out.sort();
         out.dedup();

@@ -1,6 +1,8 @@
 //! The compiler: containers, host addresses and rules in; the exact content
-//! of the endpoint, ipcache and policy maps out. Pure: the daemon diffs the
-//! result against what the maps hold and applies the difference.
+//! of the endpoint, ipcache, policy and source maps out, as one generation
+//! of them holds it (the datapath crate stores each value once per
+//! generation). Pure: the daemon diffs the result against what the maps
+//! hold and applies the difference.
 //!
 //! This file is the whole compile: identities for label sets and prefixes,
 //! the ipcache, one policy entry per (local identity, peer identity,
@@ -21,14 +23,12 @@ use ipnet::IpNet;
 mod policy_keys;
 mod selector_index;
 
-pub(crate) use policy_keys::key_covers;
+pub use policy_keys::key_covers;
 pub use policy_keys::{datapath_direction, port_prefixes, port_spec_keys};
 
 use self::policy_keys::resolve_deny_precedence;
 use self::selector_index::SelectorIndex;
-use crate::datapath_abi::{
-    self as abi, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
-};
+use crate::datapath_abi::{self as abi, EndpointKey, IpcacheKey, PolicyKey, SourceKey};
 use crate::identity::{IdentityAllocator, IdentityExhausted, IdentityKind};
 use crate::model::{Direction, HostPolicy, LabelSet, Peer, Rule, Verdict};
 use crate::syntax::{policy_from_labels, LabelError};
@@ -42,17 +42,51 @@ pub struct Attachment {
     pub endpoint_id: u32,
 }
 
+/// Whose network namespace a container runs in, which says whose its
+/// addresses are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Network {
+    /// A namespace of its own: its addresses are its own, and peers see
+    /// them as its identity.
+    #[default]
+    Own,
+    /// Another container's namespace (`--network container:X`): it sends
+    /// from that container's addresses, which peers see as that container.
+    Joined,
+    /// The host's namespace: it sends from the host's addresses, which peers
+    /// see as the host; its loopback traffic is policed too.
+    Host,
+}
+
 /// One container as the runtime reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerInput {
     /// The container's name, for reports.
     pub name: String,
-    /// All its labels.
+    /// Its identity-relevant labels (see `identity::IdentityLabels`).
     pub labels: LabelSet,
-    /// Its addresses on every network it joined (none for host networking).
+    /// The addresses in its network namespace (none for host networking).
     pub addresses: Vec<IpAddr>,
+    /// Whose namespace that is.
+    pub network: Network,
+    /// When it started, in any unit that orders starts (0: unknown). When
+    /// two containers in different namespaces claim one address, the one
+    /// that started last has it: the other is gone or going.
+    pub started: u64,
     /// Set when bpfwall's programs are attached to it.
     pub attachment: Option<Attachment>,
+}
+
+/// One attached container, as one generation of `bpfwall_endpoints_v2`
+/// holds it (`struct endpoint_state` plus its slot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    /// Its slot in the counter and conntrack maps.
+    pub endpoint_id: u32,
+    /// Its identity.
+    pub identity: u32,
+    /// `EP_*` flags.
+    pub flags: u32,
 }
 
 /// Everything a compile reads.
@@ -97,15 +131,18 @@ pub enum CompileWarning {
     },
 }
 
-/// The desired content of every map bpfwall writes.
+/// The desired content of every map bpfwall writes, as one generation
+/// holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compiled {
-    /// `bpfwall_endpoints_v1`.
-    pub endpoints: BTreeMap<EndpointKey, EndpointInfo>,
-    /// `bpfwall_ipcache_v1`.
-    pub ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
-    /// `bpfwall_policy_v1`.
-    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    /// `bpfwall_endpoints_v2`: cgroup → endpoint.
+    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// `bpfwall_ipcache_v2` and its exact hash: prefix → identity.
+    pub ipcache: BTreeMap<IpcacheKey, u32>,
+    /// `bpfwall_policy_v2` and its exact hash: key → `VERDICT_*`.
+    pub policy: BTreeMap<PolicyKey, u8>,
+    /// `bpfwall_sources_v2`: the addresses each endpoint may send from.
+    pub sources: BTreeSet<SourceKey>,
     /// Every identity in use and what it stands for.
     pub identities: BTreeMap<u32, IdentityKind>,
     /// One report per container, in input order.
@@ -209,14 +246,22 @@ pub fn compile(
     for prefix in &prefixes {
         let id = allocator.cidr(*prefix)?;
         out.identities.insert(id, IdentityKind::Cidr(*prefix));
-        out.ipcache
-            .insert(abi::ipcache_key(prefix), IpcacheValue { identity: id });
+        out.ipcache.insert(abi::ipcache_key(prefix), id);
     }
     allocator.retain(&label_identity.keys().copied().collect(), &prefixes);
 
     // Container addresses, then the host's (a host address always wins).
+    // Only a container in a namespace of its own owns its addresses; when
+    // two claim one, the one that started last has it (the other is gone
+    // or going), so an address is never inherited from a stale container.
+    let mut claimants: Vec<&ContainerInput> = input
+        .containers
+        .iter()
+        .filter(|c| c.network == Network::Own)
+        .collect();
+    claimants.sort_by_key(|c| std::cmp::Reverse(c.started));
     let mut owner: BTreeMap<IpAddr, (&str, u32)> = BTreeMap::new();
-    for c in input.containers {
+    for c in claimants {
         let id = label_identity[&c.labels];
         for addr in &c.addresses {
             match owner.get(addr) {
@@ -230,21 +275,15 @@ pub fn compile(
                 Some(_) => {}
                 None => {
                     owner.insert(*addr, (&c.name, id));
-                    out.ipcache.insert(
-                        abi::ipcache_key(&IpNet::from(*addr)),
-                        IpcacheValue { identity: id },
-                    );
+                    out.ipcache
+                        .insert(abi::ipcache_key(&IpNet::from(*addr)), id);
                 }
             }
         }
     }
     for addr in input.host_addresses {
-        out.ipcache.insert(
-            abi::ipcache_key(&IpNet::from(*addr)),
-            IpcacheValue {
-                identity: abi::IDENTITY_HOST,
-            },
-        );
+        out.ipcache
+            .insert(abi::ipcache_key(&IpNet::from(*addr)), abi::IDENTITY_HOST);
     }
 
     // Policy entries per local identity.
@@ -294,18 +333,30 @@ pub fn compile(
     for c in input.containers {
         let id = label_identity[&c.labels];
         let policy = &policies[&id];
-        let flags = policy.flags();
+        let mut flags = policy.flags();
+        if c.network == Network::Host {
+            flags |= abi::EP_HOST_NETWORK;
+        }
         if let Some(a) = c.attachment {
             out.endpoints.insert(
                 EndpointKey {
                     cgroup_id: a.cgroup_id,
                 },
-                EndpointInfo {
+                Endpoint {
                     endpoint_id: a.endpoint_id,
                     identity: id,
                     flags,
-                    pad: 0,
                 },
+            );
+            // The addresses it may send from.
+            let sources = match c.network {
+                Network::Own | Network::Joined => &c.addresses[..],
+                Network::Host => input.host_addresses,
+            };
+            out.sources.extend(
+                sources
+                    .iter()
+                    .map(|addr| abi::source_key(a.endpoint_id, *addr)),
             );
         }
         let in_force = |d: Direction| -> Vec<Rule> {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::datapath_abi::{self as abi, PolicyKey, PolicyValue};
+use crate::datapath_abi::{self as abi, PolicyKey};
 use crate::model::{Direction, PortSpec, Protocol};
 
 /// The value the datapath uses for a direction (`BPFWALL_DIR_*`).
@@ -72,7 +72,7 @@ fn l4_bits(key: &PolicyKey) -> (u32, u32) {
 
 /// Does key `outer` cover every packet key `inner` covers? Both must share
 /// local identity, peer and direction.
-pub(crate) fn key_covers(outer: &PolicyKey, inner: &PolicyKey) -> bool {
+pub fn key_covers(outer: &PolicyKey, inner: &PolicyKey) -> bool {
     let (ov, ob) = l4_bits(outer);
     let (iv, ib) = l4_bits(inner);
     if ob > ib {
@@ -89,9 +89,7 @@ pub(crate) fn key_covers(outer: &PolicyKey, inner: &PolicyKey) -> bool {
 /// Deny wins: drops every allow entry that a deny entry of the same
 /// (local, peer, direction) covers, so the longest match the trie returns is
 /// a deny whenever any deny covers the packet.
-pub(crate) fn resolve_deny_precedence(
-    entries: BTreeMap<PolicyKey, u8>,
-) -> BTreeMap<PolicyKey, PolicyValue> {
+pub(crate) fn resolve_deny_precedence(entries: BTreeMap<PolicyKey, u8>) -> BTreeMap<PolicyKey, u8> {
     let group = |k: &PolicyKey| (k.local_identity, k.peer_identity, k.direction);
     let mut denies: BTreeMap<(u32, u32, u8), Vec<PolicyKey>> = BTreeMap::new();
     for (k, v) in &entries {
@@ -106,15 +104,6 @@ pub(crate) fn resolve_deny_precedence(
                 || !denies
                     .get(&group(k))
                     .is_some_and(|ds| ds.iter().any(|d| key_covers(d, k)))
-        })
-        .map(|(k, v)| {
-            (
-                k,
-                PolicyValue {
-                    verdict: v,
-                    pad: [0; 3],
-                },
-            )
         })
         .collect()
 }

@@ -25,12 +25,14 @@ pub trait Host {
     fn forbidden_cgroups(&mut self) -> Result<Vec<PathBuf>, CgroupError>;
     /// Does a process with this pid exist?
     fn alive(&self, pid: u32) -> bool;
-    /// When the process that has this pid now started (clock ticks after
-    /// boot); None when there is none. With the pid, it tells a process
-    /// from a later one that reuses the pid.
+    /// When the process with this pid started (None: no such process).
     fn start_time(&self, pid: u32) -> Option<u64>;
-    /// The addresses in a process's network namespace (empty when it is
-    /// the host's).
+    /// The network namespace (its inode) of a process.
+    fn netns(&self, pid: u32) -> Result<u64, IoError>;
+    /// The daemon's own network namespace: the host's.
+    fn own_netns(&self) -> Result<u64, IoError>;
+    /// The addresses in a process's network namespace, link-local ones
+    /// included (empty when it is the host's).
     fn netns_addresses(&self, pid: u32) -> Result<Vec<IpAddr>, IoError>;
     /// The host's own addresses.
     fn addresses(&self) -> Vec<IpAddr>;
@@ -78,6 +80,14 @@ impl Host for SystemHost {
 
     fn start_time(&self, pid: u32) -> Option<u64> {
         bpfwall_sys::process::start_time(pid).ok()
+    }
+
+    fn netns(&self, pid: u32) -> Result<u64, IoError> {
+        bpfwall_sys::netns::netns_inode(pid)
+    }
+
+    fn own_netns(&self) -> Result<u64, IoError> {
+        bpfwall_sys::netns::netns_inode(std::process::id())
     }
 
     fn netns_addresses(&self, pid: u32) -> Result<Vec<IpAddr>, IoError> {

@@ -27,16 +27,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bpfwall_datapath::MapSizes;
 use bpfwall_datapath::{Datapath as _, KernelDatapath};
 use bpfwall_sys::error_chain;
-use labels_policy::Selector;
 use tokio::sync::{mpsc, watch};
 
 use self::host::SystemHost;
 use self::policy_store::PolicyStore;
 use self::policy_watch::PolicyDir;
 use self::reconcile_loop::Input;
-use self::reconciler::Reconciler;
+use self::reconciler::{Reconciler, ReconcilerConfig};
 use self::snapshot::Snapshot;
 use crate::runtime::{docker, RuntimeEvent};
 
@@ -49,8 +49,11 @@ pub struct DaemonConfig {
     pub pin_root: PathBuf,
     /// The API socket.
     pub api_socket: PathBuf,
-    /// Only containers matching this are attached (all are peers).
-    pub manage: Selector,
+    /// How containers are policed (which are managed, identity labels,
+    /// conntrack shares).
+    pub reconciler: ReconcilerConfig,
+    /// Map sizes other than the defaults.
+    pub map_sizes: MapSizes,
     /// Host-wide policy files.
     pub policy_dir: PathBuf,
     /// What the daemon keeps across restarts (the last good version of
@@ -60,6 +63,30 @@ pub struct DaemonConfig {
 
 /// The policy directory is read this often (changes apply within a second).
 const POLICY_POLL: Duration = Duration::from_millis(250);
+/// Expired conntrack entries are removed this often.
+const CONNTRACK_COLLECT: Duration = Duration::from_secs(5);
+
+/// Removes expired conntrack entries and recounts each endpoint's share,
+/// on a thread of its own (a full map takes a while to walk).
+fn spawn_collector(
+    mut collector: Box<dyn bpfwall_datapath::ConntrackCollector>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("conntrack".into())
+        .spawn(move || loop {
+            std::thread::sleep(CONNTRACK_COLLECT);
+            let now = bpfwall_datapath::maps::conntrack::coarse_now();
+            match collector.collect(now) {
+                Ok(c) if c.expired > 0 => {
+                    tracing::debug!(expired = c.expired, left = c.total, "conntrack collected")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %error_chain(&e), "conntrack collection failed"),
+            }
+        })
+        .context("cannot start the conntrack collector")?;
+    Ok(())
+}
 
 /// Runs until SIGINT or SIGTERM. Leaves every pin in place: enforcement
 /// goes on without the daemon.
@@ -69,23 +96,29 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         std::path::Path::new(instance_lock::LOCK_DIR),
         &config.pin_root,
     )?;
-    let mut datapath = KernelDatapath::load(Some(&config.pin_root)).with_context(|| {
-        format!(
-            "loading the datapath with pins under {}",
-            config.pin_root.display()
-        )
-    })?;
+    let mut datapath = KernelDatapath::load_sized(Some(&config.pin_root), &config.map_sizes)
+        .with_context(|| {
+            format!(
+                "loading the datapath with pins under {}",
+                config.pin_root.display()
+            )
+        })?;
     let adopted = datapath.adopt().context("adopting pinned state")?;
     tracing::info!(
-        endpoints = adopted.contents.endpoints.len(),
-        policy_entries = adopted.contents.policy.len(),
+        endpoints = datapath.active().endpoints.len(),
+        policy_entries = datapath.active().policy.len(),
         links_moved = adopted.links_moved,
         links_defunct = adopted.links_defunct,
         links_not_moved = adopted.links_not_moved.len(),
-        exact_entries_moved = adopted.exact_entries_moved,
         policy_revision = adopted.policy_revision,
         "adopted pinned state (links moved onto the programs loaded now)"
     );
+    match datapath.conntrack_collector() {
+        Ok(collector) => spawn_collector(collector)?,
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "cannot open conntrack for collection: expired entries stay")
+        }
+    }
     let counters = match datapath.counter_reader() {
         Ok(reader) => Some(Arc::from(reader)),
         Err(e) => {
@@ -93,12 +126,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             None
         }
     };
-    let mut reconciler = Reconciler::new(
-        datapath,
-        SystemHost::new(),
-        config.manage.clone(),
-        adopted.contents,
-    );
+    let mut reconciler = Reconciler::new(datapath, SystemHost::new(), config.reconciler.clone());
 
     // The versions saved by the last run are in force until the directory
     // says otherwise; without them the daemon does not start (a broken file

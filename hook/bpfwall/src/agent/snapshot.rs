@@ -12,7 +12,7 @@ use labels_policy::query::{CheckResult, Explanation, FlowEnd};
 use labels_policy::{Compiled, ContainerInput};
 
 use super::policy_watch::PolicyDirStatus;
-use crate::api::{DaemonError, DirectionStatus, EndpointStatus, FlowEndArg, Status};
+use crate::api::{DaemonError, DirectionStatus, EndpointStatus, FlowEndArg, MapStatus, Status};
 use crate::runtime::ContainerRecord;
 
 /// One managed container as the reconciler last saw it.
@@ -28,6 +28,10 @@ pub struct ContainerView {
     pub problem: Option<String>,
     /// When its programs went on.
     pub policed_since_unix_us: Option<u64>,
+    /// Whose network namespace it is in ("own", "host", "joined NAME").
+    pub network: String,
+    /// Directions closed because a map was full, and which map.
+    pub closed: BTreeMap<labels_policy::Direction, &'static str>,
 }
 
 /// The reconciler's state after a reconcile.
@@ -50,15 +54,27 @@ pub struct Snapshot {
     pub docker_synced: bool,
     /// Has Docker been listed at least once?
     pub synced: bool,
-    /// Entries in the policy maps.
-    pub policy_entries: usize,
-    /// Entries in the ipcache maps.
-    pub ipcache_entries: usize,
+    /// Entries and capacity of every compiled map, by name.
+    pub maps: BTreeMap<&'static str, (usize, usize)>,
+    /// Changes that had to close directions because a map was full.
+    pub map_full_events: u64,
+    /// The conntrack map's size.
+    pub conntrack_capacity: usize,
+    /// Problems of the policy that the compile does not see (rules that
+    /// select on labels left out of identities).
+    pub warnings: Vec<String>,
     /// The last reconcile's error.
     pub last_error: Option<String>,
 }
 
 impl Snapshot {
+    fn entries_of(&self, maps: &[&str]) -> usize {
+        maps.iter()
+            .filter_map(|m| self.maps.get(m))
+            .map(|(n, _)| n)
+            .sum()
+    }
+
     /// The index of a container in the last compile, by name or id prefix.
     fn find(&self, name: &str) -> Result<usize, DaemonError> {
         let name = name.trim_start_matches('/');
@@ -153,13 +169,24 @@ impl Snapshot {
         let mut endpoints = Vec::new();
         for c in &self.containers {
             let report = reports.get(c.record.name.as_str());
+            let counters_reader = counters;
             let counters = match (counters, c.endpoint_id) {
                 (Some(reader), Some(ep)) => reader.counters(ep).unwrap_or_default(),
                 _ => Default::default(),
             };
             let flags = report.map_or(0, |r| r.flags);
+            let closed = |d: usize| {
+                let direction = if d == 0 {
+                    labels_policy::Direction::Ingress
+                } else {
+                    labels_policy::Direction::Egress
+                };
+                c.closed.get(&direction).copied()
+            };
             let direction = |d: usize, enforce: u32, error: u32, rules: usize| DirectionStatus {
-                state: if flags & error != 0 {
+                state: if let Some(map) = closed(d) {
+                    format!("closed (map {map} full)")
+                } else if flags & error != 0 {
                     "closed (label error)".into()
                 } else if flags & enforce != 0 {
                     "enforced".into()
@@ -197,6 +224,12 @@ impl Snapshot {
                 attached: c.endpoint_id.is_some() && c.problem.is_none(),
                 policed_since_unix_us: c.policed_since_unix_us,
                 addresses: c.record.addresses.iter().map(ToString::to_string).collect(),
+                network: c.network.clone(),
+                conntrack_entries: match (counters_reader, c.endpoint_id) {
+                    (Some(reader), Some(ep)) => reader.conntrack_used(ep).unwrap_or(0),
+                    _ => 0,
+                },
+                untracked_flows: counters.untracked_flows,
                 labels,
                 ingress: direction(
                     0,
@@ -228,13 +261,33 @@ impl Snapshot {
             docker_synced: self.docker_synced,
             endpoints,
             drops,
-            policy_entries: self.policy_entries,
-            ipcache_entries: self.ipcache_entries,
+            policy_entries: self.entries_of(&[abi::MAP_POLICY, abi::MAP_POLICY_EXACT]),
+            ipcache_entries: self.entries_of(&[abi::MAP_IPCACHE, abi::MAP_IPCACHE_EXACT]),
+            maps: self
+                .maps
+                .iter()
+                .map(|(name, (entries, capacity))| MapStatus {
+                    name: name.to_string(),
+                    entries: *entries,
+                    capacity: *capacity,
+                })
+                .chain(
+                    counters
+                        .and_then(|r| r.conntrack_used(0).ok())
+                        .map(|used| MapStatus {
+                            name: abi::MAP_CT.to_string(),
+                            entries: used as usize,
+                            capacity: self.conntrack_capacity,
+                        }),
+                )
+                .collect(),
+            map_full_events: self.map_full_events,
             warnings: self
                 .compiled
                 .warnings
                 .iter()
                 .map(|w| format!("{w:?}"))
+                .chain(self.warnings.iter().cloned())
                 .collect(),
             last_error: self.last_error.clone(),
             policy_files: policy_files.files,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-pub use status::{DirectionStatus, EndpointStatus, FileStatus, Status, VersionInForce};
+pub use status::{DirectionStatus, EndpointStatus, FileStatus, MapStatus, Status, VersionInForce};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/bpfwall/bpfwall.sock";
@@ -57,6 +57,16 @@ pub struct EnforceRequest {
     pub pid: u32,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// When its init process started (`/proc/PID/stat` field 22), read by
+    /// the hook: the daemon refuses a pid that is now another process.
+    #[serde(default)]
+    pub pid_start_time: Option<u64>,
+    /// The labels its image carries (left out of its identity by default).
+    #[serde(default)]
+    pub image_labels: BTreeMap<String, String>,
+    /// The container whose network namespace it joined, if any.
+    #[serde(default)]
+    pub joins: Option<String>,
 }
 
 /// One end of a flow in a check.

@@ -18,6 +18,17 @@ pub struct DirectionStatus {
     pub dropped_packets: u64,
 }
 
+/// One map's fill.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapStatus {
+    /// The map's name.
+    pub name: String,
+    /// Entries it holds (both generations, while a change is under way).
+    pub entries: usize,
+    /// Entries it can hold.
+    pub capacity: usize,
+}
+
 /// One managed container.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointStatus {
@@ -35,6 +46,16 @@ pub struct EndpointStatus {
     pub policed_since_unix_us: Option<u64>,
     /// Its addresses.
     pub addresses: Vec<String>,
+    /// Whose network namespace it is in: "own", "host" (its loopback
+    /// traffic is policed, peers see it as the host) or "joined NAME".
+    #[serde(default)]
+    pub network: String,
+    /// Conntrack entries it holds.
+    #[serde(default)]
+    pub conntrack_entries: u32,
+    /// Allowed flows it opened that found no conntrack room.
+    #[serde(default)]
+    pub untracked_flows: u64,
     /// bpfwall labels and labels some selector uses.
     pub labels: BTreeMap<String, String>,
     /// Ingress.
@@ -67,6 +88,12 @@ pub struct Status {
     pub policy_entries: usize,
     /// Entries in the ipcache.
     pub ipcache_entries: usize,
+    /// Every compiled map's fill, and conntrack's.
+    #[serde(default)]
+    pub maps: Vec<MapStatus>,
+    /// Changes that had to close directions because a map was full.
+    #[serde(default)]
+    pub map_full_events: u64,
     /// Compile warnings.
     pub warnings: Vec<String>,
     /// The last reconcile error, if the last reconcile failed.

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::agent::reconciler::ReconcilerConfig;
 use crate::agent::{self, DaemonConfig};
 use crate::api::{self, Answer, Request};
 
@@ -29,6 +30,61 @@ pub struct Cli {
     pub verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How the daemon polices: identities, map sizes, conntrack shares.
+#[derive(Debug, clap::Args)]
+struct PolicingArgs {
+    /// Leave this label out of identities as well (KEY, or a prefix ending
+    /// in '*'; repeatable). Compose's per-replica labels and image
+    /// annotations are left out by default (docs/design.md, Identities).
+    #[arg(long, value_name = "KEY")]
+    identity_exclude_label: Vec<String>,
+    /// Put this label back into identities (one of the default exclusions).
+    #[arg(long, value_name = "KEY")]
+    identity_keep_label: Vec<String>,
+    /// Count the labels a container has only from its image in its
+    /// identity (left out by default).
+    #[arg(long)]
+    identity_include_image_labels: bool,
+    /// Entries of each policy map (default 524288); for small hosts and tests.
+    #[arg(long, value_name = "N")]
+    policy_map_entries: Option<u32>,
+    /// Entries of the conntrack map (default 524288).
+    #[arg(long, value_name = "N")]
+    conntrack_entries: Option<u32>,
+    /// Conntrack entries one container may hold at most.
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    conntrack_per_endpoint: u32,
+    /// Conntrack entries every container may take however full the map is.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    conntrack_guaranteed: u32,
+}
+
+impl PolicingArgs {
+    fn reconciler(&self, manage: labels_policy::Selector) -> ReconcilerConfig {
+        let mut identity_labels = labels_policy::identity::IdentityLabels::default();
+        identity_labels
+            .exclude
+            .retain(|k| !self.identity_keep_label.contains(k));
+        identity_labels
+            .exclude
+            .extend(self.identity_exclude_label.iter().cloned());
+        identity_labels.include_image_labels = self.identity_include_image_labels;
+        ReconcilerConfig {
+            manage,
+            identity_labels,
+            ct_per_endpoint: self.conntrack_per_endpoint,
+            ct_guaranteed: self.conntrack_guaranteed,
+        }
+    }
+
+    fn map_sizes(&self) -> bpfwall_datapath::MapSizes {
+        bpfwall_datapath::MapSizes {
+            policy: self.policy_map_entries,
+            conntrack: self.conntrack_entries,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +111,8 @@ enum Command {
         /// each policy file (root-only).
         #[arg(long, default_value = crate::agent::policy_store::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        #[command(flatten)]
+        policing: PolicingArgs,
     },
     /// Validate, check and explain policy.
     #[command(subcommand)]
@@ -199,12 +257,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             manage_label,
             policy_dir,
             state_dir,
+            policing,
         } => {
             agent::run(DaemonConfig {
                 docker_socket,
                 pin_root: bpffs_root,
                 api_socket: socket,
-                manage: parse_manage(&manage_label)?,
+                reconciler: policing.reconciler(parse_manage(&manage_label)?),
+                map_sizes: policing.map_sizes(),
                 policy_dir,
                 state_dir,
             })

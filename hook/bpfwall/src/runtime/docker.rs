@@ -58,12 +58,24 @@ pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerRecord
     if state.running != Some(true) || pid <= 0 {
         return Ok(None);
     }
+    // Read now: with the pid, it names this process for good.
+    let pid_start_time = bpfwall_sys::process::start_time(pid as u32).ok();
     let labels = info
         .config
         .and_then(|c| c.labels)
         .unwrap_or_default()
         .into_iter()
         .collect();
+    let image_labels = match &info.image {
+        Some(image) => image_labels(docker, image).await?,
+        None => Default::default(),
+    };
+    let joins = info
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.as_deref())
+        .and_then(|mode| mode.strip_prefix("container:"))
+        .map(str::to_string);
     let mut addresses = Vec::new();
     if let Some(networks) = info.network_settings.and_then(|n| n.networks) {
         for settings in networks.values() {
@@ -79,9 +91,6 @@ pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerRecord
     }
     addresses.sort();
     addresses.dedup();
-    // Read now, while Docker says the process runs: if it dies while Docker
-    // is away, a later process with the same pid is not taken for it.
-    let start_time = bpfwall_sys::process::start_time(pid as u32).ok();
     Ok(Some(ContainerRecord {
         id: info.id.unwrap_or_else(|| id.to_string()),
         name: info
@@ -92,8 +101,30 @@ pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerRecord
         labels,
         addresses,
         pid: pid as u32,
-        start_time,
+        pid_start_time,
+        image_labels,
+        joins,
     }))
+}
+
+/// The labels an image carries (the container has them unless it set
+/// another value): none when the image is gone.
+async fn image_labels(
+    docker: &Docker,
+    image: &str,
+) -> Result<labels_policy::LabelSet, DockerError> {
+    match docker.inspect_image(image).await {
+        Ok(info) => Ok(info
+            .config
+            .and_then(|c| c.labels)
+            .unwrap_or_default()
+            .into_iter()
+            .collect()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(Default::default()),
+        Err(e) => Err(api("inspect_image")(e)),
+    }
 }
 
 async fn list_running(docker: &Docker) -> Result<Vec<ContainerRecord>, DockerError> {

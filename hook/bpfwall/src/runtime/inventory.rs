@@ -48,7 +48,7 @@ pub struct Inventory {
 fn same_process(record: &ContainerRecord, process_start: &impl Fn(u32) -> Option<u64>) -> bool {
     match process_start(record.pid) {
         None => false,
-        Some(now) => record.start_time.is_none_or(|then| then == now),
+        Some(now) => record.pid_start_time.is_none_or(|then| then == now),
     }
 }
 
@@ -189,7 +189,7 @@ mod tests {
     /// A record whose process start time was read.
     fn started(id: &str, pid: u32, start_time: u64) -> ContainerRecord {
         ContainerRecord {
-            start_time: Some(start_time),
+            pid_start_time: Some(start_time),
             ..record(id, pid)
         }
     }

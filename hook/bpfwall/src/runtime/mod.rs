@@ -48,11 +48,15 @@ pub struct ContainerRecord {
     pub addresses: Vec<IpAddr>,
     /// The init process's pid on the host.
     pub pid: u32,
-    /// When that process started (clock ticks after boot,
-    /// `bpfwall_sys::process::start_time`), read when the source reported
-    /// it: with the pid it names the process for good (a pid can be
-    /// reused). None when the source did not read it.
-    pub start_time: Option<u64>,
+    /// When that process started (`bpfwall_sys::process::start_time`),
+    /// read when the runtime reported it: a later process with the same
+    /// pid is not this container.
+    pub pid_start_time: Option<u64>,
+    /// The labels its image carries (left out of its identity by default).
+    pub image_labels: labels_policy::LabelSet,
+    /// The id of the container whose network namespace it joined
+    /// (`--network container:X`), when the runtime says so.
+    pub joins: Option<String>,
 }
 
 /// What a streaming source reports.

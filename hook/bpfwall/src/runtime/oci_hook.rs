@@ -32,6 +32,7 @@ struct OciState {
 #[serde(rename_all = "PascalCase")]
 struct DockerConfigV2 {
     name: Option<String>,
+    image: Option<String>,
     config: Option<DockerConfig>,
 }
 
@@ -41,32 +42,84 @@ struct DockerConfig {
     labels: Option<BTreeMap<String, String>>,
 }
 
-/// Name and labels of a container: Docker's config.v2.json if it has one,
-/// else the OCI annotations.
-fn name_and_labels(
-    docker_root: &Path,
-    state: &OciState,
-) -> anyhow::Result<(String, BTreeMap<String, String>)> {
-    let path = docker_root
-        .join("containers")
-        .join(&state.id)
-        .join("config.v2.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let c: DockerConfigV2 = serde_json::from_slice(&bytes)
-                .with_context(|| format!("cannot parse {}", path.display()))?;
-            let name = c
-                .name
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string();
-            Ok((name, c.config.and_then(|c| c.labels).unwrap_or_default()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok((state.id.clone(), state.annotations.clone()))
-        }
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerHostConfig {
+    network_mode: Option<String>,
+}
+
+/// An image's config in Docker's image store (only its labels matter).
+#[derive(Debug, Deserialize)]
+struct ImageConfig {
+    config: Option<DockerConfig>,
+}
+
+/// What the hook reads of a container before it runs.
+#[derive(Debug, Default)]
+struct Facts {
+    name: String,
+    labels: BTreeMap<String, String>,
+    image_labels: BTreeMap<String, String>,
+    joins: Option<String>,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("cannot parse {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// The labels of an image ("sha256:HEX") from Docker's image store, under
+/// whichever storage driver holds it.
+fn image_labels(docker_root: &Path, image: &str) -> BTreeMap<String, String> {
+    let Some(hex) = image.strip_prefix("sha256:") else {
+        return BTreeMap::new();
+    };
+    let Ok(drivers) = std::fs::read_dir(docker_root.join("image")) else {
+        return BTreeMap::new();
+    };
+    for driver in drivers.flatten() {
+        let path = driver.path().join("imagedb/content/sha256").join(hex);
+        if let Ok(Some(config)) = read_json::<ImageConfig>(&path) {
+            return config.config.and_then(|c| c.labels).unwrap_or_default();
+        }
+    }
+    BTreeMap::new()
+}
+
+/// Name, labels, image labels and network of a container: Docker's files
+/// (config.v2.json, hostconfig.json, the image store) if it has them, else
+/// the OCI annotations.
+fn facts(docker_root: &Path, state: &OciState) -> anyhow::Result<Facts> {
+    let dir = docker_root.join("containers").join(&state.id);
+    let Some(c) = read_json::<DockerConfigV2>(&dir.join("config.v2.json"))? else {
+        return Ok(Facts {
+            name: state.id.clone(),
+            labels: state.annotations.clone(),
+            ..Facts::default()
+        });
+    };
+    let host = read_json::<DockerHostConfig>(&dir.join("hostconfig.json"))?;
+    Ok(Facts {
+        name: c
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
+        image_labels: c
+            .image
+            .as_deref()
+            .map(|i| image_labels(docker_root, i))
+            .unwrap_or_default(),
+        joins: host
+            .and_then(|h| h.network_mode)
+            .and_then(|m| m.strip_prefix("container:").map(str::to_string)),
+    })
 }
 
 async fn enforce(socket: &Path, docker_root: &Path) -> anyhow::Result<String> {
@@ -77,12 +130,22 @@ async fn enforce(socket: &Path, docker_root: &Path) -> anyhow::Result<String> {
         .context("cannot read the OCI state from stdin")?;
     let state: OciState = serde_json::from_str(&input).context("stdin is not an OCI state")?;
     let pid = state.pid.context("the OCI state has no pid")?;
-    let (name, labels) = name_and_labels(docker_root, &state)?;
+    // Read now: with the pid, it names this process for good.
+    let pid_start_time = bpfwall_sys::process::start_time(pid).ok();
+    let Facts {
+        name,
+        labels,
+        image_labels,
+        joins,
+    } = facts(docker_root, &state)?;
     let request = Request::Enforce(EnforceRequest {
         id: state.id.clone(),
         name: name.clone(),
         pid,
         labels,
+        pid_start_time,
+        image_labels,
+        joins,
     });
     let answer = tokio::time::timeout(DAEMON_TIMEOUT, api::call(socket, &request))
         .await

@@ -76,6 +76,7 @@ impl Maps<'_> {
 pub struct OwnedCounters {
     counters: PerCpuArray<MapData, P<EndpointCounters>>,
     drops: PerCpuArray<MapData, u64>,
+    ct_used: aya::maps::Array<MapData, u32>,
 }
 
 impl std::fmt::Debug for OwnedCounters {
@@ -86,7 +87,11 @@ impl std::fmt::Debug for OwnedCounters {
 
 impl OwnedCounters {
     /// Opens the maps with these kernel ids.
-    pub(crate) fn open(counters_id: u32, drops_id: u32) -> Result<Self, DatapathError> {
+    pub(crate) fn open(
+        counters_id: u32,
+        drops_id: u32,
+        used_id: u32,
+    ) -> Result<Self, DatapathError> {
         let open = |id: u32, name: &'static str| -> Result<aya::maps::Map, DatapathError> {
             let data = MapData::from_id(id).map_err(map_error(name, "open by id"))?;
             aya::maps::Map::from_map_data(data).map_err(map_error(name, "open by id"))
@@ -96,6 +101,8 @@ impl OwnedCounters {
                 .map_err(map_error(abi::MAP_COUNTERS, "open"))?,
             drops: PerCpuArray::try_from(open(drops_id, abi::MAP_DROPS)?)
                 .map_err(map_error(abi::MAP_DROPS, "open"))?,
+            ct_used: aya::maps::Array::try_from(open(used_id, abi::MAP_CT_USED)?)
+                .map_err(map_error(abi::MAP_CT_USED, "open"))?,
         })
     }
 }
@@ -107,5 +114,11 @@ impl crate::CounterReader for OwnedCounters {
 
     fn drops(&self) -> Result<BTreeMap<DropReason, u64>, DatapathError> {
         sum_drops(&self.drops)
+    }
+
+    fn conntrack_used(&self, endpoint_id: u32) -> Result<u32, DatapathError> {
+        self.ct_used
+            .get(&endpoint_id, 0)
+            .map_err(map_error(abi::MAP_CT_USED, "read"))
     }
 }

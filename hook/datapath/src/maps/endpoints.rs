@@ -1,4 +1,5 @@
-//! `bpfwall_endpoints_v1`: cgroup id → endpoint id, identity and flags.
+//! `bpfwall_endpoints_v2`: cgroup id → endpoint slot, conntrack limit and
+//! state per generation.
 
 use std::collections::BTreeMap;
 
@@ -20,25 +21,16 @@ impl Maps<'_> {
         Ok(out)
     }
 
-    /// Writes endpoint entries.
-    pub fn upsert_endpoints(
-        &mut self,
-        entries: &[(EndpointKey, EndpointInfo)],
-    ) -> Result<(), DatapathError> {
-        for (k, v) in entries {
-            self.endpoints
-                .insert(P(*k), P(*v), 0)
-                .map_err(map_error(abi::MAP_ENDPOINTS, "insert"))?;
-        }
-        Ok(())
+    /// Writes one endpoint entry.
+    pub fn put_endpoint(&mut self, k: &EndpointKey, v: &EndpointInfo) -> Result<(), DatapathError> {
+        self.endpoints
+            .insert(P(*k), P(*v), 0)
+            .map_err(map_error(abi::MAP_ENDPOINTS, "insert"))
     }
 
-    /// Deletes endpoint entries (missing ones are fine).
-    pub fn remove_endpoints(&mut self, keys: &[EndpointKey]) -> Result<(), DatapathError> {
-        for k in keys {
-            ignore_missing(self.endpoints.remove(&P(*k)))
-                .map_err(map_error(abi::MAP_ENDPOINTS, "remove"))?;
-        }
-        Ok(())
+    /// Deletes one endpoint entry (a missing one is fine).
+    pub fn delete_endpoint(&mut self, k: &EndpointKey) -> Result<(), DatapathError> {
+        ignore_missing(self.endpoints.remove(&P(*k)))
+            .map_err(map_error(abi::MAP_ENDPOINTS, "remove"))
     }
 }

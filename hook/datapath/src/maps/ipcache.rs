@@ -1,7 +1,7 @@
-//! The ipcache: address prefix → identity. Host addresses (/32, /128) live
-//! in `bpfwall_ipcache_exact_v1`, a hash asked first; shorter prefixes in
-//! the LPM trie `bpfwall_ipcache_v1` (the rule of `bpfwall_maps.h`,
-//! [`abi::ipcache_is_exact`]).
+//! The ipcache: address prefix → identity (per generation). Host addresses
+//! (/32, /128) live in `bpfwall_ipcache_exact_v2`, a hash asked first;
+//! shorter prefixes in the LPM trie `bpfwall_ipcache_v2` (the rule of
+//! `bpfwall_maps.h`, [`abi::ipcache_is_exact`]).
 
 use std::collections::BTreeMap;
 
@@ -27,58 +27,27 @@ impl Maps<'_> {
         Ok(out)
     }
 
-    /// Writes ipcache entries, each to the hash or the trie.
-    pub fn upsert_ipcache(
-        &mut self,
-        entries: &[(IpcacheKey, IpcacheValue)],
-    ) -> Result<(), DatapathError> {
-        for (k, v) in entries {
-            if abi::ipcache_is_exact(k) {
-                self.ipcache_exact
-                    .insert(P(*k), P(*v), 0)
-                    .map_err(map_error(abi::MAP_IPCACHE_EXACT, "insert"))?;
-            } else {
-                self.ipcache
-                    .insert(&ipcache_trie_key(k), P(*v), 0)
-                    .map_err(map_error(abi::MAP_IPCACHE, "insert"))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes ipcache entries (missing ones are fine).
-    pub fn remove_ipcache(&mut self, keys: &[IpcacheKey]) -> Result<(), DatapathError> {
-        for k in keys {
-            if abi::ipcache_is_exact(k) {
-                ignore_missing(self.ipcache_exact.remove(&P(*k)))
-                    .map_err(map_error(abi::MAP_IPCACHE_EXACT, "remove"))?;
-            } else {
-                ignore_missing(self.ipcache.remove(&ipcache_trie_key(k)))
-                    .map_err(map_error(abi::MAP_IPCACHE, "remove"))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Moves host addresses an older daemon wrote into the trie over to the
-    /// hash: written to the hash first, then deleted from the trie, so a
-    /// lookup (hash, then trie) finds them all along. Returns how many.
-    pub(crate) fn migrate_exact_ipcache(&mut self) -> Result<usize, DatapathError> {
-        let mut exact = Vec::new();
-        for item in self.ipcache.iter() {
-            let (k, v) = item.map_err(map_error(abi::MAP_IPCACHE, "iterate"))?;
-            let key = ipcache_key_from_trie(&k);
-            if abi::ipcache_is_exact(&key) {
-                exact.push((key, v.0));
-            }
-        }
-        for (k, v) in &exact {
+    /// Writes one ipcache entry, to the hash or the trie.
+    pub fn put_ipcache(&mut self, k: &IpcacheKey, v: &IpcacheValue) -> Result<(), DatapathError> {
+        if abi::ipcache_is_exact(k) {
             self.ipcache_exact
                 .insert(P(*k), P(*v), 0)
-                .map_err(map_error(abi::MAP_IPCACHE_EXACT, "insert"))?;
-            ignore_missing(self.ipcache.remove(&ipcache_trie_key(k)))
-                .map_err(map_error(abi::MAP_IPCACHE, "remove"))?;
+                .map_err(map_error(abi::MAP_IPCACHE_EXACT, "insert"))
+        } else {
+            self.ipcache
+                .insert(&ipcache_trie_key(k), P(*v), 0)
+                .map_err(map_error(abi::MAP_IPCACHE, "insert"))
         }
-        Ok(exact.len())
+    }
+
+    /// Deletes one ipcache entry (a missing one is fine).
+    pub fn delete_ipcache(&mut self, k: &IpcacheKey) -> Result<(), DatapathError> {
+        if abi::ipcache_is_exact(k) {
+            ignore_missing(self.ipcache_exact.remove(&P(*k)))
+                .map_err(map_error(abi::MAP_IPCACHE_EXACT, "remove"))
+        } else {
+            ignore_missing(self.ipcache.remove(&ipcache_trie_key(k)))
+                .map_err(map_error(abi::MAP_IPCACHE, "remove"))
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! Typed access to the datapath's maps, one module per map family:
 //! [`endpoints`], [`ipcache`], [`policy`] (each family a hash of exact
-//! entries beside an LPM trie where it has one), [`conntrack`],
-//! [`counters`] and [`revision`]. This module opens them and reads what the
-//! three compiled families hold; the order in which a change is written is
-//! the reconciler's, not this module's.
+//! entries beside an LPM trie where it has one), [`sources`],
+//! [`conntrack`], [`counters`] and [`revision`]. This module opens them and
+//! reads what the compiled families hold, as stored (both generations:
+//! `crate::generations`); the order in which a change is written is the
+//! reconciler's and `crate::kernel`'s, not this module's.
 
 pub mod conntrack;
 pub mod counters;
@@ -11,39 +12,49 @@ pub mod endpoints;
 pub mod ipcache;
 pub mod policy;
 pub mod revision;
+pub mod sources;
 
 use std::collections::BTreeMap;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use aya::Ebpf;
 use labels_policy::datapath_abi::{
-    self as abi, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey,
-    IpcacheValue, PolicyKey, PolicyRevision, PolicyValue,
+    self as abi, CtConfig, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey,
+    IpcacheValue, PolicyKey, PolicyRevision, PolicyValue, SourceKey, SourceValue,
 };
 
 use crate::error::map_error;
+use crate::generations::Physical;
 use crate::pod::{IpcacheData, PolicyData, P};
 use crate::DatapathError;
 
-/// The maps bpfwall writes, plus counters and conntrack.
+pub use crate::generations::MapContents;
+
+/// Every map of the object.
 pub struct Maps<'a> {
-    /// `bpfwall_endpoints_v1`.
+    /// `bpfwall_endpoints_v2`.
     pub endpoints: HashMap<&'a mut MapData, P<EndpointKey>, P<EndpointInfo>>,
-    /// `bpfwall_ipcache_v1`: prefixes.
+    /// `bpfwall_ipcache_v2`: prefixes.
     pub ipcache: LpmTrie<&'a mut MapData, IpcacheData, P<IpcacheValue>>,
-    /// `bpfwall_ipcache_exact_v1`: host addresses.
+    /// `bpfwall_ipcache_exact_v2`: host addresses.
     pub ipcache_exact: HashMap<&'a mut MapData, P<IpcacheKey>, P<IpcacheValue>>,
-    /// `bpfwall_policy_v1`: port ranges, any port, any protocol.
+    /// `bpfwall_policy_v2`: port ranges, any port, any protocol.
     pub policy: LpmTrie<&'a mut MapData, PolicyData, P<PolicyValue>>,
-    /// `bpfwall_policy_exact_v1`: one protocol, one port.
+    /// `bpfwall_policy_exact_v2`: one protocol, one port.
     pub policy_exact: HashMap<&'a mut MapData, P<PolicyKey>, P<PolicyValue>>,
-    /// `bpfwall_ct_v1`.
+    /// `bpfwall_sources_v2`.
+    pub sources: HashMap<&'a mut MapData, P<SourceKey>, P<SourceValue>>,
+    /// `bpfwall_ct_v2`.
     pub ct: HashMap<&'a mut MapData, P<CtKey>, P<CtValue>>,
-    /// `bpfwall_policy_rev_v1`.
+    /// `bpfwall_ct_used_v2`.
+    pub ct_used: Array<&'a mut MapData, u32>,
+    /// `bpfwall_ct_config_v2`.
+    pub ct_config: Array<&'a mut MapData, P<CtConfig>>,
+    /// `bpfwall_policy_rev_v2`.
     pub policy_rev: Array<&'a mut MapData, P<PolicyRevision>>,
-    /// `bpfwall_counters_v1`.
+    /// `bpfwall_counters_v2`.
     pub counters: PerCpuArray<&'a mut MapData, P<EndpointCounters>>,
-    /// `bpfwall_drops_v1`.
+    /// `bpfwall_drops_v2`.
     pub drops: PerCpuArray<&'a mut MapData, u64>,
 }
 
@@ -51,17 +62,6 @@ impl std::fmt::Debug for Maps<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Maps").finish_non_exhaustive()
     }
-}
-
-/// What the three compiled map families hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MapContents {
-    /// `bpfwall_endpoints_v1`.
-    pub endpoints: BTreeMap<EndpointKey, EndpointInfo>,
-    /// `bpfwall_ipcache_v1` and `bpfwall_ipcache_exact_v1`.
-    pub ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
-    /// `bpfwall_policy_v1` and `bpfwall_policy_exact_v1`.
-    pub policy: BTreeMap<PolicyKey, PolicyValue>,
 }
 
 /// Entries to write and keys to delete to go from one content to another.
@@ -110,34 +110,64 @@ impl<'a> Maps<'a> {
         }
         let mut take =
             |name: &'static str| found.remove(name).ok_or(DatapathError::MissingMap { name });
+        macro_rules! open {
+            ($ty:ident, $name:expr) => {
+                $ty::try_from(take($name)?).map_err(map_error($name, "open"))?
+            };
+        }
         Ok(Maps {
-            endpoints: HashMap::try_from(take(abi::MAP_ENDPOINTS)?)
-                .map_err(map_error(abi::MAP_ENDPOINTS, "open"))?,
-            ipcache: LpmTrie::try_from(take(abi::MAP_IPCACHE)?)
-                .map_err(map_error(abi::MAP_IPCACHE, "open"))?,
-            ipcache_exact: HashMap::try_from(take(abi::MAP_IPCACHE_EXACT)?)
-                .map_err(map_error(abi::MAP_IPCACHE_EXACT, "open"))?,
-            policy: LpmTrie::try_from(take(abi::MAP_POLICY)?)
-                .map_err(map_error(abi::MAP_POLICY, "open"))?,
-            policy_exact: HashMap::try_from(take(abi::MAP_POLICY_EXACT)?)
-                .map_err(map_error(abi::MAP_POLICY_EXACT, "open"))?,
-            ct: HashMap::try_from(take(abi::MAP_CT)?).map_err(map_error(abi::MAP_CT, "open"))?,
-            policy_rev: Array::try_from(take(abi::MAP_POLICY_REV)?)
-                .map_err(map_error(abi::MAP_POLICY_REV, "open"))?,
-            counters: PerCpuArray::try_from(take(abi::MAP_COUNTERS)?)
-                .map_err(map_error(abi::MAP_COUNTERS, "open"))?,
-            drops: PerCpuArray::try_from(take(abi::MAP_DROPS)?)
-                .map_err(map_error(abi::MAP_DROPS, "open"))?,
+            endpoints: open!(HashMap, abi::MAP_ENDPOINTS),
+            ipcache: open!(LpmTrie, abi::MAP_IPCACHE),
+            ipcache_exact: open!(HashMap, abi::MAP_IPCACHE_EXACT),
+            policy: open!(LpmTrie, abi::MAP_POLICY),
+            policy_exact: open!(HashMap, abi::MAP_POLICY_EXACT),
+            sources: open!(HashMap, abi::MAP_SOURCES),
+            ct: open!(HashMap, abi::MAP_CT),
+            ct_used: open!(Array, abi::MAP_CT_USED),
+            ct_config: open!(Array, abi::MAP_CT_CONFIG),
+            policy_rev: open!(Array, abi::MAP_POLICY_REV),
+            counters: open!(PerCpuArray, abi::MAP_COUNTERS),
+            drops: open!(PerCpuArray, abi::MAP_DROPS),
         })
     }
 
-    /// Reads the three compiled map families.
-    pub fn read(&self) -> Result<MapContents, DatapathError> {
-        Ok(MapContents {
+    /// What the compiled families hold, both generations.
+    pub fn read_physical(&self) -> Result<Physical, DatapathError> {
+        Ok(Physical {
             endpoints: self.read_endpoints()?,
             ipcache: self.read_ipcache()?,
             policy: self.read_policy()?,
+            sources: self.read_sources()?,
         })
+    }
+
+    /// The capacity of every compiled map, by name (as loaded: a daemon
+    /// flag may have set it).
+    pub fn capacities(&self) -> Result<BTreeMap<&'static str, usize>, DatapathError> {
+        use aya::maps::IterableMap as _;
+        let max = |data: &MapData, name: &'static str| -> Result<usize, DatapathError> {
+            data.info()
+                .map(|i| i.max_entries() as usize)
+                .map_err(map_error(name, "read the size of"))
+        };
+        Ok(BTreeMap::from([
+            (
+                abi::MAP_ENDPOINTS,
+                max(self.endpoints.map(), abi::MAP_ENDPOINTS)?,
+            ),
+            (abi::MAP_IPCACHE, max(self.ipcache.map(), abi::MAP_IPCACHE)?),
+            (
+                abi::MAP_IPCACHE_EXACT,
+                max(self.ipcache_exact.map(), abi::MAP_IPCACHE_EXACT)?,
+            ),
+            (abi::MAP_POLICY, max(self.policy.map(), abi::MAP_POLICY)?),
+            (
+                abi::MAP_POLICY_EXACT,
+                max(self.policy_exact.map(), abi::MAP_POLICY_EXACT)?,
+            ),
+            (abi::MAP_SOURCES, max(self.sources.map(), abi::MAP_SOURCES)?),
+            (abi::MAP_CT, max(self.ct.map(), abi::MAP_CT)?),
+        ]))
     }
 }
 

@@ -1,8 +1,8 @@
 //! Policy: (local identity, peer identity, direction, protocol, port) →
-//! allow or deny. Single-port entries live in `bpfwall_policy_exact_v1`, a
-//! hash asked first; port ranges, any-port and any-protocol entries in the
-//! LPM trie `bpfwall_policy_v1` (the rule of `bpfwall_maps.h`,
-//! [`abi::policy_is_exact`]).
+//! allow or deny (per generation). Single-port entries live in
+//! `bpfwall_policy_exact_v2`, a hash asked first; port ranges, any-port and
+//! any-protocol entries in the LPM trie `bpfwall_policy_v2` (the rule of
+//! `bpfwall_maps.h`, [`abi::policy_is_exact`]).
 
 use std::collections::BTreeMap;
 
@@ -28,63 +28,27 @@ impl Maps<'_> {
         Ok(out)
     }
 
-    /// Writes policy entries, each to the hash or the trie.
-    pub fn upsert_policy(
-        &mut self,
-        entries: &[(PolicyKey, PolicyValue)],
-    ) -> Result<(), DatapathError> {
-        for (k, v) in entries {
-            if abi::policy_is_exact(k) {
-                self.policy_exact
-                    .insert(P(*k), P(*v), 0)
-                    .map_err(map_error(abi::MAP_POLICY_EXACT, "insert"))?;
-            } else {
-                self.policy
-                    .insert(&policy_trie_key(k), P(*v), 0)
-                    .map_err(map_error(abi::MAP_POLICY, "insert"))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes policy entries (missing ones are fine).
-    pub fn remove_policy(&mut self, keys: &[PolicyKey]) -> Result<(), DatapathError> {
-        for k in keys {
-            if abi::policy_is_exact(k) {
-                ignore_missing(self.policy_exact.remove(&P(*k)))
-                    .map_err(map_error(abi::MAP_POLICY_EXACT, "remove"))?;
-            } else {
-                ignore_missing(self.policy.remove(&policy_trie_key(k)))
-                    .map_err(map_error(abi::MAP_POLICY, "remove"))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Moves single-port entries an older daemon wrote into the trie over to
-    /// the hash (hash first, then trie removal). Returns how many.
-    pub(crate) fn migrate_exact_policy(&mut self) -> Result<usize, DatapathError> {
-        let mut exact = Vec::new();
-        for item in self.policy.iter() {
-            let (k, v) = item.map_err(map_error(abi::MAP_POLICY, "iterate"))?;
-            let key = policy_key_from_trie(&k);
-            if abi::policy_is_exact(&key) {
-                exact.push((key, v.0));
-            }
-        }
-        for (k, v) in &exact {
+    /// Writes one policy entry, to the hash or the trie.
+    pub fn put_policy(&mut self, k: &PolicyKey, v: &PolicyValue) -> Result<(), DatapathError> {
+        if abi::policy_is_exact(k) {
             self.policy_exact
                 .insert(P(*k), P(*v), 0)
-                .map_err(map_error(abi::MAP_POLICY_EXACT, "insert"))?;
-            ignore_missing(self.policy.remove(&policy_trie_key(k)))
-                .map_err(map_error(abi::MAP_POLICY, "remove"))?;
+                .map_err(map_error(abi::MAP_POLICY_EXACT, "insert"))
+        } else {
+            self.policy
+                .insert(&policy_trie_key(k), P(*v), 0)
+                .map_err(map_error(abi::MAP_POLICY, "insert"))
         }
-        Ok(exact.len())
     }
 
-    /// Moves exact entries (host addresses, single ports) that an older
-    /// daemon wrote into the tries over to the hashes. Returns how many.
-    pub fn migrate_exact_entries(&mut self) -> Result<usize, DatapathError> {
-        Ok(self.migrate_exact_ipcache()? + self.migrate_exact_policy()?)
+    /// Deletes one policy entry (a missing one is fine).
+    pub fn delete_policy(&mut self, k: &PolicyKey) -> Result<(), DatapathError> {
+        if abi::policy_is_exact(k) {
+            ignore_missing(self.policy_exact.remove(&P(*k)))
+                .map_err(map_error(abi::MAP_POLICY_EXACT, "remove"))
+        } else {
+            ignore_missing(self.policy.remove(&policy_trie_key(k)))
+                .map_err(map_error(abi::MAP_POLICY, "remove"))
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! `bpfwall_policy_rev_v1`: the policy revision conntrack checks its
-//! cached decisions against.
+//! `bpfwall_policy_rev_v2`: the policy revision, whose lowest bit is the
+//! active generation and which conntrack checks its decisions against.
 
 use labels_policy::datapath_abi::{self as abi, PolicyRevision};
 
@@ -17,16 +17,11 @@ impl Maps<'_> {
             .map_err(map_error(abi::MAP_POLICY_REV, "read"))
     }
 
-    /// Tells the datapath that the maps changed: every established flow is
-    /// decided again on its next packet. Call after all writes and removals
-    /// of a change have landed. Returns the new revision.
-    pub fn bump_policy_revision(&mut self) -> Result<u32, DatapathError> {
-        // Never zero: conntrack entries written by programs older than the
-        // revision carry zero there, and must be decided again.
-        let next = self.policy_revision()?.wrapping_add(1).max(1);
+    /// Sets the revision (one aligned u32: the programs see the old one or
+    /// the new one).
+    pub fn set_policy_revision(&mut self, revision: u32) -> Result<(), DatapathError> {
         self.policy_rev
-            .set(0, P(PolicyRevision { revision: next }), 0)
-            .map_err(map_error(abi::MAP_POLICY_REV, "write"))?;
-        Ok(next)
+            .set(0, P(PolicyRevision { revision }), 0)
+            .map_err(map_error(abi::MAP_POLICY_REV, "write"))
     }
 }

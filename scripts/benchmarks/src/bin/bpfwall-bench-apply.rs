@@ -241,6 +241,9 @@ impl Bench {
             name: format!("{PREFIX}-{i}"),
             pid,
             labels,
+            pid_start_time: bpfwall_sys::process::start_time(pid).ok(),
+            image_labels: Default::default(),
+            joins: None,
         });
         let t0 = Instant::now();
         let answer = self.call(&request)?;

@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use aya::programs::{CgroupSkb, TestRun, TestRunOptions};
-use bpfwall_datapath::maps::MapContents;
 use bpfwall_datapath::test_run::{self, ipv4_packet, skb_ctx, TCP_ACK, TCP_SYN};
 use bpfwall_datapath::{KernelDatapath as Datapath, EMPTY_OBJECT};
 use clap::Parser;
@@ -76,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         test_run::enter_own_netns().context("a network namespace of our own (run as root)")?;
     let cgroup_id = test_run::own_cgroup_id()?;
     let mut dp = Datapath::load(None).context("loading the datapath (run as root)")?;
+    dp.set_test_shares()?;
     let mut empty_obj = aya::Ebpf::load(EMPTY_OBJECT).context("loading the empty program")?;
     let empty: &mut CgroupSkb = empty_obj
         .program_mut("bench_empty")
@@ -94,7 +94,6 @@ fn main() -> anyhow::Result<()> {
     if let Some(f) = csv.as_mut() {
         writeln!(f, "rules,case,run,ns_per_packet")?;
     }
-    let mut current = MapContents::default();
     let mut table: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
     let mut compile_ms = BTreeMap::new();
     for &n in &args.rules {
@@ -108,12 +107,16 @@ fn main() -> anyhow::Result<()> {
                     cgroup_id,
                     endpoint_id: 1,
                 }),
+                network: Default::default(),
+                started: 0,
             },
             ContainerInput {
                 name: "stranger".into(),
                 labels: labels(&[("id", "stranger".into())]),
                 addresses: vec![stranger],
                 attachment: None,
+                network: Default::default(),
+                started: 0,
             },
         ];
         let mut rules = Vec::with_capacity(n);
@@ -123,6 +126,8 @@ fn main() -> anyhow::Result<()> {
                 labels: labels(&[("id", format!("peer{k}"))]),
                 addresses: vec![peer_addr(k)],
                 attachment: None,
+                network: Default::default(),
+                started: 0,
             });
             rules.push(Rule {
                 direction: Direction::Ingress,
@@ -164,12 +169,7 @@ fn main() -> anyhow::Result<()> {
             "expected {n} policy entries, got {}",
             compiled.policy.len()
         );
-        dp.write_compiled(&current, &compiled)?;
-        current = MapContents {
-            endpoints: compiled.endpoints.clone(),
-            ipcache: compiled.ipcache.clone(),
-            policy: compiled.policy.clone(),
-        };
+        dp.write_compiled(&compiled)?;
         // The reply case: a flow the local container opened towards the stranger.
         let mut key = CtKey {
             protocol: abi::IPPROTO_TCP,
@@ -183,11 +183,15 @@ fn main() -> anyhow::Result<()> {
         key.remote_port_be = 443u16.to_be();
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
         let last_seen_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+        let revision = dp.maps()?.policy_revision()?;
         dp.maps()?.insert_conntrack(
             key,
             CtValue {
                 last_seen_ns,
                 origin_direction: abi::DIR_EGRESS,
+                flags: abi::CT_SEEN_REPLY,
+                // Allowed at the current revision: replies pass on it.
+                policy_revision: revision,
                 ..CtValue::default()
             },
         )?;

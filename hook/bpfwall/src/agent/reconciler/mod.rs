@@ -1,20 +1,26 @@
 //! The reconciler: owns the datapath and everything known about
 //! containers. Runtime events only update the inventory; a reconcile lists
-//! what runs, compiles it, diffs the result against what the maps and
-//! links hold and applies the difference, in an order that never opens a
-//! container:
+//! what runs, compiles it, and carries the result out in an order that
+//! never opens a container:
 //!
 //! 1. counters of newly handed-out endpoint slots are zeroed;
-//! 2. policy, ipcache, then endpoint entries are written (a new endpoint is
-//!    found only once its policy is in place);
-//! 3. links are attached for new containers, and removed for gone ones;
-//! 4. stale endpoint, ipcache and policy entries are deleted, the policy
-//!    revision is bumped, then the conntrack entries of endpoints that are
-//!    gone are forgotten.
+//! 2. the new content is staged beside the one in force (the datapath
+//!    keeps two generations: no packet is decided by a mix of the two);
+//!    if a map is full, whatever would grow it is closed instead, and the
+//!    smaller change is staged;
+//! 3. links are attached for new containers (until the flip their packets
+//!    meet no endpoint and are dropped);
+//! 4. the flip: the staged generation is in force for every new packet,
+//!    and the datapath waits for packets decided by the old one;
+//! 5. links of gone containers are removed, then what only the old
+//!    generation had;
+//! 6. the conntrack entries of endpoint slots taken back are forgotten,
+//!    and only then may those slots be handed out again.
 //!
 //! It reaches the kernel only through [`Datapath`] and the host only
 //! through [`Host`], so all of this is unit-tested with fakes (tests.rs).
 
+mod capacity;
 mod endpoint_ids;
 #[cfg(test)]
 mod tests;
@@ -23,15 +29,17 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bpfwall_datapath::{diff, Datapath, DatapathError, MapContents};
+use bpfwall_datapath::{CtShares, Datapath, DatapathError, MapContents, StageError};
 use bpfwall_sys::cgroup::CgroupError;
 use bpfwall_sys::error_chain;
-use labels_policy::datapath_abi::EndpointInfo;
+use labels_policy::compile::{Endpoint, Network};
+use labels_policy::identity::IdentityLabels;
 use labels_policy::{
-    compile, Attachment, CompileInput, Compiled, ContainerInput, HostPolicy, IdentityAllocator,
-    Selector,
+    compile, Attachment, CompileInput, Compiled, ContainerInput, Direction, HostPolicy,
+    IdentityAllocator, Selector,
 };
 
+pub use self::capacity::Closure;
 use self::endpoint_ids::EndpointIds;
 use super::host::{CgroupPlace, Host};
 use super::snapshot::{ContainerView, Snapshot};
@@ -51,6 +59,9 @@ pub enum ReconcileError {
     /// The datapath refused a change.
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    /// A change could not be staged.
+    #[error(transparent)]
+    Stage(#[from] StageError),
     /// The identity space is exhausted.
     #[error(transparent)]
     Identity(#[from] labels_policy::identity::IdentityExhausted),
@@ -59,62 +70,108 @@ pub enum ReconcileError {
     Cgroup(#[from] CgroupError),
 }
 
+/// How the reconciler polices.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// Only containers matching this are attached (all are peers).
+    pub manage: Selector,
+    /// Which labels make an identity.
+    pub identity_labels: IdentityLabels,
+    /// Conntrack entries one endpoint may hold at most.
+    pub ct_per_endpoint: u32,
+    /// Conntrack entries every endpoint may take, however full the map.
+    pub ct_guaranteed: u32,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig {
+            manage: Selector::default(),
+            identity_labels: IdentityLabels::default(),
+            ct_per_endpoint: 65_536,
+            ct_guaranteed: 1024,
+        }
+    }
+}
+
+/// Where a container's processes are, as found on the host.
+#[derive(Debug, Clone)]
+struct Placement {
+    /// The init pid this was read for.
+    pid: u32,
+    /// Its network namespace.
+    netns: u64,
+    /// The addresses read in that namespace ...
+    addresses: Vec<IpAddr>,
+    /// ... for what the runtime said then (read again when that changes).
+    read_for: Vec<IpAddr>,
+}
+
 /// Owns the datapath and everything known about containers.
 #[derive(Debug)]
 pub struct Reconciler<D, H> {
     datapath: D,
     host: H,
+    config: ReconcilerConfig,
     allocator: IdentityAllocator,
-    manage: Selector,
     inventory: Inventory,
-    /// Each container's cgroup, found once per init process.
+    /// Each managed container's cgroup, found once per init process.
     cgroups: BTreeMap<String, (u32, CgroupPlace)>,
+    /// Each container's network namespace and addresses.
+    placements: BTreeMap<String, Placement>,
     endpoint_ids: EndpointIds,
-    /// What the maps hold (as far as this daemon wrote or read them).
-    applied: MapContents,
     compiled: Arc<Compiled>,
     /// The last compile's input, in order, with each container's id.
     inputs: Arc<Vec<ContainerInput>>,
     input_ids: Arc<Vec<String>>,
     host_addresses: Arc<Vec<IpAddr>>,
     host_policies: Vec<HostPolicy>,
-    /// Why a container is not policed, by container id.
+    /// Why a container is not (fully) policed, by container id.
     problems: BTreeMap<String, String>,
+    /// Directions closed because a map was full.
+    closures: Vec<Closure>,
+    /// How many times a change had to close something for a full map.
+    map_full_events: u64,
     last_error: Option<String>,
     /// When each container's programs went on (unix microseconds).
     policed_since: BTreeMap<String, u64>,
+    shares: Option<CtShares>,
 }
 
 impl<D: Datapath, H: Host> Reconciler<D, H> {
-    /// Takes over a datapath and what its maps hold (`applied`: what a
-    /// previous daemon left, read at start).
-    pub fn new(datapath: D, host: H, manage: Selector, applied: MapContents) -> Self {
-        let adoptable = applied
+    /// Takes over a datapath and what its maps hold (what a previous daemon
+    /// left: endpoint slots and identities are adopted by cgroup).
+    pub fn new(datapath: D, host: H, config: ReconcilerConfig) -> Self {
+        let adoptable = datapath
+            .active()
             .endpoints
             .iter()
             .map(|(k, v)| (k.cgroup_id, *v))
-            .collect::<BTreeMap<u64, EndpointInfo>>();
+            .collect::<BTreeMap<u64, Endpoint>>();
         Reconciler {
             datapath,
             host,
+            config,
             allocator: IdentityAllocator::new(),
-            manage,
             inventory: Inventory::new(),
             cgroups: BTreeMap::new(),
+            placements: BTreeMap::new(),
             endpoint_ids: EndpointIds::new(adoptable),
-            applied,
             compiled: Arc::default(),
             inputs: Arc::default(),
             input_ids: Arc::default(),
             host_addresses: Arc::default(),
             host_policies: Vec::new(),
             problems: BTreeMap::new(),
+            closures: Vec::new(),
+            map_full_events: 0,
             last_error: None,
             policed_since: BTreeMap::new(),
+            shares: None,
         }
     }
 
-    /// The datapath (for the daemon's counter reader, and tests).
+    /// The datapath (for the daemon's readers, and tests).
     pub fn datapath_mut(&mut self) -> &mut D {
         &mut self.datapath
     }
@@ -146,7 +203,15 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
     }
 
     fn managed(&self, record: &ContainerRecord) -> bool {
-        self.manage.matches(&record.labels)
+        self.config.manage.matches(&record.labels)
+    }
+
+    /// Is the process still the one the runtime reported?
+    fn same_process(&self, record: &ContainerRecord) -> bool {
+        match record.pid_start_time {
+            Some(t) => self.host.start_time(record.pid) == Some(t),
+            None => self.host.alive(record.pid),
+        }
     }
 
     fn resolve_cgroups(&mut self) -> Result<(), ReconcileError> {
@@ -155,19 +220,38 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         let inventory = &self.inventory;
         self.cgroups
             .retain(|id, (pid, _)| inventory.get(id).is_some_and(|e| e.record.pid == *pid));
-        let todo: Vec<(String, String, u32)> = self
+        let todo: Vec<ContainerRecord> = self
             .inventory
             .entries()
             .iter()
             .filter(|(id, e)| !self.cgroups.contains_key(*id) && self.managed(&e.record))
-            .map(|(id, e)| (id.clone(), e.record.name.clone(), e.record.pid))
+            .map(|(_, e)| e.record.clone())
             .collect();
-        for (id, name, pid) in todo {
-            match self.host.cgroup_of(pid) {
+        for record in todo {
+            let (id, name, pid) = (record.id.clone(), record.name.clone(), record.pid);
+            // The pid must name the process the runtime reported, before and
+            // after its cgroup is read: a pid reused in between would put the
+            // programs on someone else's cgroup.
+            let found = if self.same_process(&record) {
+                let found = self.host.cgroup_of(pid);
+                if self.same_process(&record) {
+                    Some(found)
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            match found {
+                None => {
+                    // The container exited (or its pid was reused) before we
+                    // got to it; its die event follows.
+                    tracing::debug!(container = %name, pid, "container's process is gone before attach");
+                }
                 // Attaching to the root cgroup, or to the daemon's own, would
                 // put the whole host (or bpfwall itself) under this
                 // container's policy.
-                Ok(place) if forbidden.contains(&place.dir) => {
+                Some(Ok(place)) if forbidden.contains(&place.dir) => {
                     let msg = format!(
                         "the container shares the cgroup {} with {}: refusing to attach there",
                         place.dir.display(),
@@ -180,15 +264,16 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                     tracing::error!(container = %name, error = %msg, "container is not enforced");
                     self.problems.insert(id, msg);
                 }
-                Ok(place) => {
+                Some(Ok(place)) => {
                     self.problems.remove(&id);
                     self.cgroups.insert(id, (pid, place));
                 }
-                Err(CgroupError::Read(ref e)) if e.is_not_found() && !self.host.alive(pid) => {
-                    // The container exited before we got to it; its die event follows.
+                Some(Err(CgroupError::Read(ref e)))
+                    if e.is_not_found() && !self.host.alive(pid) =>
+                {
                     tracing::debug!(container = %name, pid, "container exited before attach");
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let msg = format!("cannot find the container's cgroup v2: {}", error_chain(&e));
                     tracing::error!(container = %name, error = %msg, "container is not enforced");
                     self.problems.insert(id, msg);
@@ -198,36 +283,137 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         Ok(())
     }
 
+    /// Reads every container's network namespace and its addresses (link
+    /// local ones too), once per process, again when the runtime reports
+    /// other addresses.
+    fn resolve_placements(&mut self) {
+        let inventory = &self.inventory;
+        self.placements
+            .retain(|id, p| inventory.get(id).is_some_and(|e| e.record.pid == p.pid));
+        let todo: Vec<ContainerRecord> = self
+            .inventory
+            .entries()
+            .iter()
+            .filter(|(id, e)| {
+                self.placements
+                    .get(*id)
+                    .is_none_or(|p| p.read_for != e.record.addresses)
+            })
+            .map(|(_, e)| e.record.clone())
+            .collect();
+        for record in todo {
+            if !self.same_process(&record) {
+                continue;
+            }
+            let (Ok(netns), Ok(addresses)) = (
+                self.host.netns(record.pid),
+                self.host.netns_addresses(record.pid),
+            ) else {
+                continue;
+            };
+            if !self.same_process(&record) {
+                continue;
+            }
+            self.placements.insert(
+                record.id.clone(),
+                Placement {
+                    pid: record.pid,
+                    netns,
+                    addresses,
+                    read_for: record.addresses.clone(),
+                },
+            );
+        }
+    }
+
+    /// Whose namespace each container runs in, and the addresses that go
+    /// with it.
+    fn networks(&self) -> BTreeMap<String, (Network, Vec<IpAddr>)> {
+        let own = self.host.own_netns().ok();
+        // The first container in each namespace (by start) owns it.
+        let mut owners: BTreeMap<u64, (u64, &str)> = BTreeMap::new();
+        for (id, e) in self.inventory.entries() {
+            if e.record.joins.is_some() {
+                continue;
+            }
+            if let Some(p) = self.placements.get(id) {
+                let started = e.record.pid_start_time.unwrap_or(u64::MAX);
+                let slot = owners.entry(p.netns).or_insert((started, id));
+                if started < slot.0 {
+                    *slot = (started, id);
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (id, e) in self.inventory.entries() {
+            let placement = self.placements.get(id);
+            let mut addresses = e.record.addresses.clone();
+            if let Some(p) = placement {
+                addresses.extend(p.addresses.iter().copied());
+            }
+            addresses.sort();
+            addresses.dedup();
+            let network = match placement {
+                Some(p) if Some(p.netns) == own => Network::Host,
+                _ if e.record.joins.is_some() => Network::Joined,
+                Some(p) if owners.get(&p.netns).is_some_and(|(_, owner)| *owner != id) => {
+                    Network::Joined
+                }
+                _ => Network::Own,
+            };
+            if network == Network::Host {
+                addresses.clear();
+            }
+            out.insert(id.clone(), (network, addresses));
+        }
+        out
+    }
+
     /// Brings the maps and links in line with the containers. Logs and
-    /// records any error; on error, re-reads the maps so the next reconcile
-    /// diffs against the truth.
+    /// records any error; the datapath keeps what was in force.
     pub fn reconcile(&mut self) {
         if !self.synced() {
             return;
         }
         let span = tracing::info_span!("reconcile", containers = self.inventory.entries().len());
         let _guard = span.enter();
-        match self.try_reconcile() {
+        let mut result = self.try_reconcile();
+        if result.is_ok() && !self.closures.is_empty() {
+            // Both generations need room during a change: once the old one
+            // is pruned, what was closed may fit. Try again at once.
+            result = self.try_reconcile();
+        }
+        match result {
             Ok(()) => self.last_error = None,
             Err(e) => {
                 let msg = error_chain(&e);
-                tracing::error!(error = %msg, "reconcile failed");
+                tracing::error!(error = %msg, "reconcile failed: what was in force stays in force");
                 self.last_error = Some(msg);
-                match self.datapath.read() {
-                    Ok(contents) => self.applied = contents,
-                    Err(e) => tracing::error!(error = %error_chain(&e), "cannot re-read maps"),
-                }
             }
         }
     }
 
     fn try_reconcile(&mut self) -> Result<(), ReconcileError> {
         self.resolve_cgroups()?;
+        self.resolve_placements();
         let live: Vec<(String, u64)> = self
             .cgroups
             .iter()
             .map(|(id, (_, place))| (id.clone(), place.id))
             .collect();
+        // Identities an earlier daemon gave, taken over with its slots.
+        for (id, (_, place)) in &self.cgroups {
+            if let (Some(e), Some(entry)) = (
+                self.endpoint_ids.adoptable(place.id),
+                self.inventory.get(id),
+            ) {
+                let labels = self
+                    .config
+                    .identity_labels
+                    .relevant(&entry.record.labels, &entry.record.image_labels);
+                self.allocator.adopt_container(&labels, e.identity);
+            }
+        }
         let assignment = self
             .endpoint_ids
             .assign(live.iter().map(|(id, cgroup)| (id.as_str(), *cgroup)));
@@ -235,40 +421,37 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             self.problems.insert(
                 id.clone(),
                 format!(
-                    "no free endpoint slot (max {})",
+                    "no free endpoint slot (max {}): its traffic is dropped",
                     labels_policy::datapath_abi::MAX_ENDPOINTS
                 ),
             );
         }
 
-        // Identities a previous daemon pinned, taken over once.
-        for (id, (_, place)) in &self.cgroups {
-            if let (Some(info), Some(entry)) = (
-                self.endpoint_ids.adoptable(place.id),
-                self.inventory.get(id),
-            ) {
-                self.allocator
-                    .adopt_container(&entry.record.labels, info.identity);
-            }
-        }
-        self.endpoint_ids.done_adopting();
-
+        let networks = self.networks();
         let ids: Vec<String> = self.inventory.entries().keys().cloned().collect();
         let inputs: Vec<ContainerInput> = self
             .inventory
             .entries()
             .iter()
-            .map(|(id, e)| ContainerInput {
-                name: e.record.name.clone(),
-                labels: e.record.labels.clone(),
-                addresses: e.record.addresses.clone(),
-                attachment: match (self.cgroups.get(id), self.endpoint_ids.get(id)) {
-                    (Some((_, place)), Some(ep)) if self.managed(&e.record) => Some(Attachment {
-                        cgroup_id: place.id,
-                        endpoint_id: ep,
-                    }),
-                    _ => None,
-                },
+            .map(|(id, e)| {
+                let (network, addresses) = networks.get(id).cloned().unwrap_or_default();
+                ContainerInput {
+                    name: e.record.name.clone(),
+                    labels: self
+                        .config
+                        .identity_labels
+                        .relevant(&e.record.labels, &e.record.image_labels),
+                    addresses,
+                    network,
+                    started: e.record.pid_start_time.unwrap_or(0),
+                    attachment: match (self.cgroups.get(id), self.endpoint_ids.get(id)) {
+                        (Some((_, place)), Some(ep)) => Some(Attachment {
+                            cgroup_id: place.id,
+                            endpoint_id: ep,
+                        }),
+                        _ => None,
+                    },
+                }
             })
             .collect();
         let host = self.host.addresses();
@@ -289,49 +472,92 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             }
         }
 
-        let e = diff(&self.applied.endpoints, &compiled.endpoints);
-        let i = diff(&self.applied.ipcache, &compiled.ipcache);
-        let p = diff(&self.applied.policy, &compiled.policy);
-        let changed = !(e.is_empty() && i.is_empty() && p.is_empty());
-
+        // Conntrack shares follow the number of endpoints.
+        let shares = CtShares::for_endpoints(
+            self.datapath.conntrack_capacity(),
+            self.config.ct_per_endpoint,
+            self.config.ct_guaranteed,
+            self.endpoint_ids.len() as u32,
+        );
+        if self.shares != Some(shares) {
+            self.datapath.set_conntrack_shares(&shares)?;
+            self.shares = Some(shares);
+        }
         for ep in &assignment.fresh {
             self.datapath.reset_counters(*ep)?;
         }
-        // A new endpoint is found only once its policy and peers are in place.
-        self.datapath.upsert_policy(&p.upsert)?;
-        self.datapath.upsert_ipcache(&i.upsert)?;
-        self.datapath.upsert_endpoints(&e.upsert)?;
 
-        self.apply_links()?;
-
-        self.datapath.remove_endpoints(&e.remove)?;
-        self.datapath.remove_ipcache(&i.remove)?;
-        self.datapath.remove_policy(&p.remove)?;
-        if changed {
-            // Last: established flows are decided again under the new maps.
-            self.datapath.bump_policy_revision()?;
+        let mut next = MapContents::of(&compiled);
+        let mut closures = Vec::new();
+        let staged = if next == *self.datapath.active() {
+            false
+        } else {
+            let mut tries = 0;
+            loop {
+                match self.datapath.stage(&next) {
+                    Ok(()) => break true,
+                    Err(StageError::Full { map, .. }) if tries < 4 => {
+                        tries += 1;
+                        let held = self.datapath.active().clone();
+                        let closed = capacity::close_growth(&mut next, &held, map);
+                        tracing::error!(
+                            map,
+                            closed = closed.len(),
+                            "a map is full: closing what would grow it"
+                        );
+                        closures.extend(closed);
+                        if next == *self.datapath.active() {
+                            break false;
+                        }
+                    }
+                    Err(e) => {
+                        // Still attach new containers' programs: without an
+                        // endpoint in force their packets are dropped.
+                        self.apply_links(true)?;
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        if !closures.is_empty() {
+            self.map_full_events += 1;
+            for c in &closures {
+                for r in compiled
+                    .containers
+                    .iter()
+                    .filter(|r| r.identity == c.identity)
+                {
+                    tracing::error!(container = %r.name, map = c.map, direction = %c.direction,
+                        "map full: direction closed until there is room");
+                }
+            }
         }
-        let forgotten = self.datapath.forget_conntrack(&assignment.freed)?;
+        self.closures = closures;
+
+        // New containers' programs before the flip: until it, their packets
+        // meet no endpoint and are dropped.
+        self.apply_links(true)?;
+        if staged {
+            let revision = self.datapath.flip()?;
+            tracing::debug!(revision, "flipped to the new generation");
+        }
+        self.apply_links(false)?;
+        self.datapath.prune()?;
+        let forgotten = self.datapath.forget_conntrack(&assignment.quarantined)?;
+        self.endpoint_ids.release(&assignment.quarantined);
 
         let inventory = &self.inventory;
         self.problems.retain(|id, _| inventory.get(id).is_some());
-
-        if changed || forgotten > 0 {
+        if staged || forgotten > 0 {
             tracing::debug!(
                 endpoints = compiled.endpoints.len(),
                 ipcache = compiled.ipcache.len(),
                 policy = compiled.policy.len(),
-                upserts = e.upsert.len() + i.upsert.len() + p.upsert.len(),
-                removals = e.remove.len() + i.remove.len() + p.remove.len(),
+                sources = compiled.sources.len(),
                 conntrack_forgotten = forgotten,
                 "applied"
             );
         }
-        self.applied = MapContents {
-            endpoints: compiled.endpoints.clone(),
-            ipcache: compiled.ipcache.clone(),
-            policy: compiled.policy.clone(),
-        };
         self.compiled = Arc::new(compiled);
         self.input_ids = Arc::new(ids);
         self.inputs = Arc::new(inputs);
@@ -339,44 +565,47 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         Ok(())
     }
 
-    /// Links: attach what is missing, remove what is stale.
-    fn apply_links(&mut self) -> Result<(), ReconcileError> {
+    /// Links: with `attach`, attach what is missing; without, remove what
+    /// is stale.
+    fn apply_links(&mut self, attach: bool) -> Result<(), ReconcileError> {
         let desired: BTreeMap<String, CgroupPlace> = self
             .cgroups
             .iter()
-            .filter(|(id, _)| self.endpoint_ids.get(id).is_some())
             .map(|(id, (_, place))| (id.clone(), place.clone()))
             .collect();
         let mut existing: BTreeMap<String, Vec<bpfwall_datapath::LinkPin>> = BTreeMap::new();
         for pin in self.datapath.links()? {
             existing.entry(pin.owner.clone()).or_default().push(pin);
         }
-        for (id, place) in &desired {
-            let have = existing.get(id).map_or(0, |pins| {
-                pins.iter().filter(|p| p.cgroup_id == place.id).count()
-            });
-            if have == 2 {
-                // Attached by an earlier reconcile (or an earlier daemon).
-                self.policed_since
-                    .entry(id.clone())
-                    .or_insert_with(unix_micros);
-                continue;
-            }
-            let name = self
-                .inventory
-                .get(id)
-                .map_or_else(|| id.clone(), |e| e.record.name.clone());
-            match self.datapath.attach(id, &place.dir, place.id) {
-                Ok(()) => {
-                    self.policed_since.insert(id.clone(), unix_micros());
-                    tracing::info!(container = %name, cgroup = %place.dir.display(), cgroup_id = place.id, "attached");
+        if attach {
+            for (id, place) in &desired {
+                let have = existing.get(id).map_or(0, |pins| {
+                    pins.iter().filter(|p| p.cgroup_id == place.id).count()
+                });
+                if have == 2 {
+                    // Attached by an earlier reconcile (or an earlier daemon).
+                    self.policed_since
+                        .entry(id.clone())
+                        .or_insert_with(unix_micros);
+                    continue;
                 }
-                Err(err) => {
-                    let msg = error_chain(&err);
-                    tracing::error!(container = %name, error = %msg, "cannot attach: container is not enforced");
-                    self.problems.insert(id.clone(), msg);
+                let name = self
+                    .inventory
+                    .get(id)
+                    .map_or_else(|| id.clone(), |e| e.record.name.clone());
+                match self.datapath.attach(id, &place.dir, place.id) {
+                    Ok(()) => {
+                        self.policed_since.insert(id.clone(), unix_micros());
+                        tracing::info!(container = %name, cgroup = %place.dir.display(), cgroup_id = place.id, "attached");
+                    }
+                    Err(err) => {
+                        let msg = error_chain(&err);
+                        tracing::error!(container = %name, error = %msg, "cannot attach: container is not enforced");
+                        self.problems.insert(id.clone(), msg);
+                    }
                 }
             }
+            return Ok(());
         }
         for (owner, pins) in &existing {
             for pin in pins {
@@ -399,24 +628,35 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                 reason: "it has not listed Docker's containers yet".into(),
             });
         }
-        let addresses =
-            self.host
-                .netns_addresses(request.pid)
-                .map_err(|e| DaemonError::NotPoliced {
-                    container: request.name.clone(),
-                    reason: format!(
-                        "cannot read the addresses of pid {}: {}",
-                        request.pid,
-                        error_chain(&e)
-                    ),
-                })?;
+        let not_policed = |reason: String| DaemonError::NotPoliced {
+            container: request.name.clone(),
+            reason,
+        };
+        // The pid must still be the process the hook saw.
+        if let Some(t) = request.pid_start_time {
+            if self.host.start_time(request.pid) != Some(t) {
+                return Err(not_policed(format!(
+                    "pid {} is not the process the hook was given (it exited, or the pid was reused)",
+                    request.pid
+                )));
+            }
+        }
+        let addresses = self.host.netns_addresses(request.pid).map_err(|e| {
+            not_policed(format!(
+                "cannot read the addresses of pid {}: {}",
+                request.pid,
+                error_chain(&e)
+            ))
+        })?;
         let record = ContainerRecord {
             id: request.id,
             name: request.name,
             labels: request.labels.into_iter().collect(),
             addresses,
             pid: request.pid,
-            start_time: None,
+            pid_start_time: request.pid_start_time,
+            image_labels: request.image_labels.into_iter().collect(),
+            joins: request.joins,
         };
         self.inventory.report(Source::OciHook, record);
         Ok(())
@@ -459,6 +699,15 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                         .collect(),
                 });
             }
+            if let Some(c) = self.closures.iter().find(|c| c.identity == report.identity) {
+                return Err(DaemonError::NotPoliced {
+                    container: name.clone(),
+                    reason: format!(
+                        "map {} is full: its {} policy cannot be applied",
+                        c.map, c.direction
+                    ),
+                });
+            }
         }
         if self.endpoint_ids.get(id).is_none() {
             return Err(DaemonError::NotPoliced {
@@ -471,17 +720,50 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
 
     /// What the API answers from until the next reconcile.
     pub fn snapshot(&self) -> Snapshot {
+        let networks = self.networks();
+        let names: BTreeMap<&str, &str> = self
+            .inventory
+            .entries()
+            .iter()
+            .map(|(id, e)| (id.as_str(), e.record.name.as_str()))
+            .collect();
         let containers = self
             .inventory
             .entries()
             .iter()
             .filter(|(_, e)| self.managed(&e.record))
-            .map(|(id, e)| ContainerView {
-                id: id.clone(),
-                record: e.record.clone(),
-                endpoint_id: self.endpoint_ids.get(id),
-                problem: self.problems.get(id).cloned(),
-                policed_since_unix_us: self.policed_since.get(id).copied(),
+            .map(|(id, e)| {
+                let network = match networks.get(id).map(|(n, _)| *n) {
+                    Some(Network::Host) => "host".to_string(),
+                    Some(Network::Joined) => match &e.record.joins {
+                        Some(other) => format!(
+                            "joined {}",
+                            names.get(other.as_str()).copied().unwrap_or(other)
+                        ),
+                        None => "joined".to_string(),
+                    },
+                    _ => "own".to_string(),
+                };
+                let identity = self
+                    .compiled
+                    .containers
+                    .iter()
+                    .find(|r| r.name == e.record.name)
+                    .map(|r| r.identity);
+                ContainerView {
+                    id: id.clone(),
+                    record: e.record.clone(),
+                    endpoint_id: self.endpoint_ids.get(id),
+                    problem: self.problems.get(id).cloned(),
+                    policed_since_unix_us: self.policed_since.get(id).copied(),
+                    network,
+                    closed: self
+                        .closures
+                        .iter()
+                        .filter(|c| Some(c.identity) == identity)
+                        .map(|c| (c.direction, c.map))
+                        .collect::<BTreeMap<Direction, &'static str>>(),
+                }
             })
             .collect();
         Snapshot {
@@ -493,13 +775,43 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             docker_connected: self.inventory.connected(Source::Docker),
             docker_synced: self.inventory.in_sync(Source::Docker),
             synced: self.synced(),
-            policy_entries: self.applied.policy.len(),
-            ipcache_entries: self.applied.ipcache.len(),
+            maps: self.datapath.fill(),
+            map_full_events: self.map_full_events,
+            conntrack_capacity: self.datapath.conntrack_capacity() as usize,
+            warnings: self.excluded_selector_keys(),
             last_error: self.last_error.clone(),
         }
     }
 
-    /// Every container's endpoint id (tests).
+    /// Rules that select peers by a label left out of identities: they
+    /// match no container (each names its rule and the label).
+    fn excluded_selector_keys(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for report in &self.compiled.containers {
+            for rule in report.ingress_rules.iter().chain(&report.egress_rules) {
+                for peer in &rule.peers {
+                    let labels_policy::Peer::Endpoints(sel) = peer else {
+                        continue;
+                    };
+                    let keys = sel
+                        .match_labels
+                        .keys()
+                        .chain(sel.match_expressions.iter().map(|r| &r.key));
+                    for key in keys {
+                        if self.config.identity_labels.excludes(key) {
+                            out.insert(format!(
+                                "rule {} selects on label '{key}', which is left out of identities: no container has it there (daemon flag --identity-keep-label {key})",
+                                rule.origin
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// A container's endpoint id (tests).
     #[cfg(test)]
     fn endpoint_id(&self, id: &str) -> Option<u32> {
         self.endpoint_ids.get(id)
@@ -521,5 +833,11 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
     #[cfg(test)]
     fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
+    }
+
+    /// Closures for full maps (tests).
+    #[cfg(test)]
+    fn closures(&self) -> &[Closure] {
+        &self.closures
     }
 }

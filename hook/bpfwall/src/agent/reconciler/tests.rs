@@ -1,6 +1,7 @@
 //! The reconciler on a fake datapath and a fake host: the order of a
-//! change, failing map writes, endpoint-id reuse, containers that go away
-//! mid-reconcile. No root, no BPF, no Docker.
+//! change, failing and full maps, endpoint-id reuse, containers that go
+//! away mid-reconcile, pids reused, identities of replicas, whose network
+//! a container is in. No root, no BPF, no Docker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -8,12 +9,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bpfwall_datapath::fake::{FakeDatapath, Op};
-use bpfwall_datapath::MapContents;
 use bpfwall_sys::cgroup::CgroupError;
 use bpfwall_sys::IoError;
 use labels_policy::datapath_abi::{self as abi, EndpointKey};
+use labels_policy::Direction;
 
-use super::Reconciler;
+use super::{Reconciler, ReconcilerConfig};
 use crate::agent::host::{CgroupPlace, Host};
 use crate::api::{DaemonError, EnforceRequest};
 use crate::runtime::{ContainerRecord, RuntimeEvent, Source};
@@ -22,9 +23,16 @@ use crate::runtime::{ContainerRecord, RuntimeEvent, Source};
 struct HostState {
     /// pid -> its cgroup; a pid missing here has no cgroup (it exited).
     cgroups: BTreeMap<u32, CgroupPlace>,
-    alive: BTreeSet<u32>,
-    netns: BTreeMap<u32, Vec<IpAddr>>,
+    /// pid -> start time, for the processes that run.
+    alive: BTreeMap<u32, u64>,
+    /// pid -> network namespace (default: one of its own, pid + 1000).
+    netns: BTreeMap<u32, u64>,
+    /// pid -> the addresses in its namespace.
+    addresses: BTreeMap<u32, Vec<IpAddr>>,
 }
+
+/// The host's own network namespace in the fake.
+const HOST_NETNS: u64 = 1;
 
 /// A host whose processes and cgroups the test makes up.
 #[derive(Debug, Clone, Default)]
@@ -35,10 +43,10 @@ impl FakeHost {
         self.0.lock().unwrap()
     }
 
-    /// A running process `pid` in cgroup `cgroup_id`.
+    /// A running process `pid` (started at time `pid`) in cgroup `cgroup_id`.
     fn spawn(&self, pid: u32, cgroup_id: u64) {
         let mut s = self.state();
-        s.alive.insert(pid);
+        s.alive.insert(pid, u64::from(pid));
         s.cgroups.insert(
             pid,
             CgroupPlace {
@@ -75,16 +83,33 @@ impl Host for FakeHost {
     }
 
     fn alive(&self, pid: u32) -> bool {
-        self.state().alive.contains(&pid)
+        self.state().alive.contains_key(&pid)
     }
 
-    // The fake's records carry no start time, so only being alive counts.
     fn start_time(&self, pid: u32) -> Option<u64> {
-        self.alive(pid).then_some(0)
+        self.state().alive.get(&pid).copied()
+    }
+
+    fn netns(&self, pid: u32) -> Result<u64, IoError> {
+        Ok(self
+            .state()
+            .netns
+            .get(&pid)
+            .copied()
+            .unwrap_or(u64::from(pid) + 1000))
+    }
+
+    fn own_netns(&self) -> Result<u64, IoError> {
+        Ok(HOST_NETNS)
     }
 
     fn netns_addresses(&self, pid: u32) -> Result<Vec<IpAddr>, IoError> {
-        Ok(self.state().netns.get(&pid).cloned().unwrap_or_default())
+        Ok(self
+            .state()
+            .addresses
+            .get(&pid)
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn addresses(&self) -> Vec<IpAddr> {
@@ -108,7 +133,8 @@ fn record(name: &str, pid: u32, addr: &str, labels: &[(&str, &str)]) -> Containe
             .collect(),
         addresses: vec![addr.parse().unwrap()],
         pid,
-        start_time: None,
+        pid_start_time: Some(u64::from(pid)),
+        ..ContainerRecord::default()
     }
 }
 
@@ -116,12 +142,8 @@ impl World {
     fn new() -> World {
         let datapath = FakeDatapath::new();
         let host = FakeHost::default();
-        let reconciler = Reconciler::new(
-            datapath.clone(),
-            host.clone(),
-            Default::default(),
-            MapContents::default(),
-        );
+        let reconciler =
+            Reconciler::new(datapath.clone(), host.clone(), ReconcilerConfig::default());
         World {
             reconciler,
             datapath,
@@ -140,6 +162,14 @@ impl World {
         self.reconciler.reconcile();
     }
 
+    /// Docker starts one more container.
+    fn docker_starts(&mut self, r: &ContainerRecord, cgroup: u64) {
+        self.host.spawn(r.pid, cgroup);
+        self.reconciler
+            .handle(RuntimeEvent::Upsert(Source::Docker, r.clone()));
+        self.reconciler.reconcile();
+    }
+
     fn journal(&self) -> Vec<Op> {
         self.datapath
             .state()
@@ -152,6 +182,10 @@ impl World {
     fn clear_journal(&self) {
         self.datapath.state().journal.clear();
     }
+
+    fn identity_of(&self, cgroup_id: u64) -> u32 {
+        self.datapath.state().active.endpoints[&EndpointKey { cgroup_id }].identity
+    }
 }
 
 const SERVER: &[(&str, &str)] = &[
@@ -160,49 +194,49 @@ const SERVER: &[(&str, &str)] = &[
 ];
 
 #[test]
-fn a_new_container_is_found_only_once_its_policy_and_peers_are_in() {
+fn a_change_is_staged_then_flipped_and_its_leftovers_go_last() {
     let mut w = World::new();
     let client = record("client", 20, "172.18.0.3", &[("id", "client")]);
     w.docker_lists(&[(&client, 200)]);
     w.clear_journal();
 
     let server = record("server", 10, "172.18.0.2", SERVER);
-    w.host.spawn(10, 100);
-    w.reconciler
-        .handle(RuntimeEvent::Upsert(Source::Docker, server.clone()));
-    w.reconciler.reconcile();
+    w.docker_starts(&server, 100);
 
     let journal = w.datapath.state().journal.clone();
     let ops: Vec<&str> = journal.iter().map(|(op, _)| op.kind()).collect();
     assert_eq!(
         ops,
         [
+            "set_conntrack_shares",
             "reset_counters",
-            "upsert_policy",
-            "upsert_ipcache",
-            "upsert_endpoints",
+            "stage",
             "attach",
-            "remove_endpoints",
-            "remove_ipcache",
-            "remove_policy",
-            "bump_policy_revision",
+            "flip",
+            "prune",
             "forget_conntrack",
         ],
         "{journal:#?}"
     );
-    // Wherever the server's endpoint entry exists, its allow and the
-    // client's address are already there.
+    // Until the flip, nothing of the server is in force: its new programs
+    // meet no endpoint (and drop). From the flip on, its endpoint, its
+    // policy and its peers are in force together.
     let key = EndpointKey { cgroup_id: 100 };
-    for (op, contents) in &journal {
-        if let Some(info) = contents.endpoints.get(&key) {
-            assert!(
-                contents
-                    .policy
-                    .keys()
-                    .any(|k| k.local_identity == info.identity),
-                "after {op:?}: endpoint without its policy"
+    for (op, active) in &journal {
+        let in_force = active.endpoints.get(&key);
+        if matches!(op, Op::Flip | Op::Prune | Op::ForgetConntrack(_)) {
+            let info = in_force.expect("the server's endpoint after the flip");
+            assert!(active
+                .policy
+                .keys()
+                .any(|k| k.local_identity == info.identity));
+            assert_eq!(
+                active.ipcache.len(),
+                3,
+                "after {op:?}: both peers and the host"
             );
-            assert_eq!(contents.ipcache.len(), 3, "after {op:?}: peers missing");
+        } else {
+            assert!(in_force.is_none(), "{op:?}: in force before the flip");
         }
     }
     assert!(w
@@ -214,20 +248,26 @@ fn a_new_container_is_found_only_once_its_policy_and_peers_are_in() {
 }
 
 #[test]
-fn a_failing_map_write_is_reported_and_the_next_reconcile_recovers() {
+fn a_failing_stage_keeps_what_is_in_force_closes_the_newcomer_and_recovers() {
     let mut w = World::new();
-    w.datapath.state().fail_kind = Some("upsert_policy");
-    let server = record("server", 10, "172.18.0.2", SERVER);
     let client = record("client", 20, "172.18.0.3", &[("id", "client")]);
-    w.docker_lists(&[(&server, 100), (&client, 200)]);
+    w.docker_lists(&[(&client, 200)]);
+    let before = w.datapath.state().active.clone();
+
+    w.datapath.state().fail_kind = Some("stage");
+    let server = record("server", 10, "172.18.0.2", SERVER);
+    w.docker_starts(&server, 100);
     let error = w.reconciler.last_error().unwrap().to_string();
-    assert!(error.contains("upsert_policy"), "{error}");
-    assert!(
-        w.datapath.state().contents.endpoints.is_empty(),
-        "nothing after the failed write went in"
-    );
-    assert!(w.datapath.state().links.is_empty());
-    // The hook would be refused with the kind that says so.
+    assert!(error.contains("stage"), "{error}");
+    assert_eq!(w.datapath.state().active, before, "what was in force stays");
+    // The server's programs are on anyway: with no endpoint in force, its
+    // packets are dropped, not let through.
+    assert!(w
+        .datapath
+        .state()
+        .links
+        .iter()
+        .any(|l| l.owner == server.id));
     assert!(matches!(
         w.reconciler.admitted(&server.id),
         Err(DaemonError::ApplyFailed { .. })
@@ -237,50 +277,103 @@ fn a_failing_map_write_is_reported_and_the_next_reconcile_recovers() {
     w.reconciler.reconcile();
     assert_eq!(w.reconciler.last_error(), None);
     let state = w.datapath.state();
-    assert_eq!(state.contents.endpoints.len(), 2);
+    assert_eq!(state.active.endpoints.len(), 2);
     assert_eq!(state.links.len(), 4);
-    assert!(!state.contents.policy.is_empty());
+    assert!(!state.active.policy.is_empty());
 }
 
 #[test]
-fn a_freed_endpoint_id_is_handed_out_again_with_zeroed_counters() {
+fn a_full_policy_map_closes_what_would_grow_it_until_there_is_room() {
+    let mut w = World::new();
+    let client = record("client", 20, "172.18.0.3", &[("id", "client")]);
+    let server = record("server", 10, "172.18.0.2", SERVER);
+    w.docker_lists(&[(&client, 200), (&server, 100)]);
+    let held = w.datapath.state().active.policy.len();
+    assert_eq!(held, 1);
+    w.datapath.state().policy_capacity = Some(held);
+
+    // A second server wants entries of its own: they do not fit.
+    let other = record(
+        "other",
+        30,
+        "172.18.0.4",
+        &[
+            ("id", "other"),
+            ("bpfwall.ingress", "allow from id=client port 22/tcp"),
+        ],
+    );
+    w.docker_starts(&other, 300);
+    assert_eq!(w.reconciler.last_error(), None, "closing is not a failure");
+    let closures = w.reconciler.closures().to_vec();
+    assert_eq!(closures.len(), 1);
+    assert_eq!(closures[0].direction, Direction::Ingress);
+    assert_eq!(closures[0].map, abi::MAP_POLICY);
+    // Closed, not open: its ingress is in error; the first server keeps its policy.
+    let state = w.datapath.state().active.clone();
+    let other_ep = state.endpoints[&EndpointKey { cgroup_id: 300 }];
+    assert_ne!(other_ep.flags & abi::EP_ERROR_INGRESS, 0);
+    assert_eq!(state.policy.len(), 1);
+    let status = w
+        .reconciler
+        .snapshot()
+        .status("pins", None, Default::default());
+    let shown = status.endpoints.iter().find(|e| e.name == "other").unwrap();
+    assert_eq!(shown.ingress.state, "closed (map bpfwall_policy_v2 full)");
+    assert!(matches!(
+        w.reconciler.admitted(&other.id),
+        Err(DaemonError::NotPoliced { .. })
+    ));
+
+    // Room again (the first server goes): the next reconcile recovers.
+    w.host.exit(10);
+    w.reconciler
+        .handle(RuntimeEvent::Remove(Source::Docker, server.id.clone()));
+    w.reconciler.reconcile();
+    assert!(w.reconciler.closures().is_empty());
+    let state = w.datapath.state().active.clone();
+    let other_ep = state.endpoints[&EndpointKey { cgroup_id: 300 }];
+    assert_eq!(other_ep.flags & abi::EP_ERROR_INGRESS, 0);
+    assert_eq!(state.policy.len(), 1);
+}
+
+#[test]
+fn an_endpoint_id_given_back_is_not_reused_before_its_conntrack_is_forgotten() {
     let mut w = World::new();
     let a = record("a", 10, "172.18.0.2", &[("id", "a")]);
     let b = record("b", 11, "172.18.0.3", &[("id", "b")]);
     w.docker_lists(&[(&a, 100), (&b, 101)]);
     assert_eq!(w.reconciler.endpoint_id(&a.id), Some(1));
-    assert_eq!(w.reconciler.endpoint_id(&b.id), Some(2));
+    w.datapath.state().conntrack.insert(1, 5);
 
+    // a goes and c, on a's address, comes in the same reconcile.
     w.clear_journal();
     w.host.exit(10);
+    let c = record("c", 12, "172.18.0.2", &[("id", "c")]);
+    w.host.spawn(12, 102);
     w.reconciler
         .handle(RuntimeEvent::Remove(Source::Docker, a.id.clone()));
-    w.reconciler.reconcile();
-    assert!(w
-        .journal()
-        .contains(&Op::ForgetConntrack(BTreeSet::from([1]))));
-    assert!(w.datapath.state().links.iter().all(|l| l.owner != a.id));
-
-    w.clear_journal();
-    let c = record("c", 12, "172.18.0.4", &[("id", "c")]);
-    w.host.spawn(12, 102);
     w.reconciler
         .handle(RuntimeEvent::Upsert(Source::Docker, c.clone()));
     w.reconciler.reconcile();
+    assert_ne!(w.reconciler.endpoint_id(&c.id), Some(1), "not a's slot yet");
+    assert!(w
+        .journal()
+        .contains(&Op::ForgetConntrack(BTreeSet::from([1]))));
     assert_eq!(
-        w.reconciler.endpoint_id(&c.id),
-        Some(1),
-        "the lowest free id"
+        w.datapath.state().conntrack.get(&1),
+        None,
+        "a's flows are gone"
     );
+
+    // Now the slot is free, with zeroed counters for whoever gets it.
+    w.clear_journal();
+    let d = record("d", 13, "172.18.0.5", &[("id", "d")]);
+    w.docker_starts(&d, 103);
+    assert_eq!(w.reconciler.endpoint_id(&d.id), Some(1));
     let journal = w.journal();
     let reset = journal.iter().position(|op| *op == Op::ResetCounters(1));
-    let endpoint = journal
-        .iter()
-        .position(|op| matches!(op, Op::UpsertEndpoints(n) if *n > 0));
-    assert!(
-        reset.is_some() && reset < endpoint,
-        "counters zeroed before the endpoint goes in: {journal:?}"
-    );
+    let flip = journal.iter().position(|op| *op == Op::Flip);
+    assert!(reset.is_some() && reset < flip, "{journal:?}");
 }
 
 #[test]
@@ -305,7 +398,18 @@ fn a_container_that_exits_between_list_and_attach_leaves_nothing() {
     assert_eq!(w.reconciler.endpoint_id(&gone.id), None);
     let state = w.datapath.state();
     assert!(state.links.iter().all(|l| l.owner != gone.id));
-    assert_eq!(state.contents.endpoints.len(), 1, "only the one that runs");
+    assert_eq!(state.active.endpoints.len(), 1, "only the one that runs");
+}
+
+#[test]
+fn a_pid_reused_by_another_process_is_never_attached() {
+    let mut w = World::new();
+    let mut server = record("server", 10, "172.18.0.2", SERVER);
+    server.pid_start_time = Some(7);
+    // pid 10 runs, but it started at 10, not 7: another process now.
+    w.docker_lists(&[(&server, 100)]);
+    assert_eq!(w.reconciler.endpoint_id(&server.id), None);
+    assert!(w.datapath.state().links.is_empty());
 }
 
 #[test]
@@ -332,20 +436,30 @@ fn a_container_whose_cgroup_vanishes_at_attach_is_cleaned_up_by_its_exit() {
     assert!(w.reconciler.container_ids().is_empty());
     assert_eq!(w.reconciler.problem(&server.id), None);
     let state = w.datapath.state();
-    assert!(state.contents.endpoints.is_empty());
-    assert!(state.contents.policy.is_empty());
+    assert!(state.active.endpoints.is_empty());
+    assert!(state.active.policy.is_empty());
     assert!(state.links.is_empty());
+}
+
+fn hook_request(name: &str, pid: u32, labels: &[(&str, &str)]) -> EnforceRequest {
+    EnforceRequest {
+        id: format!("{name}-0123456789"),
+        name: name.into(),
+        pid,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        pid_start_time: Some(u64::from(pid)),
+        image_labels: Default::default(),
+        joins: None,
+    }
 }
 
 #[test]
 fn the_hook_is_refused_before_docker_was_listed_and_answered_after() {
     let mut w = World::new();
-    let request = EnforceRequest {
-        id: "hooked-0123456789".into(),
-        name: "hooked".into(),
-        pid: 30,
-        labels: [("bpfwall.ingress".to_string(), "allow form id=x".to_string())].into(),
-    };
+    let request = hook_request("hooked", 30, &[("bpfwall.ingress", "allow form id=x")]);
     assert!(matches!(
         w.reconciler.admit(request.clone()),
         Err(DaemonError::DaemonBusy { .. })
@@ -354,7 +468,7 @@ fn the_hook_is_refused_before_docker_was_listed_and_answered_after() {
     w.host.spawn(30, 300);
     w.host
         .state()
-        .netns
+        .addresses
         .insert(30, vec!["172.18.0.9".parse().unwrap()]);
     w.reconciler.admit(request.clone()).unwrap();
     w.reconciler.reconcile();
@@ -369,10 +483,23 @@ fn the_hook_is_refused_before_docker_was_listed_and_answered_after() {
         }
         other => panic!("expected policy_invalid, got {other:?}"),
     }
-    // Closed, not open: the endpoint is in with its ingress in error.
+    // Closed, not open: the endpoint is in force with its ingress in error.
     let state = w.datapath.state();
-    let info = state.contents.endpoints[&EndpointKey { cgroup_id: 300 }];
+    let info = state.active.endpoints[&EndpointKey { cgroup_id: 300 }];
     assert_ne!(info.flags & abi::EP_ERROR_INGRESS, 0);
+}
+
+#[test]
+fn the_hook_refuses_a_pid_that_is_no_longer_its_process() {
+    let mut w = World::new();
+    w.docker_lists(&[]);
+    w.host.spawn(30, 300);
+    let mut request = hook_request("hooked", 30, &[("id", "h")]);
+    request.pid_start_time = Some(29);
+    assert!(matches!(
+        w.reconciler.admit(request),
+        Err(DaemonError::NotPoliced { .. })
+    ));
 }
 
 #[test]
@@ -380,12 +507,7 @@ fn containers_known_only_from_the_hook_go_when_their_process_does() {
     let mut w = World::new();
     w.docker_lists(&[]);
     w.host.spawn(30, 300);
-    let request = EnforceRequest {
-        id: "hooked-0123456789".into(),
-        name: "hooked".into(),
-        pid: 30,
-        labels: [("id".to_string(), "h".to_string())].into(),
-    };
+    let request = hook_request("hooked", 30, &[("id", "h")]);
     w.reconciler.admit(request.clone()).unwrap();
     w.reconciler.reconcile();
     assert!(w.reconciler.admitted(&request.id).is_ok());
@@ -394,5 +516,125 @@ fn containers_known_only_from_the_hook_go_when_their_process_does() {
     assert!(w.reconciler.prune_dead_hook_containers());
     w.reconciler.reconcile();
     assert!(w.datapath.state().links.is_empty());
-    assert!(w.datapath.state().contents.endpoints.is_empty());
+    assert!(w.datapath.state().active.endpoints.is_empty());
+}
+
+#[test]
+fn replicas_of_a_compose_service_share_one_identity() {
+    let mut w = World::new();
+    let replica = |n: u32| {
+        let mut r = record(
+            &format!("shop_web_{n}"),
+            40 + n,
+            &format!("172.18.0.{}", 10 + n),
+            &[
+                ("com.docker.compose.project", "shop"),
+                ("com.docker.compose.service", "web"),
+                ("com.docker.compose.container-number", &n.to_string()),
+                ("com.docker.compose.config-hash", "f00"),
+                ("maintainer", "someone"),
+            ],
+        );
+        r.image_labels = [("maintainer".to_string(), "someone".to_string())].into();
+        r
+    };
+    let (r1, r2, r3) = (replica(1), replica(2), replica(3));
+    w.docker_lists(&[(&r1, 401), (&r2, 402), (&r3, 403)]);
+    let id = w.identity_of(401);
+    assert_eq!(w.identity_of(402), id);
+    assert_eq!(w.identity_of(403), id);
+}
+
+#[test]
+fn whose_namespace_a_container_is_in_decides_whose_addresses_it_has() {
+    let mut w = World::new();
+    let owner = record("owner", 50, "172.18.0.2", &[("id", "owner")]);
+    // Shares the owner's namespace (and so its address) with labels of its own.
+    let mut joiner = record("joiner", 51, "172.18.0.2", &[("id", "joiner")]);
+    joiner.joins = Some(owner.id.clone());
+    let hostnet = ContainerRecord {
+        addresses: Vec::new(),
+        ..record("hostnet", 52, "10.0.0.1", &[("id", "hostnet")])
+    };
+    w.host.state().netns.insert(51, 1050);
+    w.host.state().netns.insert(52, HOST_NETNS);
+    w.docker_lists(&[(&owner, 500), (&joiner, 501), (&hostnet, 502)]);
+    let state = w.datapath.state().active.clone();
+    let key = abi::ipcache_key(&"172.18.0.2/32".parse().unwrap());
+    assert_eq!(
+        state.ipcache[&key],
+        w.identity_of(500),
+        "peers see the owner"
+    );
+    // Each may send from what it has: the joiner from the owner's address,
+    // the host-network container from the host's.
+    let joiner_ep = state.endpoints[&EndpointKey { cgroup_id: 501 }].endpoint_id;
+    let hostnet_ep = state.endpoints[&EndpointKey { cgroup_id: 502 }];
+    assert!(state
+        .sources
+        .contains(&abi::source_key(joiner_ep, "172.18.0.2".parse().unwrap())));
+    assert!(state.sources.contains(&abi::source_key(
+        hostnet_ep.endpoint_id,
+        "10.0.0.1".parse().unwrap()
+    )));
+    assert_ne!(hostnet_ep.flags & abi::EP_HOST_NETWORK, 0);
+    let status = w
+        .reconciler
+        .snapshot()
+        .status("pins", None, Default::default());
+    let network = |name: &str| {
+        status
+            .endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap()
+            .network
+            .clone()
+    };
+    assert_eq!(network("owner"), "own");
+    assert_eq!(network("joiner"), "joined owner");
+    assert_eq!(network("hostnet"), "host");
+}
+
+#[test]
+fn a_newer_container_owns_an_address_a_stale_one_still_claims() {
+    let mut w = World::new();
+    let old = record("old", 60, "172.18.0.7", &[("id", "old")]);
+    let new = record("new", 61, "172.18.0.7", &[("id", "new")]);
+    w.docker_lists(&[(&old, 600), (&new, 601)]);
+    let key = abi::ipcache_key(&"172.18.0.7/32".parse().unwrap());
+    let owner = w.datapath.state().active.ipcache[&key];
+    assert_eq!(
+        owner,
+        w.identity_of(601),
+        "never inherited from the older one"
+    );
+}
+
+#[test]
+fn a_rule_on_a_label_left_out_of_identities_is_named_in_status() {
+    let mut w = World::new();
+    let server = record(
+        "server",
+        10,
+        "172.18.0.2",
+        &[
+            ("id", "server"),
+            (
+                "bpfwall.ingress",
+                "allow from com.docker.compose.container-number=1",
+            ),
+        ],
+    );
+    w.docker_lists(&[(&server, 100)]);
+    let status = w
+        .reconciler
+        .snapshot()
+        .status("pins", None, Default::default());
+    assert!(
+        status.warnings.iter().any(|w| w
+            .contains("bpfwall.ingress[0] selects on label 'com.docker.compose.container-number'")),
+        "{:?}",
+        status.warnings
+    );
 }
