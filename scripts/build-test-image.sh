@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Builds the local test image (there is no registry): a rootfs with
-# busybox-static and tests/image/udp_echo, imported with `docker import`.
+# busybox-static and the tools of tests/image/ (udp_echo, rawpkt), imported
+# with `docker import`.
 # Rebuilt only when its inputs change (their hash is an image label).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 image=${BPFWALL_TEST_IMAGE:-bpfwall-test:latest}
 busybox=$(command -v busybox)
-hash=$(cat "$busybox" "$top/tests/image/udp_echo.c" "$0" | sha256sum | cut -c1-16)
+tools=(udp_echo rawpkt)
+hash=$(for tool in "${tools[@]}"; do cat "$top/tests/image/$tool.c"; done |
+    cat "$busybox" - "$0" | sha256sum | cut -c1-16)
 if [ "$(docker image inspect -f '{{index .Config.Labels "org.bpfwall.test-image-hash"}}' "$image" 2>/dev/null)" = "$hash" ]; then
     exit 0
 fi
@@ -17,7 +20,9 @@ cp "$busybox" "$root/bin/busybox"
 for applet in $("$root/bin/busybox" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
 done
-cc -static -O2 -Wall -o "$root/bin/udp_echo" "$top/tests/image/udp_echo.c"
+for tool in "${tools[@]}"; do
+    cc -static -O2 -Wall -o "$root/bin/$tool" "$top/tests/image/$tool.c"
+done
 echo 'bpfwall test page' > "$root/www/index.html"
 echo 'root:x:0:0:root:/:/bin/sh' > "$root/etc/passwd"
 tar -C "$root" -c . | docker import \

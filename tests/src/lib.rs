@@ -9,6 +9,12 @@
 //! panics) kills the daemon and removes its containers, networks, network
 //! namespaces, links and pins.
 //!
+//! A check that something is blocked names the endpoint that must block it
+//! and the direction ([`TestEnv::assert_http_blocked_by`] and friends): it
+//! passes only when the attempt failed *and* that endpoint's drop counter in
+//! that direction moved across the attempt, so a refused connection, a name
+//! that does not resolve or a server that is not up never passes as a block.
+//!
 //! Needs root, dockerd and the test image (scripts/setup.sh makes all three).
 
 #![allow(
@@ -17,6 +23,7 @@
     reason = "a test harness: a failed step is a failed test"
 )]
 
+use std::collections::BTreeMap;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -32,8 +39,8 @@ pub const HTTPD: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/www"];
 /// A container command that just stays up.
 pub const SLEEP: &[&str] = &["sleep", "600"];
 
-/// The article's three containers: app1 (an HTTP server with the given
-/// policy labels), app2 and app3 (idle clients), all attached.
+/// The article's three containers: app1 (an HTTP server on ports 80 and 8080,
+/// with the given policy labels), app2 and app3 (idle clients), all attached.
 #[derive(Debug)]
 pub struct Article {
     /// The server.
@@ -46,8 +53,13 @@ pub struct Article {
     pub target: String,
 }
 
-/// The image scripts/build-test-image.sh builds.
-pub const IMAGE: &str = "bpfwall-test:latest";
+/// The image scripts/build-test-image.sh builds: `BPFWALL_TEST_IMAGE` when
+/// the tests are compiled (the variable that script reads), else
+/// bpfwall-test:latest.
+pub const IMAGE: &str = match option_env!("BPFWALL_TEST_IMAGE") {
+    Some(image) => image,
+    None => "bpfwall-test:latest",
+};
 /// The label that marks (and scopes) every object a test creates.
 pub const TEST_LABEL: &str = "bpfwall-e2e.test";
 
@@ -95,6 +107,54 @@ pub struct Container {
     pub name: String,
 }
 
+/// The direction of a packet at the endpoint that polices it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Towards the container.
+    Ingress,
+    /// Leaving the container.
+    Egress,
+}
+
+impl Direction {
+    /// Its key in `status --json` (`endpoints[].ingress` / `.egress`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// Drop counters at one moment: one container's dropped packets per
+/// direction (`status --json` `endpoints[].<direction>.dropped_packets`) and
+/// the daemon's drops by reason (`drops`; the maps are this env's own, so
+/// only this test's containers count there).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// Packets the container's ingress program dropped.
+    pub ingress: u64,
+    /// Packets its egress program dropped.
+    pub egress: u64,
+    /// Drops by reason name (`policy-deny`, `policy-default-deny`, ...).
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+impl Drops {
+    /// Dropped packets in one direction.
+    pub fn dropped(&self, direction: Direction) -> u64 {
+        match direction {
+            Direction::Ingress => self.ingress,
+            Direction::Egress => self.egress,
+        }
+    }
+
+    /// Drops counted under one reason (0 when the daemon reports none).
+    pub fn reason(&self, reason: &str) -> u64 {
+        self.by_reason.get(reason).copied().unwrap_or(0)
+    }
+}
+
 /// A network namespace a test made, reachable from containers through the host.
 #[derive(Debug, Clone)]
 pub struct Netns {
@@ -117,6 +177,7 @@ pub struct TestEnv {
     pub state_dir: PathBuf,
     log: PathBuf,
     docker_socket: Option<PathBuf>,
+    daemon_args: Vec<String>,
     daemon: Option<Child>,
     networks: Vec<String>,
     netns: Vec<String>,
@@ -126,12 +187,22 @@ pub struct TestEnv {
 impl TestEnv {
     /// Cleans whatever an earlier run of this test left, then starts the daemon.
     pub fn new(name: &str) -> TestEnv {
-        Self::with_docker_socket(name, None)
+        Self::build(name, None, &[])
     }
 
     /// Like [`TestEnv::new`], with the daemon talking to dockerd through
     /// `docker_socket` (a [`DockerProxy`]) instead of /var/run/docker.sock.
     pub fn with_docker_socket(name: &str, docker_socket: Option<&Path>) -> TestEnv {
+        Self::build(name, docker_socket, &[])
+    }
+
+    /// Like [`TestEnv::new`], with `args` added to `bpfwall daemon`'s
+    /// command line (at every start of the daemon).
+    pub fn with_daemon_args(name: &str, args: &[&str]) -> TestEnv {
+        Self::build(name, None, args)
+    }
+
+    fn build(name: &str, docker_socket: Option<&Path>, daemon_args: &[&str]) -> TestEnv {
         let out = run(docker().arg("image").arg("inspect").arg(IMAGE));
         assert!(
             out.status.success(),
@@ -147,6 +218,7 @@ impl TestEnv {
             state_dir: dir.join(format!("{name}-state")),
             log: dir.join(format!("{name}.log")),
             docker_socket: docker_socket.map(Path::to_path_buf),
+            daemon_args: daemon_args.iter().map(|a| a.to_string()).collect(),
             daemon: None,
             networks: Vec::new(),
             netns: Vec::new(),
@@ -186,6 +258,7 @@ impl TestEnv {
             .arg(&self.policy_dir)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(&self.daemon_args)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -261,12 +334,19 @@ impl TestEnv {
 
     /// Creates a user-defined network of the test's own.
     pub fn network(&mut self, suffix: &str) -> String {
+        self.network_with(suffix, &[])
+    }
+
+    /// Creates a user-defined network of the test's own with `docker
+    /// network create` options (e.g. `--ipv6 --subnet ...`).
+    pub fn network_with(&mut self, suffix: &str, options: &[&str]) -> String {
         let name = format!("e2e-{}-{suffix}", self.name);
         let _ = run(docker().args(["network", "rm", &name]));
         must(
             docker()
                 .args(["network", "create", "--label"])
                 .arg(format!("{TEST_LABEL}={}", self.name))
+                .args(options)
                 .arg(&name),
         );
         self.networks.push(name.clone());
@@ -306,7 +386,16 @@ impl TestEnv {
         }
         let mut app1_opts = with(&["--label", "id=app1"]);
         app1_opts.extend(app1_options.iter().map(|s| s.to_string()));
-        let app1 = self.start_attached("app1", &opts(&app1_opts), HTTPD);
+        // 8080 too, so that a block of another port is bpfwall's, not a refusal.
+        let app1 = self.start_attached(
+            "app1",
+            &opts(&app1_opts),
+            &[
+                "sh",
+                "-c",
+                "httpd -p 8080 -h /www; exec httpd -f -p 80 -h /www",
+            ],
+        );
         let app2 = self.start_attached("app2", &opts(&with(&["--label", "id=app2"])), SLEEP);
         let app3 = self.start_attached("app3", &opts(&with(&["--label", "id=app3"])), SLEEP);
         let target = format!("http://{}/", self.ip(&app1));
@@ -339,11 +428,56 @@ impl TestEnv {
             .to_string()
     }
 
+    /// A container's global IPv6 address on its first network that has one.
+    pub fn ip6(&self, c: &Container) -> String {
+        let ips = must(docker().args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}} {{end}}",
+            &c.name,
+        ]));
+        ips.split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("{} has no global IPv6 address", c.name))
+            .to_string()
+    }
+
+    /// A container's IPv6 link-local (fe80::) address on `dev`, read inside it.
+    pub fn link_local(&self, c: &Container, dev: &str) -> String {
+        let out = self.exec(
+            c,
+            &[
+                "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("{} has no link-local address on {dev}: {text}", c.name))
+            .to_string()
+    }
+
+    /// Runs a command in a container; its output.
+    pub fn exec(&self, c: &Container, cmd: &[&str]) -> Output {
+        run(docker().arg("exec").arg(&c.name).args(cmd))
+    }
+
     /// Runs a command in a container; true when it exits 0.
     pub fn exec_ok(&self, c: &Container, cmd: &[&str]) -> bool {
-        run(docker().arg("exec").arg(&c.name).args(cmd))
-            .status
-            .success()
+        self.exec(c, cmd).status.success()
+    }
+
+    /// Runs a command in a container that must succeed; its trimmed stdout.
+    pub fn exec_must(&self, c: &Container, cmd: &[&str]) -> String {
+        must(docker().arg("exec").arg(&c.name).args(cmd))
+    }
+
+    /// What a container printed to stdout so far (`docker logs`).
+    pub fn logs(&self, c: &Container) -> String {
+        let out = run(docker().args(["logs", &c.name]));
+        String::from_utf8_lossy(&out.stdout).to_string()
     }
 
     /// An HTTP GET from a container (allowed flows get 5 s, enough for a SYN retry).
@@ -379,13 +513,105 @@ impl TestEnv {
         );
     }
 
-    /// Asserts an HTTP GET is blocked.
-    pub fn assert_http_blocked(&self, from: &Container, url: &str) {
+    /// A container's drop counters and the daemon's drops by reason.
+    /// Panics if the container is not one of the daemon's endpoints.
+    pub fn drops(&self, c: &Container) -> Drops {
+        let status = self.status();
+        let ep = status["endpoints"]
+            .as_array()
+            .and_then(|eps| eps.iter().find(|e| e["name"] == c.name.as_str()))
+            .unwrap_or_else(|| panic!("{} is not an endpoint of the daemon: {status}", c.name));
+        let dropped = |d: Direction| {
+            ep[d.key()]["dropped_packets"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {}.dropped_packets in {ep}", d.key()))
+        };
+        Drops {
+            ingress: dropped(Direction::Ingress),
+            egress: dropped(Direction::Egress),
+            by_reason: drops_by_reason(&status),
+        }
+    }
+
+    /// The daemon's drops by reason (`status --json` `drops`).
+    pub fn drops_by_reason(&self) -> BTreeMap<String, u64> {
+        drops_by_reason(&self.status())
+    }
+
+    /// Asserts that `enforcer`'s drop counter in `direction` is above
+    /// `before` (taken with [`TestEnv::drops`] before the attempt `what`).
+    pub fn assert_dropped_since(
+        &self,
+        before: &Drops,
+        enforcer: &Container,
+        direction: Direction,
+        what: &str,
+    ) {
+        let after = self.drops(enforcer);
         assert!(
-            !self.http(from, url, 2),
-            "{} -> {url} should be blocked\n{}",
-            from.name,
+            after.dropped(direction) > before.dropped(direction),
+            "{what} failed, but {}'s {} drop counter did not move ({} before, {} after): \
+             not a drop by bpfwall there (refused? no such name? nothing listening?)\n{}",
+            enforcer.name,
+            direction.key(),
+            before.dropped(direction),
+            after.dropped(direction),
             self.status_text()
+        );
+    }
+
+    /// Asserts that `attempt` (which returns whether it got through) fails
+    /// and that `enforcer`'s drop counter in `direction` moved across it:
+    /// bpfwall, at that endpoint, blocked it.
+    pub fn assert_blocked_by(
+        &self,
+        what: &str,
+        enforcer: &Container,
+        direction: Direction,
+        attempt: impl FnOnce() -> bool,
+    ) {
+        let before = self.drops(enforcer);
+        assert!(
+            !attempt(),
+            "{what} should be blocked by {}'s {}\n{}",
+            enforcer.name,
+            direction.key(),
+            self.status_text()
+        );
+        self.assert_dropped_since(&before, enforcer, direction, what);
+    }
+
+    /// Asserts an HTTP GET fails because `enforcer` drops it in `direction`.
+    pub fn assert_http_blocked_by(
+        &self,
+        from: &Container,
+        url: &str,
+        enforcer: &Container,
+        direction: Direction,
+    ) {
+        self.assert_blocked_by(
+            &format!("{} -> {url}", from.name),
+            enforcer,
+            direction,
+            || self.http(from, url, 2),
+        );
+    }
+
+    /// Asserts a UDP echo round trip fails because `enforcer` drops the
+    /// request in `direction`.
+    pub fn assert_udp_blocked_by(
+        &self,
+        from: &Container,
+        addr: &str,
+        port: u16,
+        enforcer: &Container,
+        direction: Direction,
+    ) {
+        self.assert_blocked_by(
+            &format!("{} -> {addr}:{port}/udp", from.name),
+            enforcer,
+            direction,
+            || self.udp(from, addr, port, 700),
         );
     }
 
@@ -597,6 +823,17 @@ impl Drop for TestEnv {
     }
 }
 
+fn drops_by_reason(status: &Value) -> BTreeMap<String, u64> {
+    status["drops"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A unix-socket proxy in front of /var/run/docker.sock, so a test can cut
 /// the daemon off from dockerd (and restore it) without touching dockerd.
 #[derive(Debug)]
@@ -709,8 +946,7 @@ impl Drop for Runtime {
     }
 }
 
-// ---- Daemon lifecycle and counters (the hardening issue: restarts, the
-// ---- pin root lock, drop counters) -------------------------------------
+// ---- Daemon lifecycle (the hardening issue: restarts, the pin root lock) --
 
 impl TestEnv {
     /// The running daemon's pid.
@@ -745,6 +981,7 @@ impl TestEnv {
             .arg(&self.policy_dir)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(&self.daemon_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -766,42 +1003,6 @@ impl TestEnv {
             "the second daemon was still running after {limit:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         ))
-    }
-
-    /// The packets a container's programs dropped in one direction
-    /// ("ingress" or "egress"), as `status` reports them.
-    pub fn dropped_packets(&self, c: &Container, direction: &str) -> u64 {
-        self.endpoint(c)
-            .and_then(|e| e[direction]["dropped_packets"].as_u64())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} has no {direction} counters\n{}",
-                    c.name,
-                    self.status_text()
-                )
-            })
-    }
-
-    /// Asserts an HTTP GET is blocked, and that it is bpfwall that blocks
-    /// it: `server`'s drop counter in `direction` moved (a refused
-    /// connection or a DNS failure must not pass for a block).
-    pub fn assert_http_blocked_by_bpfwall(
-        &self,
-        from: &Container,
-        url: &str,
-        server: &Container,
-        direction: &str,
-    ) {
-        let before = self.dropped_packets(server, direction);
-        self.assert_http_blocked(from, url);
-        let after = self.dropped_packets(server, direction);
-        assert!(
-            after > before,
-            "{} -> {url} failed, but {}'s {direction} drop counter did not move ({before})\n{}",
-            from.name,
-            server.name,
-            self.status_text()
-        );
     }
 
     /// Each pinned link's name and the id of the program it runs.

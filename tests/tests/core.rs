@@ -7,7 +7,7 @@
     reason = "tests: a failed step is a failed test"
 )]
 
-use bpfwall_e2e::{Container, TestEnv, HTTPD, SLEEP};
+use bpfwall_e2e::{Container, Direction, TestEnv, HTTPD, SLEEP};
 
 fn url(ip: &str) -> String {
     format!("http://{ip}/")
@@ -27,9 +27,14 @@ fn article_scenario_on_default_bridge() {
         &[],
     );
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked(&app3, &target);
-    // Only 80/tcp: app2 cannot reach another port of app1.
-    assert!(!env.http(&app2, &format!("http://{}:8080/", env.ip(&app1)), 2));
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
+    // Only 80/tcp: app2 cannot reach another port of app1 (which listens on 8080).
+    env.assert_http_blocked_by(
+        &app2,
+        &format!("http://{}:8080/", env.ip(&app1)),
+        &app1,
+        Direction::Ingress,
+    );
 
     let ep = env.endpoint(&app1).unwrap();
     assert_eq!(ep["ingress"]["state"], "enforced");
@@ -66,7 +71,8 @@ fn user_network_by_name() {
     );
     let target = format!("http://{}/", app1.name);
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked(&app3, &target);
+    // By name: a name that did not resolve would fail too, but not move app1's counter.
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
 
     let once = |id: &str| {
         bpfwall_e2e::run(
@@ -95,7 +101,10 @@ fn user_network_by_name() {
         once("app2"),
         "a fresh app2 must get through (at worst after a SYN retry)"
     );
-    assert!(!once("app3"), "a fresh app3 must be blocked");
+    // A container just started: whether app1 still sees its address as
+    // `world` or already as id=app3, app1's ingress is what drops it (and
+    // app1 outlives it, so its counter can be read after).
+    env.assert_blocked_by("a fresh app3", &app1, Direction::Ingress, || once("app3"));
 }
 
 #[test]
@@ -114,7 +123,7 @@ fn egress_rule() {
         HTTPD,
     );
     env.assert_http_allowed(&client, &url(&env.ip(&web)));
-    env.assert_http_blocked(&client, &url(&env.ip(&other)));
+    env.assert_http_blocked_by(&client, &url(&env.ip(&other)), &client, Direction::Egress);
     // The client's ingress stays open; its answers leave through the
     // enforced egress as conntrack replies.
     env.assert_http_allowed(&other, &url(&env.ip(&client)));
@@ -142,9 +151,13 @@ fn deny_wins_over_broader_allow() {
     let bad = env.start_attached("bad", &["--label", "id=bad"], SLEEP);
     let ip = env.ip(&server);
     env.assert_http_allowed(&good, &url(&ip));
-    env.assert_http_blocked(&good, &format!("http://{ip}:8080/"));
-    env.assert_http_blocked(&bad, &url(&ip));
-    env.assert_http_blocked(&bad, &format!("http://{ip}:8080/"));
+    for (client, target) in [
+        (&good, format!("http://{ip}:8080/")),
+        (&bad, url(&ip)),
+        (&bad, format!("http://{ip}:8080/")),
+    ] {
+        env.assert_http_blocked_by(client, &target, &server, Direction::Ingress);
+    }
 }
 
 #[test]
@@ -159,8 +172,14 @@ fn port_range() {
     let ip = env.ip(&server);
     env.assert_http_allowed(&c, &format!("http://{ip}:8000/"));
     env.assert_http_allowed(&c, &format!("http://{ip}:8100/"));
-    env.assert_http_blocked(&c, &format!("http://{ip}:8101/"));
-    env.assert_http_blocked(&c, &format!("http://{ip}:7999/"));
+    for port in [8101, 7999] {
+        env.assert_http_blocked_by(
+            &c,
+            &format!("http://{ip}:{port}/"),
+            &server,
+            Direction::Ingress,
+        );
+    }
 }
 
 #[test]
@@ -194,14 +213,9 @@ fn udp_with_replies() {
         "c -> 5353/udp must round-trip\n{}",
         env.status_text()
     );
-    assert!(
-        !env.udp(&c, &ip, 5354, 700),
-        "c -> 5354/udp must be blocked at the server"
-    );
-    assert!(
-        !env.udp(&d, &ip, 5353, 700),
-        "d -> 5353/udp must be blocked"
-    );
+    // Blocked at the server (it listens on both ports).
+    env.assert_udp_blocked_by(&c, &ip, 5354, &server, Direction::Ingress);
+    env.assert_udp_blocked_by(&d, &ip, 5353, &server, Direction::Ingress);
 }
 
 #[test]
@@ -235,13 +249,14 @@ fn cidr_and_world() {
     env.assert_http_allowed(&open, "http://198.18.5.2:8080/");
     env.assert_http_allowed(&open, "http://198.18.6.2:8080/");
 
+    // The outside namespace is not policed: every block is the client's egress.
     env.assert_http_allowed(&cidr, "http://198.18.5.2:8080/");
-    env.assert_http_blocked(&cidr, "http://198.18.6.2:8080/");
-    env.assert_http_blocked(&cidr, &url(&env.ip(&web)));
+    env.assert_http_blocked_by(&cidr, "http://198.18.6.2:8080/", &cidr, Direction::Egress);
+    env.assert_http_blocked_by(&cidr, &url(&env.ip(&web)), &cidr, Direction::Egress);
 
     env.assert_http_allowed(&world, "http://198.18.5.2:8080/");
     env.assert_http_allowed(&world, "http://198.18.6.2:8080/");
-    env.assert_http_blocked(&world, &url(&env.ip(&web)));
+    env.assert_http_blocked_by(&world, &url(&env.ip(&web)), &world, Direction::Egress);
 }
 
 #[test]
@@ -271,7 +286,7 @@ fn host_network_container_under_policy() {
     assert!(!gateway.is_empty());
     let target = format!("http://{gateway}:{port}/");
     env.assert_http_allowed(&c, &target);
-    env.assert_http_blocked(&d, &target);
+    env.assert_http_blocked_by(&d, &target, &server, Direction::Ingress);
     assert_eq!(
         env.endpoint(&server).unwrap()["ingress"]["state"],
         "enforced"
@@ -293,7 +308,7 @@ fn selector_follows_containers_started_later() {
     );
     let target = url(&env.ip(&server));
     let stranger = env.start_attached("stranger", &["--label", "role=other"], SLEEP);
-    env.assert_http_blocked(&stranger, &target);
+    env.assert_http_blocked_by(&stranger, &target, &server, Direction::Ingress);
     // Two clients arrive after the server; nothing restarts.
     for n in 1..=2 {
         let c = env.start_attached(
@@ -303,7 +318,7 @@ fn selector_follows_containers_started_later() {
         );
         env.assert_http_allowed(&c, &target);
     }
-    env.assert_http_blocked(&stranger, &target);
+    env.assert_http_blocked_by(&stranger, &target, &server, Direction::Ingress);
 }
 
 #[test]
@@ -394,23 +409,37 @@ fn daemon_sigkill_keeps_enforcing_and_restart_adopts() {
         &[],
     );
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked(&app3, &target);
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
     let identity_before = env.endpoint(&app1).unwrap()["identity"].clone();
 
+    // With the daemon down there is no status to read: the counters are
+    // read before the kill and after the restart (they live in a pinned
+    // map, and app1 keeps its endpoint slot); only app3's attempt can have
+    // made app1 drop in between.
+    let before_kill = env.drops(&app1);
     env.kill_daemon();
     assert!(env.try_status().is_none(), "the daemon is down");
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked(&app3, &target);
+    assert!(
+        !env.http(&app3, &target, 2),
+        "app3 -> {target} should be blocked while the daemon is down"
+    );
 
     env.start_daemon();
     env.wait_attached(&app1);
+    env.assert_dropped_since(
+        &before_kill,
+        &app1,
+        Direction::Ingress,
+        "app3 -> app1 while the daemon was down",
+    );
     assert_eq!(
         env.endpoint(&app1).unwrap()["identity"],
         identity_before,
         "identity adopted from the pins"
     );
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked(&app3, &target);
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
     assert_eq!(
         env.pinned_links(),
         6,
@@ -435,7 +464,7 @@ fn malformed_label_fails_closed_and_shows_in_status() {
         HTTPD,
     );
     let c = env.start_attached("c", &["--label", "id=c"], HTTPD);
-    env.assert_http_blocked(&c, &url(&env.ip(&broken)));
+    env.assert_http_blocked_by(&c, &url(&env.ip(&broken)), &broken, Direction::Ingress);
     // Egress was not broken: it stays open.
     env.assert_http_allowed(&broken, &url(&env.ip(&c)));
     let ep = env.endpoint(&broken).unwrap();
@@ -481,7 +510,9 @@ fn docker_restart_reconnects_and_resyncs() {
     // refused by the server's selector rule), and a container goes away.
     let c = env.start("c", &["--label", "id=c"], SLEEP);
     env.remove(&gone);
-    env.assert_http_blocked(&c, &target);
+    // c is not attached (the daemon has not heard of it): the server's
+    // ingress drops it, c's address being `world` to its selector rule.
+    env.assert_http_blocked_by(&c, &target, &server, Direction::Ingress);
     // The removed container's process is gone: it is withdrawn without
     // waiting for dockerd (a later container must not inherit its address).
     env.wait_for("the removed container to go while disconnected", |env| {
@@ -524,5 +555,5 @@ fn a_container_gone_while_the_daemon_was_down_does_not_stop_its_restart() {
     env.wait_for("the severed links to be removed", |e| e.pinned_links() == 2);
     env.assert_links_run_the_daemons_programs(2);
     let client = env.start_attached("client", &["--label", "id=client"], SLEEP);
-    env.assert_http_blocked(&client, &url(&env.ip(&stays)));
+    env.assert_http_blocked_by(&client, &url(&env.ip(&stays)), &stays, Direction::Ingress);
 }

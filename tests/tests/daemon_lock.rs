@@ -12,7 +12,7 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
-use bpfwall_e2e::{TestEnv, SLEEP};
+use bpfwall_e2e::{Direction, TestEnv, SLEEP};
 
 #[test]
 fn a_second_daemon_on_the_same_pin_root_is_refused() {
@@ -66,7 +66,7 @@ fn a_second_daemon_on_the_same_pin_root_is_refused() {
     assert_eq!(env.link_programs(), links, "teardown removed pins");
     // ...and it keeps enforcing and following Docker.
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked_by_bpfwall(&app3, &target, &app1, "ingress");
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
     let late = env.start_attached("late", &["--label", "id=late"], SLEEP);
-    env.assert_http_blocked_by_bpfwall(&late, &target, &app1, "ingress");
+    env.assert_http_blocked_by(&late, &target, &app1, Direction::Ingress);
 }

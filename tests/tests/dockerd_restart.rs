@@ -20,7 +20,7 @@
 
 use std::process::Command;
 
-use bpfwall_e2e::{must, Container, Dockerd, TestEnv, HTTPD, IMAGE, SLEEP, TEST_LABEL};
+use bpfwall_e2e::{must, Container, Direction, Dockerd, TestEnv, HTTPD, IMAGE, SLEEP, TEST_LABEL};
 
 /// A container's init process on the host.
 fn pid(c: &Container) -> i32 {
@@ -130,7 +130,7 @@ fn dockerd_restart_withdraws_the_dead_and_polices_the_new_once_synced() {
             env.status_text()
         );
     }
-    env.assert_http_blocked_by_bpfwall(&client, &url, &server, "ingress");
+    env.assert_http_blocked_by(&client, &url, &server, Direction::Ingress);
     let friend = env.start_attached("friend", &["--label", "id=friend"], SLEEP);
     env.assert_http_allowed(&friend, &url);
     assert!(
@@ -169,10 +169,10 @@ fn dockerd_restart_withdraws_the_dead_and_polices_the_new_once_synced() {
         );
     }
     // (`docker exec` needs dockerd: from the host, in their namespaces.)
-    let dropped = env.dropped_packets(&server, "ingress");
+    let dropped = env.drops(&server).dropped(Direction::Ingress);
     assert!(!http_in_netns_of(client_pid, &url), "{}", env.status_text());
     assert!(
-        env.dropped_packets(&server, "ingress") > dropped,
+        env.drops(&server).dropped(Direction::Ingress) > dropped,
         "the client's request failed, but not at the server's ingress\n{}",
         env.status_text()
     );

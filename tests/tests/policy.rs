@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use bpfwall_e2e::{must, run, Container, TestEnv, HTTPD, SLEEP};
+use bpfwall_e2e::{must, run, Container, Direction, TestEnv, HTTPD, SLEEP};
 
 const ARTICLE: &str = r#"[{"endpointSelector":{"matchLabels":{"id":"app1"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"id":"app2"}}],"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}]}]}]}]"#;
 
@@ -28,7 +28,10 @@ fn file_in_force(env: &TestEnv, file: &str, error: bool) -> bool {
 fn article_policy_from_a_file_and_reload() {
     let env = TestEnv::new("pfile");
     let bpfwall_e2e::Article {
-        app2, app3, target, ..
+        app1,
+        app2,
+        app3,
+        target,
     } = env.article(&[], &[]);
     env.assert_http_allowed(&app3, &target);
 
@@ -37,7 +40,7 @@ fn article_policy_from_a_file_and_reload() {
         file_in_force(env, "article.json", false)
     });
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked(&app3, &target);
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
 
     // A broken version is rejected whole; the previous one stays in force.
     env.write_policy(
@@ -55,7 +58,7 @@ fn article_policy_from_a_file_and_reload() {
         "{text}"
     );
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked(&app3, &target);
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
 
     // A fixed version that admits app3 takes over without restarts.
     env.write_policy("article.json", &ARTICLE.replace("\"app2\"", "\"app3\""));
@@ -63,7 +66,7 @@ fn article_policy_from_a_file_and_reload() {
         file_in_force(env, "article.json", false)
     });
     env.assert_http_allowed(&app3, &target);
-    env.assert_http_blocked(&app2, &target);
+    env.assert_http_blocked_by(&app2, &target, &app1, Direction::Ingress);
 
     // Removing the file removes its policy: app1 is open again.
     env.remove_policy("article.json");
@@ -86,7 +89,7 @@ fn policy_label_is_enforced() {
         target,
     } = env.article(&["--label", label], &[]);
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked(&app3, &target);
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
     let explain = must(
         Command::new(bpfwall_e2e::bpfwall_bin())
             .args(["policy", "explain", &app1.name, "--socket"])
@@ -168,6 +171,12 @@ enum End<'a> {
     Addr(&'a str),
 }
 
+/// What real traffic must do: pass, or be dropped by this endpoint in this direction.
+enum Expect<'a> {
+    Allowed,
+    BlockedBy(&'a Container, Direction),
+}
+
 #[test]
 fn check_agrees_with_real_traffic() {
     let mut env = TestEnv::new("pcheck");
@@ -224,36 +233,51 @@ fn check_agrees_with_real_traffic() {
     ]));
     let (web_ip, api_ip, stranger_ip) = (env.ip(&web), env.ip(&api), env.ip(&stranger));
 
+    use Direction::{Egress, Ingress};
     use End::{Addr, C};
-    // (from, to, port, expected allowed)
-    let cases: Vec<(End, End, &str, bool)> = vec![
-        (C(&client), C(&web), "80/tcp", true),
-        (C(&admin), C(&web), "80/tcp", true),
-        (C(&stranger), C(&web), "80/tcp", false),
-        (C(&bad), C(&web), "80/tcp", false),
-        (C(&client), C(&web), "8080/tcp", false),
-        (C(&admin), C(&web), "8080/tcp", true),
-        (C(&admin), C(&web), "8101/tcp", false),
-        (C(&client), C(&web), "5353/udp", true),
-        (C(&stranger), C(&web), "5353/udp", false),
-        (C(&bad), C(&web), "5353/udp", false),
-        (C(&admin), C(&api), "80/tcp", true),
-        (C(&admin), C(&api), "8080/tcp", true),
-        (C(&client), C(&api), "80/tcp", false),
-        (C(&api), C(&web), "80/tcp", true),
-        (C(&api), C(&web), "8080/tcp", false),
-        (C(&api), C(&stranger), "80/tcp", false),
-        (C(&api), Addr("198.18.5.9"), "8080/tcp", true),
-        (C(&api), Addr("198.18.6.9"), "8080/tcp", false),
-        (C(&ext), Addr("198.18.6.9"), "8080/tcp", true),
-        (C(&ext), C(&stranger), "80/tcp", false),
-        (C(&client), C(&stranger), "80/tcp", true),
-        (Addr(&gateway), C(&web), "80/tcp", true),
-        (Addr(&gateway), C(&api), "80/tcp", false),
+    use Expect::{Allowed, BlockedBy};
+    // (from, to, port, expected); every target listens on its port, so a
+    // blocked case is bpfwall's drop, checked on the endpoint named.
+    let cases: Vec<(End, End, &str, Expect)> = vec![
+        (C(&client), C(&web), "80/tcp", Allowed),
+        (C(&admin), C(&web), "80/tcp", Allowed),
+        (C(&stranger), C(&web), "80/tcp", BlockedBy(&web, Ingress)),
+        (C(&bad), C(&web), "80/tcp", BlockedBy(&web, Ingress)),
+        (C(&client), C(&web), "8080/tcp", BlockedBy(&web, Ingress)),
+        (C(&admin), C(&web), "8080/tcp", Allowed),
+        (C(&admin), C(&web), "8101/tcp", BlockedBy(&web, Ingress)),
+        (C(&client), C(&web), "5353/udp", Allowed),
+        (C(&stranger), C(&web), "5353/udp", BlockedBy(&web, Ingress)),
+        (C(&bad), C(&web), "5353/udp", BlockedBy(&web, Ingress)),
+        (C(&admin), C(&api), "80/tcp", Allowed),
+        (C(&admin), C(&api), "8080/tcp", Allowed),
+        (C(&client), C(&api), "80/tcp", BlockedBy(&api, Ingress)),
+        (C(&api), C(&web), "80/tcp", Allowed),
+        (C(&api), C(&web), "8080/tcp", BlockedBy(&api, Egress)),
+        (C(&api), C(&stranger), "80/tcp", BlockedBy(&api, Egress)),
+        (C(&api), Addr("198.18.5.9"), "8080/tcp", Allowed),
+        // The outside namespace is not policed: the client's egress blocks.
+        (
+            C(&api),
+            Addr("198.18.6.9"),
+            "8080/tcp",
+            BlockedBy(&api, Egress),
+        ),
+        (C(&ext), Addr("198.18.6.9"), "8080/tcp", Allowed),
+        (C(&ext), C(&stranger), "80/tcp", BlockedBy(&ext, Egress)),
+        (C(&client), C(&stranger), "80/tcp", Allowed),
+        (Addr(&gateway), C(&web), "80/tcp", Allowed),
+        // From the host, which is not policed: the server's ingress blocks.
+        (Addr(&gateway), C(&api), "80/tcp", BlockedBy(&api, Ingress)),
     ];
     assert!(cases.len() >= 20);
     let mut failures = Vec::new();
-    for (from, to, port, expected) in &cases {
+    for (from, to, port, expect) in &cases {
+        let expected = matches!(expect, Allowed);
+        let before = match expect {
+            BlockedBy(enforcer, _) => Some(env.drops(enforcer)),
+            Allowed => None,
+        };
         let mut args: Vec<String> = vec!["policy".into(), "check".into()];
         let name = |e: &End| match e {
             C(c) => c.name.clone(),
@@ -290,17 +314,17 @@ fn check_agrees_with_real_traffic() {
             (C(c), "tcp") => env.http(
                 c,
                 &format!("http://{to_ip}:{number}/"),
-                if *expected { 6 } else { 2 },
+                if expected { 6 } else { 2 },
             ),
             (C(c), _) => env.udp(
                 c,
                 &to_ip,
                 number.parse().unwrap(),
-                if *expected { 2000 } else { 800 },
+                if expected { 2000 } else { 800 },
             ),
             (Addr(_), _) => {
                 // From the host itself: its address on the bridge is the source.
-                let secs = if *expected { "6" } else { "2" };
+                let secs = if expected { "6" } else { "2" };
                 run(Command::new("timeout").args([
                     secs,
                     "busybox",
@@ -320,8 +344,19 @@ fn check_agrees_with_real_traffic() {
             name(to),
             String::from_utf8_lossy(&out.stdout)
         );
-        if checked != real || checked != *expected {
+        if checked != real || checked != expected {
             failures.push(line);
+        } else if let (BlockedBy(enforcer, direction), Some(before)) = (expect, &before) {
+            let after = env.drops(enforcer);
+            if after.dropped(*direction) <= before.dropped(*direction) {
+                failures.push(format!(
+                    "{line}but {}'s {} drop counter did not move ({} before, {} after)\n",
+                    enforcer.name,
+                    direction.key(),
+                    before.dropped(*direction),
+                    after.dropped(*direction)
+                ));
+            }
         }
     }
     assert!(
@@ -347,7 +382,7 @@ fn a_file_broken_while_the_daemon_is_stopped_keeps_its_last_good_version() {
         file_in_force(env, "article.json", false)
     });
     env.assert_http_allowed(&app2, &target);
-    env.assert_http_blocked_by_bpfwall(&app3, &target, &app1, "ingress");
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
 
     // Stopped (an upgrade, a reboot); the file breaks meanwhile; started.
     env.stop_daemon();
@@ -357,7 +392,7 @@ fn a_file_broken_while_the_daemon_is_stopped_keeps_its_last_good_version() {
     );
     env.start_daemon();
     env.wait_attached(&app1);
-    env.assert_http_blocked_by_bpfwall(&app3, &target, &app1, "ingress");
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
     env.assert_http_allowed(&app2, &target);
     assert_eq!(env.endpoint(&app1).unwrap()["ingress"]["rules"], 1);
     let file = env.status()["policy_files"][0].clone();

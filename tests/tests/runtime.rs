@@ -10,7 +10,7 @@
 
 use std::process::{Command, Output};
 
-use bpfwall_e2e::{run, Runtime, TestEnv, HTTPD, IMAGE, SLEEP, TEST_LABEL};
+use bpfwall_e2e::{run, Direction, Runtime, TestEnv, HTTPD, IMAGE, SLEEP, TEST_LABEL};
 
 /// `docker run --rm --runtime R <test label> OPTIONS IMAGE CMD`.
 fn run_once(env: &TestEnv, runtime: &str, options: &[&str], cmd: &[&str]) -> Output {
@@ -22,12 +22,15 @@ fn run_once(env: &TestEnv, runtime: &str, options: &[&str], cmd: &[&str]) -> Out
         .args(cmd))
 }
 
-/// A client whose very first action connects to ip:80; prints CONNECTED or blocked.
-fn first_action_connect(ip: &str) -> Vec<String> {
+/// A client whose very first action connects to ip:80, waiting up to
+/// `secs`; prints CONNECTED or blocked. An admitted client must connect at
+/// its first SYN (1 s, under TCP's first retransmission); a refused one is
+/// given 2 s, so that a retransmitted SYN that got through would show.
+fn first_action_connect(ip: &str, secs: u32) -> Vec<String> {
     vec![
         "sh".into(),
         "-c".into(),
-        format!("nc -w 1 {ip} 80 </dev/null && echo CONNECTED || echo blocked"),
+        format!("nc -w {secs} {ip} 80 </dev/null && echo CONNECTED || echo blocked"),
     ]
 }
 
@@ -79,11 +82,21 @@ fn policed_from_the_first_instruction() {
     let (web_ip, open_ip) = (env.ip(&web), env.ip(&open));
 
     // A client that may not reach `open` (its egress allows web only): none of 50 connects.
+    // Each is dropped by its own egress, and gone (with its counters) when
+    // `docker run --rm` returns: the proof is the daemon's count of
+    // default-deny drops (this env's own maps), at least one per start.
+    let default_deny = |env: &TestEnv| {
+        env.drops_by_reason()
+            .get("policy-default-deny")
+            .copied()
+            .unwrap_or(0)
+    };
+    let denied_before = default_deny(&env);
     let leaked = starts(
         &env,
         &rt.name,
         &["--label", "bpfwall.egress=allow to id=web port 80/tcp"],
-        &first_action_connect(&open_ip),
+        &first_action_connect(&open_ip, 2),
         50,
     );
     assert_eq!(leaked.len(), 50);
@@ -91,16 +104,32 @@ fn policed_from_the_first_instruction() {
         leaked.iter().all(|o| o == "blocked"),
         "some forbidden first connections got through: {leaked:?}"
     );
+    let denied_after = default_deny(&env);
+    assert!(
+        denied_after >= denied_before + 50,
+        "50 blocked starts, but only {} default-deny drops\n{}",
+        denied_after - denied_before,
+        env.status_text()
+    );
 
-    // app3, which web's ingress does not admit: none of 20 connects.
+    // app3, which web's ingress does not admit: none of 20 connects, each
+    // dropped by web's ingress.
+    let web_before = env.drops(&web);
     let refused = starts(
         &env,
         &rt.name,
         &["--label", "id=app3"],
-        &first_action_connect(&web_ip),
+        &first_action_connect(&web_ip, 2),
         20,
     );
     assert!(refused.iter().all(|o| o == "blocked"), "{refused:?}");
+    let web_after = env.drops(&web);
+    assert!(
+        web_after.ingress >= web_before.ingress + 20,
+        "20 refused starts, but web's ingress dropped only {}\n{}",
+        web_after.ingress - web_before.ingress,
+        env.status_text()
+    );
 
     // app2, which web admits: every one of 50 connects at the first SYN
     // (its address is known before it runs, so web drops nothing).
@@ -111,7 +140,7 @@ fn policed_from_the_first_instruction() {
         &env,
         &rt.name,
         &["--label", "id=app2"],
-        &first_action_connect(&web_ip),
+        &first_action_connect(&web_ip, 1),
         50,
     );
     assert!(allowed.iter().all(|o| o == "CONNECTED"), "{allowed:?}");
@@ -206,7 +235,7 @@ fn lifecycle_commands_behave_as_with_runc() {
     };
     let state = |name: &str| docker(&["inspect", "-f", "{{.State.Status}}", name]);
     assert_eq!(docker(&["exec", &c.name, "echo", "hi"]), "hi");
-    env.assert_http_blocked(&c, &open_url);
+    env.assert_http_blocked_by(&c, &open_url, &c, Direction::Egress);
     docker(&["pause", &c.name]);
     assert_eq!(state(&c.name), "paused");
     docker(&["unpause", &c.name]);
@@ -216,11 +245,11 @@ fn lifecycle_commands_behave_as_with_runc() {
     docker(&["start", &c.name]);
     assert_eq!(state(&c.name), "running");
     env.wait_attached(&c);
-    env.assert_http_blocked(&c, &open_url);
+    env.assert_http_blocked_by(&c, &open_url, &c, Direction::Egress);
     docker(&["restart", "-t", "1", &c.name]);
     assert_eq!(state(&c.name), "running");
     env.wait_attached(&c);
-    env.assert_http_blocked(&c, &open_url);
+    env.assert_http_blocked_by(&c, &open_url, &c, Direction::Egress);
     docker(&["kill", &c.name]);
     assert_eq!(state(&c.name), "exited");
     assert_eq!(
