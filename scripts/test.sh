@@ -24,6 +24,8 @@ cleanup() {
         done
     fi
     rm -rf /sys/fs/bpf/bpfwall_v1_e2e_* /run/bpfwall-e2e
+    # The e2e daemons' pin-root locks (every e2e daemon is gone by now).
+    rm -f /run/bpfwall/pins%2Fsys%2Ffs%2Fbpf%2Fbpfwall_v1_e2e_*.lock
 }
 trap cleanup EXIT
 cargo build --quiet -p bpfwall

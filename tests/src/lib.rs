@@ -2,8 +2,8 @@
 //! containers, real packets.
 //!
 //! Every test makes a [`TestEnv`] with a name of its own. The env runs its
-//! own daemon (pins under /sys/fs/bpf/bpfwall_v1_e2e_<name>, API socket under
-//! /run/bpfwall-e2e/) that attaches only to containers labelled
+//! own daemon (pins under /sys/fs/bpf/bpfwall_v1_e2e_<name>, API socket,
+//! policy and state directories under /run/bpfwall-e2e/) that attaches only to containers labelled
 //! `bpfwall-e2e.test=<name>`, so tests run side by side and never touch
 //! containers they did not create. Dropping the env (also when the test
 //! panics) kills the daemon and removes its containers, networks, network
@@ -173,6 +173,8 @@ pub struct TestEnv {
     pub socket: PathBuf,
     /// The daemon's policy directory.
     pub policy_dir: PathBuf,
+    /// The daemon's state directory (saved policy versions).
+    pub state_dir: PathBuf,
     log: PathBuf,
     docker_socket: Option<PathBuf>,
     daemon_args: Vec<String>,
@@ -213,6 +215,7 @@ impl TestEnv {
             pin_root: PathBuf::from(format!("/sys/fs/bpf/bpfwall_v1_e2e_{name}")),
             socket: dir.join(format!("{name}.sock")),
             policy_dir: dir.join(format!("{name}-policies")),
+            state_dir: dir.join(format!("{name}-state")),
             log: dir.join(format!("{name}.log")),
             docker_socket: docker_socket.map(Path::to_path_buf),
             daemon_args: daemon_args.iter().map(|a| a.to_string()).collect(),
@@ -224,6 +227,7 @@ impl TestEnv {
         env.remove_containers();
         let _ = std::fs::remove_dir_all(&env.pin_root);
         let _ = std::fs::remove_dir_all(&env.policy_dir);
+        let _ = std::fs::remove_dir_all(&env.state_dir);
         std::fs::create_dir_all(&env.policy_dir).unwrap();
         env.start_daemon();
         env
@@ -252,6 +256,8 @@ impl TestEnv {
             .arg(format!("{TEST_LABEL}={}", self.name))
             .arg("--policy-dir")
             .arg(&self.policy_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .args(&self.daemon_args)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -259,8 +265,7 @@ impl TestEnv {
             .expect("start bpfwall daemon");
         self.daemon = Some(child);
         self.wait_for("the daemon to answer and list docker", |env| {
-            env.try_status()
-                .is_some_and(|s| s["docker_connected"] == true)
+            env.try_status().is_some_and(|s| s["docker_synced"] == true)
         });
     }
 
@@ -811,6 +816,7 @@ impl Drop for TestEnv {
         }
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.policy_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_dir_all(format!("/run/bpfwall-e2e/{}-www", self.name));
@@ -937,5 +943,380 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let _lock = DAEMON_JSON.lock().unwrap_or_else(|e| e.into_inner());
         let _ = run(Command::new(bpfwall_bin()).args(["uninstall-runtime", "--name", &self.name]));
+    }
+}
+
+// ---- Daemon lifecycle (the hardening issue: restarts, the pin root lock) --
+
+impl TestEnv {
+    /// The running daemon's pid.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// Stops the daemon as an operator or an upgrade does (SIGTERM) and
+    /// waits for it to exit.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs a second `bpfwall daemon` with exactly this env's pin root,
+    /// socket, policy and state directories, and waits up to `limit` for
+    /// it to exit. Err (after killing it) if it is still running then.
+    pub fn run_second_daemon(&self, limit: Duration) -> Result<Output, String> {
+        let mut child = Command::new(bpfwall_bin())
+            .args(["daemon", "--bpffs-root"])
+            .arg(&self.pin_root)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--manage-label")
+            .arg(format!("{TEST_LABEL}={}", self.name))
+            .arg("--policy-dir")
+            .arg(&self.policy_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(&self.daemon_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a second bpfwall daemon");
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if child.try_wait().unwrap().is_some() {
+                return Ok(child.wait_with_output().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let out = child.wait_with_output().unwrap();
+        Err(format!(
+            "the second daemon was still running after {limit:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    /// Each pinned link's name and the id of the program it runs.
+    pub fn link_programs(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(self.pin_root.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = must(
+                Command::new("bpftool")
+                    .args(["-j", "link", "show", "pinned"])
+                    .arg(entry.path()),
+            );
+            let v: Value = serde_json::from_str(&text).unwrap();
+            out.insert(
+                entry.file_name().to_string_lossy().to_string(),
+                v["prog_id"].as_u64().unwrap_or(0),
+            );
+        }
+        out
+    }
+}
+
+// ---- dockerd itself (the dockerd-restart test only) --------------------
+
+/// How dockerd runs on this host, captured so that a test can stop it and
+/// start it again exactly as it was. Dropping it (also when the test
+/// panics) starts dockerd again if it does not answer, so a test never
+/// leaves the host without Docker.
+///
+/// Stopping dockerd stops every container on the host: only a test that
+/// runs alone may use this (`flock -x /tmp/bpfwall-dockerd.lock` on a
+/// shared host).
+#[derive(Debug)]
+pub struct Dockerd {
+    how: DockerdRun,
+}
+
+#[derive(Debug, Clone)]
+enum DockerdRun {
+    /// systemd units that were active (docker.socket can start dockerd on
+    /// its own, so it is stopped and started with it).
+    Systemd(Vec<String>),
+    /// A plain process (`nohup dockerd &`, as scripts/setup.sh does).
+    Process {
+        argv: Vec<std::ffi::OsString>,
+        cwd: PathBuf,
+        env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+        stdout: PathBuf,
+        stderr: PathBuf,
+    },
+}
+
+/// Does dockerd answer?
+pub fn dockerd_answers() -> bool {
+    run(docker().args(["version", "--format", "{{.Server.Version}}"]))
+        .status
+        .success()
+}
+
+fn dockerd_pid() -> Option<i32> {
+    std::fs::read_to_string("/var/run/docker.pid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Marks every descriptor this process inherited or opened (above
+/// stdin, stdout and stderr) close-on-exec, so that a dockerd started from
+/// here holds none of them: above all not the lock a test runner took with
+/// `flock -x LOCKFILE cargo test` (flock(1) passes its descriptor on), which
+/// a dockerd that outlives the test would otherwise hold for good.
+fn close_descriptors_on_exec() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+        // The directory's own descriptor is closed by now: its error is moot.
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+}
+
+/// Is the process gone (or a zombie nobody reaped yet)?
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+impl Dockerd {
+    /// Finds how dockerd runs now: a systemd unit if `systemctl is-active
+    /// docker` says so, else the process of /var/run/docker.pid (its
+    /// command line, directory, environment and output files).
+    pub fn capture() -> Dockerd {
+        assert!(dockerd_answers(), "dockerd does not answer");
+        let active = |unit: &str| {
+            run(Command::new("systemctl").args(["is-active", "--quiet", unit]))
+                .status
+                .success()
+        };
+        if Command::new("systemctl").arg("--version").output().is_ok() && active("docker") {
+            let units = ["docker.socket", "docker.service"]
+                .into_iter()
+                .filter(|u| active(u))
+                .map(String::from)
+                .collect();
+            return Dockerd {
+                how: DockerdRun::Systemd(units),
+            };
+        }
+        let pid = dockerd_pid().expect("no pid in /var/run/docker.pid");
+        let nul_list = |what: &str| -> Vec<std::ffi::OsString> {
+            use std::os::unix::ffi::OsStrExt as _;
+            std::fs::read(format!("/proc/{pid}/{what}"))
+                .unwrap_or_else(|e| panic!("read /proc/{pid}/{what}: {e}"))
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| std::ffi::OsStr::from_bytes(s).to_os_string())
+                .collect()
+        };
+        let argv = nul_list("cmdline");
+        assert!(!argv.is_empty(), "dockerd (pid {pid}) has no command line");
+        let env = nul_list("environ")
+            .into_iter()
+            .filter_map(|kv| {
+                let text = kv.to_string_lossy().to_string();
+                let (k, v) = text.split_once('=')?;
+                Some((k.into(), v.into()))
+            })
+            .collect();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| "/".into());
+        // Its output goes on to the same files; a pipe or a terminal has no
+        // path to reopen, so scripts/setup.sh's log stands in.
+        let output = |fd: u32| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .ok()
+                .filter(|p| p.is_absolute() && p.exists())
+                .unwrap_or_else(|| PathBuf::from("/var/log/bpfwall-dockerd.log"))
+        };
+        Dockerd {
+            how: DockerdRun::Process {
+                argv,
+                cwd,
+                env,
+                stdout: output(1),
+                stderr: output(2),
+            },
+        }
+    }
+
+    /// Stops dockerd (SIGTERM, or systemctl stop) and waits until it is gone.
+    pub fn stop(&self) {
+        match &self.how {
+            DockerdRun::Systemd(units) => {
+                must(
+                    Command::new("systemctl")
+                        .arg("stop")
+                        .args(units.iter().rev()),
+                );
+            }
+            DockerdRun::Process { .. } => {
+                let pid = dockerd_pid().expect("no pid in /var/run/docker.pid");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let start = Instant::now();
+                while !process_gone(pid) {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(90),
+                        "dockerd (pid {pid}) did not stop within 90 s of SIGTERM"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        assert!(!dockerd_answers(), "dockerd still answers after it stopped");
+    }
+
+    /// Kills dockerd as a crash would (SIGKILL): its containers run on in
+    /// their shims, and no event tells of what happens to them until it
+    /// is back. Waits until it is gone.
+    pub fn crash(&self) {
+        match &self.how {
+            DockerdRun::Systemd(units) => {
+                // Killed, then stopped so that systemd does not restart it
+                // before the test does.
+                must(Command::new("systemctl").args([
+                    "kill",
+                    "--signal=SIGKILL",
+                    "docker.service",
+                ]));
+                must(
+                    Command::new("systemctl")
+                        .arg("stop")
+                        .args(units.iter().rev()),
+                );
+            }
+            DockerdRun::Process { .. } => {
+                let pid = dockerd_pid().expect("no pid in /var/run/docker.pid");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let start = Instant::now();
+                while !process_gone(pid) {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "dockerd (pid {pid}) did not die of SIGKILL"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        assert!(
+            !dockerd_answers(),
+            "dockerd still answers after it was killed"
+        );
+    }
+
+    /// Starts dockerd again exactly as it ran, and returns once it
+    /// answers; returns the instant it was first seen answering.
+    pub fn start(&self) -> Instant {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(&self) -> Result<Instant, String> {
+        match &self.how {
+            DockerdRun::Systemd(units) => {
+                let out = run(Command::new("systemctl").arg("start").args(units));
+                if !out.status.success() {
+                    return Err(format!(
+                        "systemctl start {units:?}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+            }
+            DockerdRun::Process {
+                argv,
+                cwd,
+                env,
+                stdout,
+                stderr,
+            } => {
+                // A killed dockerd leaves its pid file, and dockerd refuses
+                // to start while that pid exists, even as a zombie that an
+                // init slow to reap keeps (as here): the file is stale once
+                // its process is gone or a zombie.
+                if dockerd_pid().is_some_and(process_gone) {
+                    let _ = std::fs::remove_file("/var/run/docker.pid");
+                }
+                let open = |p: &Path| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .map_err(|e| format!("open {}: {e}", p.display()))
+                };
+                // In a session of its own, so that it outlives the test,
+                // and with no descriptor but its output.
+                close_descriptors_on_exec();
+                let status = Command::new("setsid")
+                    .arg("-f")
+                    .args(argv)
+                    .current_dir(cwd)
+                    .env_clear()
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(open(stdout)?))
+                    .stderr(Stdio::from(open(stderr)?))
+                    .status()
+                    .map_err(|e| format!("run setsid {argv:?}: {e}"))?;
+                if !status.success() {
+                    return Err(format!("setsid -f {argv:?} failed: {status}"));
+                }
+            }
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(90) {
+            if dockerd_answers() {
+                return Ok(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("dockerd did not answer within 90 s of its start".into())
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // Never a panic here: this runs while a failed test unwinds.
+        for attempt in 1..=3 {
+            if dockerd_answers() {
+                return;
+            }
+            eprintln!("dockerd does not answer: starting it again as it ran (attempt {attempt})");
+            match self.try_start() {
+                Ok(_) => return,
+                Err(e) => eprintln!("{e}"),
+            }
+        }
+        eprintln!("DOCKERD IS DOWN: start it as scripts/setup.sh does");
     }
 }

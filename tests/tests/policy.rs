@@ -367,3 +367,43 @@ fn check_agrees_with_real_traffic() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn a_file_broken_while_the_daemon_is_stopped_keeps_its_last_good_version() {
+    let mut env = TestEnv::new("plastgood");
+    let bpfwall_e2e::Article {
+        app1,
+        app2,
+        app3,
+        target,
+    } = env.article(&[], &[]);
+    env.write_policy("article.json", ARTICLE);
+    env.wait_for("article.json to load", |env| {
+        file_in_force(env, "article.json", false)
+    });
+    env.assert_http_allowed(&app2, &target);
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
+
+    // Stopped (an upgrade, a reboot); the file breaks meanwhile; started.
+    env.stop_daemon();
+    env.write_policy(
+        "article.json",
+        &ARTICLE.replace("fromEndpoints", "fromEndpoint"),
+    );
+    env.start_daemon();
+    env.wait_attached(&app1);
+    env.assert_http_blocked_by(&app3, &target, &app1, Direction::Ingress);
+    env.assert_http_allowed(&app2, &target);
+    assert_eq!(env.endpoint(&app1).unwrap()["ingress"]["rules"], 1);
+    let file = env.status()["policy_files"][0].clone();
+    assert_eq!(file["in_force"], "saved", "{file}");
+    assert_eq!(file["specs"], 1, "{file}");
+    let text = env.status_text();
+    assert!(
+        text.contains("article.json:1:")
+            && text.contains("fromEndpoint")
+            && text.contains("kept the last good version from ")
+            && text.contains("stays in force"),
+        "{text}"
+    );
+}

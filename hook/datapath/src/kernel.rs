@@ -176,7 +176,9 @@ impl KernelDatapath {
             if name.starts_with("bpfwall_") && !abi::ALL_MAPS.contains(&name.as_str()) {
                 match std::fs::remove_file(entry.path()) {
                     Ok(()) => tracing::info!(map = %name, "removed a map of an older layout"),
-                    Err(e) => tracing::warn!(map = %name, error = %e, "cannot remove a map of an older layout"),
+                    Err(e) => {
+                        tracing::warn!(map = %name, error = %e, "cannot remove a map of an older layout")
+                    }
                 }
             }
         }

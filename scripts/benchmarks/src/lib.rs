@@ -80,7 +80,7 @@ impl BenchDaemon {
             .map_err(io("start the daemon"))?;
         daemon.child = Some(child);
         let t0 = Instant::now();
-        while daemon.status().map_or(true, |s| !s.docker_connected) {
+        while daemon.status().map_or(true, |s| !s.docker_synced) {
             if t0.elapsed() > Duration::from_secs(20) {
                 return Err(BenchDaemonError::NotReady(daemon.socket.clone()));
             }

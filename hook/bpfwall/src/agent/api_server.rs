@@ -13,14 +13,22 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, watch};
 
+use super::policy_watch::PolicyDirStatus;
 use super::reconcile_loop::Input;
 use super::snapshot::Snapshot;
-use crate::api::{Answer, DaemonError, FileStatus, Request};
+use crate::api::{Answer, DaemonError, Request};
 
-/// Binds the socket (replacing a stale one) with mode 0600.
+/// Binds the socket (replacing a stale one) with mode 0600. A socket that
+/// answers is not stale: it belongs to a running daemon and stays.
 pub fn bind(path: &Path) -> Result<UnixListener, IoError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_error("create the directory of", path))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io_error("bind", path)(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another process (a running bpfwall daemon?) answers on this socket",
+        )));
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -43,7 +51,7 @@ pub struct Server {
     /// The reconciler's last snapshot.
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// The policy files' state.
-    pub policy_files: watch::Receiver<Vec<FileStatus>>,
+    pub policy_files: watch::Receiver<PolicyDirStatus>,
     /// The counters, read on the side.
     pub counters: Option<Arc<dyn CounterReader>>,
     /// The reconcile loop.

@@ -6,13 +6,17 @@
 //! - [`api_server`]: the local API, answering status, check and explain
 //!   from the reconciler's last [`snapshot`], and passing OCI-hook requests
 //!   to the loop;
-//! - [`policy_watch`]: the policy directory, read a few times a second;
+//! - [`policy_watch`]: the policy directory, read a few times a second,
+//!   with the last good version of each file saved in [`policy_store`];
 //! - the runtime sources (`crate::runtime`), whose events are forwarded to
 //!   the loop;
-//! - [`host`]: what the reconciler reads of the host, behind a trait.
+//! - [`host`]: what the reconciler reads of the host, behind a trait;
+//! - [`instance_lock`]: one daemon per pin root.
 
 pub mod api_server;
 pub mod host;
+pub mod instance_lock;
+pub mod policy_store;
 pub mod policy_watch;
 pub mod reconcile_loop;
 pub mod reconciler;
@@ -29,6 +33,7 @@ use bpfwall_sys::error_chain;
 use tokio::sync::{mpsc, watch};
 
 use self::host::SystemHost;
+use self::policy_store::PolicyStore;
 use self::policy_watch::PolicyDir;
 use self::reconcile_loop::Input;
 use self::reconciler::{Reconciler, ReconcilerConfig};
@@ -51,6 +56,9 @@ pub struct DaemonConfig {
     pub map_sizes: MapSizes,
     /// Host-wide policy files.
     pub policy_dir: PathBuf,
+    /// What the daemon keeps across restarts (the last good version of
+    /// each policy file).
+    pub state_dir: PathBuf,
 }
 
 /// The policy directory is read this often (changes apply within a second).
@@ -83,6 +91,11 @@ fn spawn_collector(
 /// Runs until SIGINT or SIGTERM. Leaves every pin in place: enforcement
 /// goes on without the daemon.
 pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    // Before the pins or the socket are touched: one daemon per pin root.
+    let lock = instance_lock::InstanceLock::acquire(
+        std::path::Path::new(instance_lock::LOCK_DIR),
+        &config.pin_root,
+    )?;
     let mut datapath = KernelDatapath::load_sized(Some(&config.pin_root), &config.map_sizes)
         .with_context(|| {
             format!(
@@ -115,7 +128,13 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     };
     let mut reconciler = Reconciler::new(datapath, SystemHost::new(), config.reconciler.clone());
 
-    let mut policy_dir = PolicyDir::new(&config.policy_dir);
+    // The versions saved by the last run are in force until the directory
+    // says otherwise; without them the daemon does not start (a broken file
+    // would lose its policy).
+    let store = PolicyStore::open(&config.state_dir)
+        .context("opening the state directory (--state-dir)")?;
+    let mut policy_dir = PolicyDir::open(&config.policy_dir, store)
+        .context("reading the saved last good policy versions")?;
     policy_dir.poll();
     reconciler.set_host_policies(policy_dir.policies());
     let (files_tx, files_rx) = watch::channel(policy_dir.status());
@@ -157,7 +176,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     tokio::spawn(server.serve(listener));
 
     tracing::info!(pin_root = %config.pin_root.display(), api = %config.api_socket.display(), docker = config.docker_socket,
-        policy_dir = %config.policy_dir.display(), "bpfwall daemon running");
+        policy_dir = %config.policy_dir.display(), state_dir = %config.state_dir.display(), "bpfwall daemon running");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -165,6 +184,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; pinned programs keep enforcing");
     let _ = std::fs::remove_file(&config.api_socket);
+    // Held to here: the socket is gone before another daemon may start.
+    drop(lock);
     // The loop ends when its inputs do; the runtime's shutdown drops the
     // tasks holding the senders.
     drop(reconcile_thread);

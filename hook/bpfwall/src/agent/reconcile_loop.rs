@@ -22,7 +22,8 @@ use crate::runtime::RuntimeEvent;
 
 /// Events arriving within this window are handled by one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(5);
-/// Containers known only from the OCI hook are checked for exit this often.
+/// Containers whose exit no runtime reports now (known only from the OCI
+/// hook, or Docker's while Docker is not in sync) are checked this often.
 const HOOK_PRUNE: Duration = Duration::from_secs(1);
 /// A reconcile runs at least this often (host addresses change without events).
 const PERIODIC: Duration = Duration::from_secs(10);

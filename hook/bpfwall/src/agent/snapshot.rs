@@ -11,9 +11,8 @@ use labels_policy::datapath_abi as abi;
 use labels_policy::query::{CheckResult, Explanation, FlowEnd};
 use labels_policy::{Compiled, ContainerInput};
 
-use crate::api::{
-    DaemonError, DirectionStatus, EndpointStatus, FileStatus, FlowEndArg, MapStatus, Status,
-};
+use super::policy_watch::PolicyDirStatus;
+use crate::api::{DaemonError, DirectionStatus, EndpointStatus, FlowEndArg, MapStatus, Status};
 use crate::runtime::ContainerRecord;
 
 /// One managed container as the reconciler last saw it.
@@ -50,6 +49,9 @@ pub struct Snapshot {
     pub containers: Vec<ContainerView>,
     /// Is the Docker source connected now?
     pub docker_connected: bool,
+    /// Is the Docker source in sync: connected, and its list since it
+    /// connected taken in by this snapshot's reconcile?
+    pub docker_synced: bool,
     /// Has Docker been listed at least once?
     pub synced: bool,
     /// Entries and capacity of every compiled map, by name.
@@ -144,7 +146,7 @@ impl Snapshot {
         &self,
         pin_root: &str,
         counters: Option<&dyn CounterReader>,
-        policy_files: Vec<FileStatus>,
+        policy_files: PolicyDirStatus,
     ) -> Status {
         // Label keys any selector uses, so status shows the labels that matter.
         let mut selector_keys = BTreeSet::new();
@@ -256,6 +258,7 @@ impl Snapshot {
         Status {
             pin_root: pin_root.to_string(),
             docker_connected: self.docker_connected,
+            docker_synced: self.docker_synced,
             endpoints,
             drops,
             policy_entries: self.entries_of(&[abi::MAP_POLICY, abi::MAP_POLICY_EXACT]),
@@ -287,7 +290,8 @@ impl Snapshot {
                 .chain(self.warnings.iter().cloned())
                 .collect(),
             last_error: self.last_error.clone(),
-            policy_files,
+            policy_files: policy_files.files,
+            policy_dir_errors: policy_files.errors,
         }
     }
 }

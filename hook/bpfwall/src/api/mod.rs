@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-pub use status::{DirectionStatus, EndpointStatus, FileStatus, MapStatus, Status};
+pub use status::{DirectionStatus, EndpointStatus, FileStatus, MapStatus, Status, VersionInForce};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/bpfwall/bpfwall.sock";

@@ -73,6 +73,13 @@ pub struct Status {
     pub pin_root: String,
     /// Whether the Docker listener is connected.
     pub docker_connected: bool,
+    /// Whether the daemon is in sync with Docker: connected, and Docker's
+    /// list since it connected is in the maps. While it is not, containers
+    /// started meanwhile are not policed (without bpfwall-runc) and
+    /// Docker's exit events are not coming (containers whose process died
+    /// are still withdrawn).
+    #[serde(default)]
+    pub docker_synced: bool,
     /// Managed containers.
     pub endpoints: Vec<EndpointStatus>,
     /// Drops per named reason, host-wide.
@@ -93,6 +100,11 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Host-wide policy files and their errors.
     pub policy_files: Vec<FileStatus>,
+    /// Problems with the policy directory as a whole (it cannot be read:
+    /// every file's version in force stays) or with the saved last good
+    /// versions; each names its path.
+    #[serde(default)]
+    pub policy_dir_errors: Vec<String>,
 }
 
 /// One host-wide policy file.
@@ -102,6 +114,34 @@ pub struct FileStatus {
     pub file: String,
     /// Policies (specs) in force from it.
     pub specs: usize,
-    /// Its current error: the last good version stays in force.
+    /// Its current error (it does not parse, or cannot be read), saying
+    /// which version stays in force.
     pub error: Option<String>,
+    /// Which version of the file is in force.
+    #[serde(default)]
+    pub in_force: VersionInForce,
+    /// When the version in force was read (unix seconds).
+    #[serde(default)]
+    pub in_force_since_unix: Option<u64>,
+    /// The version in force could not be saved, so it would not survive a
+    /// restart of the daemon.
+    #[serde(default)]
+    pub save_error: Option<String>,
+}
+
+/// Which version of a policy file is in force.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionInForce {
+    /// The file as it is now.
+    Current,
+    /// The last good version read by this run of the daemon: the file
+    /// changed since and does not parse (or cannot be read).
+    LastGood,
+    /// The last good version saved by an earlier run of the daemon: the
+    /// file has been broken (or unreadable) since this run started.
+    Saved,
+    /// Nothing: the file never parsed.
+    #[default]
+    Nothing,
 }

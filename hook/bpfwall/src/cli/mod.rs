@@ -107,6 +107,10 @@ enum Command {
         /// Host-wide Cilium-format policy files (JSON or YAML), reloaded on change.
         #[arg(long, default_value = crate::agent::policy_watch::DEFAULT_POLICY_DIR)]
         policy_dir: PathBuf,
+        /// What the daemon keeps across restarts: the last good version of
+        /// each policy file (root-only).
+        #[arg(long, default_value = crate::agent::policy_store::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
         #[command(flatten)]
         policing: PolicingArgs,
     },
@@ -173,7 +177,7 @@ enum Command {
         #[arg(long, default_value = "/var/run/docker.sock")]
         docker_socket: String,
     },
-    /// Detach everything and remove all pins (uninstall). Stop the daemon first.
+    /// Detach everything and remove all pins (uninstall). Refused while a daemon runs on them.
     Teardown {
         /// The pin root to remove.
         #[arg(long, default_value = DEFAULT_PIN_ROOT)]
@@ -252,6 +256,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             socket,
             manage_label,
             policy_dir,
+            state_dir,
             policing,
         } => {
             agent::run(DaemonConfig {
@@ -261,6 +266,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reconciler: policing.reconciler(parse_manage(&manage_label)?),
                 map_sizes: policing.map_sizes(),
                 policy_dir,
+                state_dir,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -382,6 +388,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Teardown { bpffs_root } => {
+            // Never under a running daemon: hold its lock while removing.
+            let _lock = crate::agent::instance_lock::InstanceLock::acquire(
+                std::path::Path::new(crate::agent::instance_lock::LOCK_DIR),
+                &bpffs_root,
+            )?;
             bpfwall_datapath::remove_pins(&bpffs_root)?;
             println!("removed {}", bpffs_root.display());
             Ok(ExitCode::SUCCESS)

@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use crate::api::Status;
+use crate::agent::policy_watch::utc_text;
+use crate::api::{Status, VersionInForce};
 
 /// `bpfwall status` as a person reads it.
 pub fn status(s: &Status) -> String {
@@ -13,27 +14,48 @@ pub fn status(s: &Status) -> String {
         s.endpoints.len(),
         s.policy_entries,
         s.ipcache_entries,
-        if s.docker_connected {
-            "connected"
-        } else {
-            "DISCONNECTED"
+        match (s.docker_connected, s.docker_synced) {
+            (true, true) => "connected, synced",
+            (true, false) => "connected, NOT SYNCED yet",
+            (false, _) => "DISCONNECTED, NOT SYNCED",
         },
         s.pin_root
     );
+    if !s.docker_synced {
+        let _ = writeln!(
+            out,
+            "NOT SYNCED with docker: containers started meanwhile are not policed until it is (unless started with bpfwall-runc)"
+        );
+    }
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last reconcile FAILED: {e}");
     }
     for w in &s.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
+    for e in &s.policy_dir_errors {
+        let _ = writeln!(out, "ERROR policy directory: {e}");
+    }
     for f in &s.policy_files {
         match &f.error {
+            None if f.in_force == VersionInForce::Saved => {
+                let _ = writeln!(
+                    out,
+                    "policy file {}: {} specs, the last good version saved by an earlier run (from {}): the file was not read",
+                    f.file,
+                    f.specs,
+                    f.in_force_since_unix.map_or_else(|| "an unknown time".to_string(), utc_text)
+                );
+            }
             None => {
                 let _ = writeln!(out, "policy file {}: {} specs", f.file, f.specs);
             }
             Some(e) => {
                 let _ = writeln!(out, "ERROR policy file {e}");
             }
+        }
+        if let Some(e) = &f.save_error {
+            let _ = writeln!(out, "ERROR saving policy file {}: {e}", f.file);
         }
     }
     for ep in &s.endpoints {

@@ -1,7 +1,13 @@
 //! The Docker source: lists running containers, then follows events and
-//! tells the agent what changed. Reconnects with backoff when dockerd goes
-//! away, and resyncs after every reconnect. It never blocks a handler of
-//! Docker's: it only reads Docker's API.
+//! tells the agent what changed. It never blocks a handler of Docker's: it
+//! only reads Docker's API.
+//!
+//! When dockerd goes away it says so (`Disconnected`) and watches for
+//! dockerd's socket, trying a connect() every 50 ms; as soon as one
+//! succeeds it negotiates (`Connected`), lists (`Resync`) and follows
+//! events again. It never sleeps out a backoff while the socket answers,
+//! except after a failure of dockerd's API itself (then 50 ms, doubling to
+//! 1 s), so it is in sync again within a list of dockerd answering.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -161,14 +167,31 @@ fn classify(event: &bollard::models::EventMessage) -> Option<(bool, String)> {
     }
 }
 
-/// Follows dockerd forever: connect, list, stream events; on any failure,
-/// report `Disconnected`, back off, and start over. Never panics.
+/// While dockerd is away, its socket is tried this often.
+const SOCKET_POLL: Duration = Duration::from_millis(50);
+/// After a failure of dockerd's API (its socket answered), the first wait...
+const API_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// ...doubling up to this.
+const API_RETRY_MAX: Duration = Duration::from_secs(1);
+/// A session that listed and lasted this long ended because dockerd went
+/// away, not because its API fails: reconnect as soon as the socket answers.
+const HEALTHY_SESSION: Duration = Duration::from_secs(1);
+
+/// Follows dockerd forever: wait for its socket, connect, list, stream
+/// events; on any failure, report `Disconnected` and start over. Never
+/// panics.
 pub async fn run(socket: String, tx: mpsc::Sender<RuntimeEvent>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut api_retry = API_RETRY_FIRST;
     loop {
-        match follow(&socket, &tx).await {
+        wait_for_socket(&socket).await;
+        let started = tokio::time::Instant::now();
+        let mut listed = false;
+        match follow(&socket, &tx, &mut listed).await {
             Ok(()) => tracing::warn!(socket, "docker event stream ended"),
             Err(e) => tracing::warn!(socket, error = %error_chain(&e), "lost docker"),
+        }
+        if tx.is_closed() {
+            return;
         }
         if tx
             .send(RuntimeEvent::Disconnected(Source::Docker))
@@ -177,15 +200,47 @@ pub async fn run(socket: String, tx: mpsc::Sender<RuntimeEvent>) {
         {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if listed && started.elapsed() >= HEALTHY_SESSION {
+            api_retry = API_RETRY_FIRST;
+        } else {
+            // dockerd answers but its API fails: do not hammer it.
+            tokio::time::sleep(api_retry).await;
+            api_retry = (api_retry * 2).min(API_RETRY_MAX);
+        }
     }
 }
 
-async fn follow(socket: &str, tx: &mpsc::Sender<RuntimeEvent>) -> Result<(), DockerError> {
+/// Returns once a connect() to dockerd's socket succeeds.
+async fn wait_for_socket(socket: &str) {
+    let mut said = false;
+    loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(_) => return,
+            Err(e) if !said => {
+                tracing::info!(socket, error = %e, "waiting for dockerd's socket");
+                said = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(SOCKET_POLL).await;
+    }
+}
+
+async fn follow(
+    socket: &str,
+    tx: &mpsc::Sender<RuntimeEvent>,
+    listed: &mut bool,
+) -> Result<(), DockerError> {
     let docker = Docker::connect_with_unix(socket, 30, bollard::API_DEFAULT_VERSION)
         .map_err(api("connect"))?;
     let docker = docker.negotiate_version().await.map_err(api("version"))?;
+    if tx
+        .send(RuntimeEvent::Connected(Source::Docker))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
     // Subscribe from a moment before the list, so nothing between the two is missed.
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -199,6 +254,7 @@ async fn follow(socket: &str, tx: &mpsc::Sender<RuntimeEvent>) -> Result<(), Doc
     {
         return Ok(());
     }
+    *listed = true;
     let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container", "network"])]);
     let options = EventsOptionsBuilder::new()
         .since(&since.to_string())

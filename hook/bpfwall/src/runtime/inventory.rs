@@ -7,6 +7,15 @@
 //! (or for runtimes Docker does not know) and never reports its exit, so a
 //! container known only from the hook stays while its process lives and
 //! goes when it dies.
+//!
+//! A streaming source is *in sync* from its resync (the full list after
+//! connecting) until it loses its runtime. While it is not, its exit
+//! events are not coming: a container it reported whose init process is
+//! gone (or is another process now: pids are reused, so the process start
+//! time recorded with the pid is compared) is forgotten by
+//! [`Inventory::prune_dead`] without waiting for the runtime, so its
+//! identity and addresses leave the maps and are never inherited by a
+//! container that reuses the address.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +38,18 @@ pub struct Inventory {
     synced: BTreeSet<Source>,
     /// Sources connected to their runtime now.
     connected: BTreeSet<Source>,
+    /// Sources whose list since they (re)connected has been taken in.
+    in_sync: BTreeSet<Source>,
+}
+
+/// Is the record's init process still running, and still the same
+/// process? `process_start(pid)` is the start time of the process that has
+/// the pid now, None when none has.
+fn same_process(record: &ContainerRecord, process_start: &impl Fn(u32) -> Option<u64>) -> bool {
+    match process_start(record.pid) {
+        None => false,
+        Some(now) => record.pid_start_time.is_none_or(|then| then == now),
+    }
 }
 
 impl Inventory {
@@ -37,14 +58,19 @@ impl Inventory {
         Self::default()
     }
 
-    /// Takes in a source's event. `alive` tells whether a pid still runs.
-    /// Returns true when the set of containers (or what is known of one)
-    /// changed.
-    pub fn apply(&mut self, event: RuntimeEvent, alive: impl Fn(u32) -> bool) -> bool {
+    /// Takes in a source's event. `process_start(pid)` is the start time of
+    /// the process that has the pid now (None: no such process). Returns
+    /// true when the set of containers (or what is known of one) changed.
+    pub fn apply(
+        &mut self,
+        event: RuntimeEvent,
+        process_start: impl Fn(u32) -> Option<u64>,
+    ) -> bool {
         match event {
             RuntimeEvent::Resync(source, records) => {
                 self.synced.insert(source);
                 self.connected.insert(source);
+                self.in_sync.insert(source);
                 let listed: BTreeSet<String> = records.iter().map(|r| r.id.clone()).collect();
                 for record in records {
                     self.report(source, record);
@@ -56,7 +82,8 @@ impl Inventory {
                         e.sources.remove(&source);
                     }
                     !e.sources.is_empty()
-                        && (e.sources != BTreeSet::from([Source::OciHook]) || alive(e.record.pid))
+                        && (e.sources != BTreeSet::from([Source::OciHook])
+                            || same_process(&e.record, &process_start))
                 });
                 true
             }
@@ -66,9 +93,17 @@ impl Inventory {
             }
             // A runtime saying a container stopped is the last word on it.
             RuntimeEvent::Remove(_, id) => self.entries.remove(&id).is_some(),
+            RuntimeEvent::Connected(source) => {
+                // Not in sync until its list is in.
+                self.connected.insert(source);
+                self.in_sync.remove(&source);
+                false
+            }
             RuntimeEvent::Disconnected(source) => {
-                // Everything stays as it is: enforcement goes on.
+                // Everything stays as it is (enforcement goes on), except
+                // what `prune_dead` finds dead.
                 self.connected.remove(&source);
+                self.in_sync.remove(&source);
                 false
             }
         }
@@ -93,12 +128,20 @@ impl Inventory {
         }
     }
 
-    /// Forgets containers known only from the hook whose process is gone
-    /// (no runtime event will tell). Returns true if any went.
-    pub fn prune_dead(&mut self, alive: impl Fn(u32) -> bool) -> bool {
+    /// Forgets containers whose init process is gone (or is another
+    /// process now) and whose exit no source will report now: those known
+    /// only from the hook, and those none of whose sources is in sync (a
+    /// runtime that is disconnected, or reconnected but not yet listed).
+    /// `process_start` as for [`Inventory::apply`]. Returns true if any went.
+    pub fn prune_dead(&mut self, process_start: impl Fn(u32) -> Option<u64>) -> bool {
         let before = self.entries.len();
-        self.entries
-            .retain(|_, e| e.sources != BTreeSet::from([Source::OciHook]) || alive(e.record.pid));
+        let in_sync = &self.in_sync;
+        self.entries.retain(|_, e| {
+            same_process(&e.record, &process_start)
+                || e.sources
+                    .iter()
+                    .any(|s| *s != Source::OciHook && in_sync.contains(s))
+        });
         self.entries.len() != before
     }
 
@@ -110,6 +153,13 @@ impl Inventory {
     /// Is this source connected to its runtime now?
     pub fn connected(&self, source: Source) -> bool {
         self.connected.contains(&source)
+    }
+
+    /// Has this source's list been taken in since it last (re)connected,
+    /// and is it still connected? Only then do its events keep the
+    /// inventory true.
+    pub fn in_sync(&self, source: Source) -> bool {
+        self.in_sync.contains(&source)
     }
 
     /// Every container, by id.
@@ -131,11 +181,22 @@ mod tests {
         ContainerRecord {
             id: id.into(),
             name: id.into(),
-            labels: Default::default(),
-            addresses: Vec::new(),
             pid,
             ..ContainerRecord::default()
         }
+    }
+
+    /// A record whose process start time was read.
+    fn started(id: &str, pid: u32, start_time: u64) -> ContainerRecord {
+        ContainerRecord {
+            pid_start_time: Some(start_time),
+            ..record(id, pid)
+        }
+    }
+
+    /// Processes by pid, with their start times.
+    fn processes(list: &[(u32, u64)]) -> impl Fn(u32) -> Option<u64> + '_ {
+        move |pid| list.iter().find(|(p, _)| *p == pid).map(|(_, t)| *t)
     }
 
     #[test]
@@ -146,11 +207,12 @@ mod tests {
         inv.report(Source::Docker, record("gone", 12));
         inv.apply(
             RuntimeEvent::Resync(Source::Docker, vec![record("listed", 13)]),
-            |pid| pid == 10,
+            processes(&[(10, 1)]),
         );
         let ids: Vec<&str> = inv.entries().keys().map(String::as_str).collect();
         assert_eq!(ids, ["listed", "live"]);
         assert!(inv.synced(Source::Docker) && inv.connected(Source::Docker));
+        assert!(inv.in_sync(Source::Docker));
     }
 
     #[test]
@@ -159,29 +221,96 @@ mod tests {
         inv.report(Source::OciHook, record("c", 10));
         inv.apply(
             RuntimeEvent::Upsert(Source::Docker, record("c", 10)),
-            |_| true,
+            processes(&[(10, 1)]),
         );
         assert_eq!(inv.get("c").unwrap().sources.len(), 2);
         // Not listed by a later resync, but the hook vouches while it lives.
-        inv.apply(RuntimeEvent::Resync(Source::Docker, Vec::new()), |_| true);
+        inv.apply(
+            RuntimeEvent::Resync(Source::Docker, Vec::new()),
+            processes(&[(10, 1)]),
+        );
         assert!(inv.get("c").is_some());
-        assert!(inv.apply(RuntimeEvent::Remove(Source::Docker, "c".into()), |_| true));
+        assert!(inv.apply(
+            RuntimeEvent::Remove(Source::Docker, "c".into()),
+            processes(&[(10, 1)])
+        ));
         assert!(inv.get("c").is_none());
     }
 
     #[test]
-    fn a_disconnect_keeps_everything() {
+    fn a_disconnect_keeps_the_living_and_is_not_in_sync_until_the_next_list() {
         let mut inv = Inventory::new();
         inv.apply(
-            RuntimeEvent::Resync(Source::Docker, vec![record("a", 1)]),
-            |_| true,
+            RuntimeEvent::Resync(Source::Docker, vec![started("a", 1, 100)]),
+            processes(&[(1, 100)]),
         );
-        assert!(!inv.apply(RuntimeEvent::Disconnected(Source::Docker), |_| true));
-        assert!(inv.get("a").is_some());
-        assert!(inv.synced(Source::Docker) && !inv.connected(Source::Docker));
+        assert!(inv.in_sync(Source::Docker));
         assert!(
-            !inv.prune_dead(|_| false),
-            "docker's containers are not pruned"
+            !inv.prune_dead(processes(&[])),
+            "while docker is in sync, its exit events say who is gone"
         );
+        assert!(!inv.apply(
+            RuntimeEvent::Disconnected(Source::Docker),
+            processes(&[(1, 100)])
+        ));
+        assert!(inv.get("a").is_some());
+        assert!(inv.synced(Source::Docker));
+        assert!(!inv.connected(Source::Docker) && !inv.in_sync(Source::Docker));
+        assert!(
+            !inv.prune_dead(processes(&[(1, 100)])),
+            "a living container stays"
+        );
+
+        // Connected again, but not listed yet: still not in sync.
+        inv.apply(RuntimeEvent::Connected(Source::Docker), processes(&[]));
+        assert!(inv.connected(Source::Docker) && !inv.in_sync(Source::Docker));
+        inv.apply(
+            RuntimeEvent::Resync(Source::Docker, vec![started("a", 1, 100)]),
+            processes(&[(1, 100)]),
+        );
+        assert!(inv.in_sync(Source::Docker));
+    }
+
+    #[test]
+    fn docker_containers_that_die_while_docker_is_away_are_forgotten() {
+        let mut inv = Inventory::new();
+        inv.apply(
+            RuntimeEvent::Resync(
+                Source::Docker,
+                vec![
+                    started("lives", 1, 100),
+                    started("dies", 2, 200),
+                    started("pid-reused", 3, 300),
+                    record("unknown-start", 4),
+                ],
+            ),
+            processes(&[(1, 100), (2, 200), (3, 300), (4, 400)]),
+        );
+        inv.report(Source::OciHook, started("hook-too", 5, 500));
+        inv.report(Source::Docker, started("hook-too", 5, 500));
+        inv.apply(RuntimeEvent::Disconnected(Source::Docker), processes(&[]));
+        // Pid 2 is gone; pid 3 runs another process now; pid 4 runs (no
+        // start time was read for it); pid 5 (also reported by the hook) is gone.
+        assert!(inv.prune_dead(processes(&[(1, 100), (3, 999), (4, 400)])));
+        let ids: Vec<&str> = inv.entries().keys().map(String::as_str).collect();
+        assert_eq!(ids, ["lives", "unknown-start"]);
+
+        // Reconnected but not listed yet: still pruned.
+        inv.apply(RuntimeEvent::Connected(Source::Docker), processes(&[]));
+        assert!(inv.prune_dead(processes(&[(4, 400)])));
+        let ids: Vec<&str> = inv.entries().keys().map(String::as_str).collect();
+        assert_eq!(ids, ["unknown-start"]);
+    }
+
+    #[test]
+    fn hook_containers_go_when_their_process_does_or_is_another() {
+        let mut inv = Inventory::new();
+        inv.report(Source::OciHook, started("a", 1, 100));
+        inv.report(Source::OciHook, record("b", 2));
+        assert!(!inv.prune_dead(processes(&[(1, 100), (2, 1)])));
+        assert!(inv.prune_dead(processes(&[(1, 101), (2, 1)])));
+        assert_eq!(inv.entries().len(), 1);
+        assert!(inv.prune_dead(processes(&[])));
+        assert!(inv.entries().is_empty());
     }
 }

@@ -69,6 +69,9 @@ pub enum RuntimeEvent {
     Upsert(Source, ContainerRecord),
     /// A container stopped or is gone.
     Remove(Source, String),
+    /// The source reached its runtime again; a resync follows (until
+    /// then, what it said before may be stale).
+    Connected(Source),
     /// The source lost its runtime; a resync follows when it is back.
     Disconnected(Source),
 }

@@ -179,14 +179,16 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
     /// Records what a runtime source said. Returns true when a reconcile is due.
     pub fn handle(&mut self, event: RuntimeEvent) -> bool {
         let host = &self.host;
-        self.inventory.apply(event, |pid| host.alive(pid))
+        self.inventory.apply(event, |pid| host.start_time(pid))
     }
 
-    /// Forgets hook-reported containers whose process is gone (no runtime
-    /// event will tell us). Returns true if any went.
+    /// Forgets containers whose process is gone and whose exit no runtime
+    /// event will tell us now (hook-reported ones, and Docker's while
+    /// Docker is not in sync: see `Inventory::prune_dead`). Returns true
+    /// if any went.
     pub fn prune_dead_hook_containers(&mut self) -> bool {
         let host = &self.host;
-        self.inventory.prune_dead(|pid| host.alive(pid))
+        self.inventory.prune_dead(|pid| host.start_time(pid))
     }
 
     /// Replaces the host-wide policies (from the policy directory).
@@ -771,6 +773,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             host_addresses: self.host_addresses.clone(),
             containers,
             docker_connected: self.inventory.connected(Source::Docker),
+            docker_synced: self.inventory.in_sync(Source::Docker),
             synced: self.synced(),
             maps: self.datapath.fill(),
             map_full_events: self.map_full_events,

@@ -313,7 +313,10 @@ fn a_full_policy_map_closes_what_would_grow_it_until_there_is_room() {
     let other_ep = state.endpoints[&EndpointKey { cgroup_id: 300 }];
     assert_ne!(other_ep.flags & abi::EP_ERROR_INGRESS, 0);
     assert_eq!(state.policy.len(), 1);
-    let status = w.reconciler.snapshot().status("pins", None, Vec::new());
+    let status = w
+        .reconciler
+        .snapshot()
+        .status("pins", None, Default::default());
     let shown = status.endpoints.iter().find(|e| e.name == "other").unwrap();
     assert_eq!(shown.ingress.state, "closed (map bpfwall_policy_v2 full)");
     assert!(matches!(
@@ -575,7 +578,10 @@ fn whose_namespace_a_container_is_in_decides_whose_addresses_it_has() {
         "10.0.0.1".parse().unwrap()
     )));
     assert_ne!(hostnet_ep.flags & abi::EP_HOST_NETWORK, 0);
-    let status = w.reconciler.snapshot().status("pins", None, Vec::new());
+    let status = w
+        .reconciler
+        .snapshot()
+        .status("pins", None, Default::default());
     let network = |name: &str| {
         status
             .endpoints
@@ -621,7 +627,10 @@ fn a_rule_on_a_label_left_out_of_identities_is_named_in_status() {
         ],
     );
     w.docker_lists(&[(&server, 100)]);
-    let status = w.reconciler.snapshot().status("pins", None, Vec::new());
+    let status = w
+        .reconciler
+        .snapshot()
+        .status("pins", None, Default::default());
     assert!(
         status.warnings.iter().any(|w| w
             .contains("bpfwall.ingress[0] selects on label 'com.docker.compose.container-number'")),
