@@ -9,8 +9,9 @@
 # answers (`docker info`: Docker CE, docker.io, a systemd unit, a dockerd
 # started by hand) is used as it is; a dockerd that is installed but not
 # running is started; docker.io is installed only where there is no docker
-# at all. Nothing is ever skipped (with CI=true as without): a dependency
-# still missing after this is a failure.
+# engine at all (a docker CLI without dockerd is no docker). Nothing is
+# ever skipped (with CI=true as without): a dependency still missing after
+# this is a failure.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -40,6 +41,7 @@ requirements=(
     "bpftool|bpftool"
     "iptables|iptables"
     "nftables|nft"
+    "docker-compose|docker-compose"
 )
 
 present() {
@@ -62,9 +64,9 @@ missing_packages() {
     done
 }
 
-# Docker: whatever answers, or whatever is installed; docker.io only where
-# there is no docker at all.
-docker_installed() { command -v docker >/dev/null || command -v dockerd >/dev/null; }
+# Docker: whatever answers, or whatever engine is installed; docker.io only
+# where there is no engine at all (a docker CLI alone is not a docker).
+docker_installed() { command -v dockerd >/dev/null; }
 
 mapfile -t missing < <(missing_packages)
 if ! docker info >/dev/null 2>&1 && ! docker_installed; then

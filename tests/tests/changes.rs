@@ -123,13 +123,16 @@ fn a_full_policy_map_closes_the_change_and_recovers_when_room_frees() {
         &["httpd", "-f", "-p", "81", "-h", "/www"],
     );
     let second_url = format!("http://{}:81/", env.ip(&second));
-    env.wait_for("the second's ingress to be closed for the full map", |env| {
-        env.endpoint(&second).is_some_and(|e| {
-            e["ingress"]["state"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("closed (map bpfwall_policy"))
-        })
-    });
+    env.wait_for(
+        "the second's ingress to be closed for the full map",
+        |env| {
+            env.endpoint(&second).is_some_and(|e| {
+                e["ingress"]["state"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("closed (map bpfwall_policy"))
+            })
+        },
+    );
     let status = env.status();
     assert!(status["map_full_events"].as_u64().unwrap() > 0, "{status}");
     env.assert_http_blocked_by(&client, &second_url, &second, Direction::Ingress);
@@ -188,7 +191,12 @@ fn replicas_of_a_compose_service_share_one_identity() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["name"].as_str().unwrap_or("").starts_with("e2ereplicas_web_"))
+            .filter(|e| {
+                e["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("e2ereplicas_web_")
+            })
             .filter(|e| e["attached"] == true)
             .cloned()
             .collect();
@@ -202,7 +210,11 @@ fn replicas_of_a_compose_service_share_one_identity() {
         .iter()
         .map(|e| e["identity"].as_u64().unwrap())
         .collect();
-    assert_eq!(identities.len(), 1, "one identity for the three: {replicas:?}");
+    assert_eq!(
+        identities.len(),
+        1,
+        "one identity for the three: {replicas:?}"
+    );
 
     let client = env.start_attached(
         "client",
