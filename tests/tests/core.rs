@@ -557,3 +557,72 @@ fn a_container_gone_while_the_daemon_was_down_does_not_stop_its_restart() {
     let client = env.start_attached("client", &["--label", "id=client"], SLEEP);
     env.assert_http_blocked_by(&client, &url(&env.ip(&stays)), &stays, Direction::Ingress);
 }
+
+/// For a container in the host's network namespace, loopback is not
+/// exempt: its traffic to 127.0.0.1 is the host's, and policed both ways
+/// (docs/design.md, known limits).
+#[test]
+fn host_network_loopback_is_policed() {
+    let env = TestEnv::new("hostlo");
+    let port = "18432";
+    let target = format!("http://127.0.0.1:{port}/");
+    let server = env.start_attached(
+        "server",
+        &[
+            "--network=host",
+            "--label",
+            "id=loserver",
+            "--label",
+            &format!("bpfwall.ingress=allow from host port {port}/tcp"),
+        ],
+        &["httpd", "-f", "-p", port, "-h", "/www"],
+    );
+    // Allowed to the host on that port: it gets there over loopback.
+    let allowed = env.start_attached(
+        "allowed",
+        &[
+            "--network=host",
+            "--label",
+            "id=loallowed",
+            "--label",
+            &format!("bpfwall.egress=allow to host port {port}/tcp"),
+        ],
+        SLEEP,
+    );
+    env.assert_http_allowed(&allowed, &target);
+    // Allowed only to a container: its loopback connection is its egress's to drop.
+    let limited = env.start_attached(
+        "limited",
+        &[
+            "--network=host",
+            "--label",
+            "id=lolimited",
+            "--label",
+            "bpfwall.egress=allow to id=nobody port 80/tcp",
+        ],
+        SLEEP,
+    );
+    env.assert_http_blocked_by(&limited, &target, &limited, Direction::Egress);
+    // And the server's ingress polices loopback clients: only host is allowed,
+    // on that port; a second port is closed to loopback too.
+    let other = "18433";
+    bpfwall_e2e::must(std::process::Command::new("docker").args([
+        "exec",
+        "-d",
+        &server.name,
+        "httpd",
+        "-f",
+        "-p",
+        other,
+        "-h",
+        "/www",
+    ]));
+    let open = env.start_attached("open", &["--network=host", "--label", "id=loopen"], SLEEP);
+    env.assert_http_blocked_by(
+        &open,
+        &format!("http://127.0.0.1:{other}/"),
+        &server,
+        Direction::Ingress,
+    );
+    assert_eq!(env.endpoint(&server).unwrap()["network"], "host");
+}
