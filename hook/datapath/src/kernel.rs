@@ -45,6 +45,9 @@ pub struct KernelDatapath {
     ct_limit: u32,
     capacities: BTreeMap<&'static str, usize>,
     barrier: RcuBarrier,
+    /// A flip happened and no barrier has been waited for since: packets
+    /// decided by the old generation may still run.
+    unquiesced: bool,
 }
 
 /// What [`KernelDatapath::adopt`] found and did.
@@ -123,6 +126,7 @@ impl KernelDatapath {
             ct_limit: abi::CT_ENTRIES,
             capacities: BTreeMap::new(),
             barrier,
+            unquiesced: false,
         };
         dp.reread()?;
         let maps = dp.maps()?;
@@ -199,8 +203,25 @@ impl KernelDatapath {
         &self.active
     }
 
+    /// Waits, if a flip happened since the last wait, until no packet
+    /// decided by the generation before it is still running: only then may
+    /// that generation's values be written over or its keys deleted.
+    fn quiesce(&mut self) {
+        if !self.unquiesced {
+            return;
+        }
+        if let Err(source) = self.barrier.wait() {
+            // The barrier has never failed where it exists; if it does, a
+            // grace period is far shorter than this.
+            tracing::error!(error = %source, "the RCU barrier failed: waiting 100 ms instead");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.unquiesced = false;
+    }
+
     /// Writes what `next` needs into the staged generation.
     pub(crate) fn stage_contents(&mut self, next: &MapContents) -> Result<(), StageError> {
+        self.quiesce();
         let active = generation_of(self.revision);
         let mut desired = encode(active, &self.active, next, &self.physical);
         for info in desired.endpoints.values_mut() {
@@ -291,8 +312,9 @@ impl KernelDatapath {
         }
     }
 
-    /// Makes the staged generation active and waits for the packets that
-    /// started with the old one.
+    /// Makes the staged generation active for every packet that starts
+    /// from now on. Packets already running finish with the old one: the
+    /// next stage or prune waits for them first.
     pub(crate) fn flip_generation(&mut self) -> Result<u32, DatapathError> {
         let Some(staged) = self.staged.take() else {
             return Ok(self.revision);
@@ -304,21 +326,18 @@ impl KernelDatapath {
         }
         self.revision = next;
         self.active = staged;
-        if let Err(source) = self.barrier.wait() {
-            // The barrier has never failed where it exists; if it does, a
-            // grace period is far shorter than this.
-            tracing::error!(error = %source, "the RCU barrier failed: waiting 100 ms instead");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        self.unquiesced = true;
         Ok(next)
     }
 
-    /// Deletes every key the active generation does not have.
+    /// Deletes every key the active generation does not have (after
+    /// waiting for the packets of the generation before it).
     pub(crate) fn prune_keys(&mut self) -> Result<(), DatapathError> {
         if self.staged.is_some() {
             // Never delete what a staged generation still needs.
             return Ok(());
         }
+        self.quiesce();
         let active = self.active.clone();
         let mut physical = std::mem::take(&mut self.physical);
         let result = (|| {

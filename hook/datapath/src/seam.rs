@@ -31,8 +31,8 @@ pub enum StageError {
 /// What the agent's reconciler asks of the datapath. A change goes through
 /// generations (`crate::generations`): [`Datapath::stage`] writes the next
 /// content beside the active one, [`Datapath::flip`] makes it the one every
-/// new packet is decided by (and waits for the packets decided by the old
-/// one), [`Datapath::prune`] deletes what only the old one had. The
+/// new packet is decided by, [`Datapath::prune`] waits for the packets
+/// decided by the old one and deletes what only the old one had. The
 /// reconciler decides the order of these and of the links; the `testing`
 /// feature's fake records it.
 pub trait Datapath {
@@ -40,10 +40,13 @@ pub trait Datapath {
     fn active(&self) -> &MapContents;
     /// Writes `next` into the staged generation.
     fn stage(&mut self, next: &MapContents) -> Result<(), StageError>;
-    /// Makes the staged generation active and waits until no packet is
-    /// decided by the old one any more. Returns the new policy revision.
+    /// Makes the staged generation the one every packet that starts from
+    /// now on is decided by. Returns the new policy revision. Packets
+    /// already running finish with the old generation: the next `stage` or
+    /// `prune` waits for them before it touches it.
     fn flip(&mut self) -> Result<u32, DatapathError>;
-    /// Deletes the keys the active generation does not have.
+    /// Deletes the keys the active generation does not have, once no packet
+    /// decided by the old one is running.
     fn prune(&mut self) -> Result<(), DatapathError>;
     /// Entries and capacity of every compiled map, by name.
     fn fill(&self) -> BTreeMap<&'static str, (usize, usize)>;

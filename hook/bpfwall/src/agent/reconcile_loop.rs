@@ -117,6 +117,9 @@ pub fn run<D: Datapath, H: Host>(
         if dirty {
             reconciler.reconcile();
         }
+        // Published before the hooks hear back: whoever is told a container
+        // is policed finds it in `status`.
+        snapshots.send_replace(Arc::new(reconciler.snapshot()));
         for (id, reply) in hooks {
             let answer = reconciler.admitted(&id);
             match &answer {
@@ -125,6 +128,8 @@ pub fn run<D: Datapath, H: Host>(
             }
             let _ = reply.send(answer);
         }
-        snapshots.send_replace(Arc::new(reconciler.snapshot()));
+        if dirty {
+            reconciler.finish();
+        }
     }
 }

@@ -136,6 +136,12 @@ pub struct Reconciler<D, H> {
     /// When each container's programs went on (unix microseconds).
     policed_since: BTreeMap<String, u64>,
     shares: Option<CtShares>,
+    /// Endpoint slots taken back whose conntrack entries `finish` forgets.
+    pending_forget: std::collections::BTreeSet<u32>,
+    /// The pinned links, once read.
+    links: Option<std::collections::BTreeSet<bpfwall_datapath::LinkPin>>,
+    /// Whose namespace each container is in, as of the last reconcile.
+    networks: BTreeMap<String, (Network, Vec<IpAddr>)>,
 }
 
 impl<D: Datapath, H: Host> Reconciler<D, H> {
@@ -168,6 +174,9 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             last_error: None,
             policed_since: BTreeMap::new(),
             shares: None,
+            pending_forget: Default::default(),
+            links: None,
+            networks: BTreeMap::new(),
         }
     }
 
@@ -381,6 +390,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         if result.is_ok() && !self.closures.is_empty() {
             // Both generations need room during a change: once the old one
             // is pruned, what was closed may fit. Try again at once.
+            self.finish();
             result = self.try_reconcile();
         }
         match result {
@@ -428,6 +438,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         }
 
         let networks = self.networks();
+        self.networks = networks.clone();
         let ids: Vec<String> = self.inventory.entries().keys().cloned().collect();
         let inputs: Vec<ContainerInput> = self
             .inventory
@@ -542,19 +553,16 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             tracing::debug!(revision, "flipped to the new generation");
         }
         self.apply_links(false)?;
-        self.datapath.prune()?;
-        let forgotten = self.datapath.forget_conntrack(&assignment.quarantined)?;
-        self.endpoint_ids.release(&assignment.quarantined);
+        self.pending_forget = assignment.quarantined;
 
         let inventory = &self.inventory;
         self.problems.retain(|id, _| inventory.get(id).is_some());
-        if staged || forgotten > 0 {
+        if staged {
             tracing::debug!(
                 endpoints = compiled.endpoints.len(),
                 ipcache = compiled.ipcache.len(),
                 policy = compiled.policy.len(),
                 sources = compiled.sources.len(),
-                conntrack_forgotten = forgotten,
                 "applied"
             );
         }
@@ -565,6 +573,32 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         Ok(())
     }
 
+    /// The end of a change, after the answers it owes (the OCI hooks) are
+    /// given: what only the old generation had is deleted (once no packet
+    /// decided by it runs), then the conntrack entries of endpoint slots
+    /// taken back, which frees those slots.
+    pub fn finish(&mut self) {
+        let result = self.datapath.prune().and_then(|()| {
+            let slots = std::mem::take(&mut self.pending_forget);
+            let forgotten = self.datapath.forget_conntrack(&slots);
+            if forgotten.is_ok() {
+                self.endpoint_ids.release(&slots);
+            } else {
+                self.pending_forget = slots;
+            }
+            forgotten
+        });
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(conntrack_forgotten = n, "finished a change"),
+            Err(e) => {
+                let msg = error_chain(&e);
+                tracing::error!(error = %msg, "cannot finish a change (it is in force; leftovers stay)");
+                self.last_error = Some(msg);
+            }
+        }
+    }
+
     /// Links: with `attach`, attach what is missing; without, remove what
     /// is stale.
     fn apply_links(&mut self, attach: bool) -> Result<(), ReconcileError> {
@@ -573,9 +607,17 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             .iter()
             .map(|(id, (_, place))| (id.clone(), place.clone()))
             .collect();
+        // What is pinned, read once and kept in step with every attach and
+        // detach (this daemon alone owns the pin root).
+        if self.links.is_none() {
+            self.links = Some(self.datapath.links()?.into_iter().collect());
+        }
         let mut existing: BTreeMap<String, Vec<bpfwall_datapath::LinkPin>> = BTreeMap::new();
-        for pin in self.datapath.links()? {
-            existing.entry(pin.owner.clone()).or_default().push(pin);
+        for pin in self.links.iter().flatten() {
+            existing
+                .entry(pin.owner.clone())
+                .or_default()
+                .push(pin.clone());
         }
         if attach {
             for (id, place) in &desired {
@@ -595,10 +637,21 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                     .map_or_else(|| id.clone(), |e| e.record.name.clone());
                 match self.datapath.attach(id, &place.dir, place.id) {
                     Ok(()) => {
+                        if let Some(links) = &mut self.links {
+                            for direction in Direction::ALL {
+                                links.insert(bpfwall_datapath::LinkPin {
+                                    owner: id.clone(),
+                                    cgroup_id: place.id,
+                                    direction,
+                                });
+                            }
+                        }
                         self.policed_since.insert(id.clone(), unix_micros());
                         tracing::info!(container = %name, cgroup = %place.dir.display(), cgroup_id = place.id, "attached");
                     }
                     Err(err) => {
+                        // One of the two may be pinned: read them again next time.
+                        self.links = None;
                         let msg = error_chain(&err);
                         tracing::error!(container = %name, error = %msg, "cannot attach: container is not enforced");
                         self.problems.insert(id.clone(), msg);
@@ -613,6 +666,9 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                     continue;
                 }
                 self.datapath.detach(pin)?;
+                if let Some(links) = &mut self.links {
+                    links.remove(pin);
+                }
                 tracing::info!(container = %owner, cgroup_id = pin.cgroup_id, direction = %pin.direction, "detached");
             }
         }
@@ -720,12 +776,18 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
 
     /// What the API answers from until the next reconcile.
     pub fn snapshot(&self) -> Snapshot {
-        let networks = self.networks();
+        let networks = &self.networks;
         let names: BTreeMap<&str, &str> = self
             .inventory
             .entries()
             .iter()
             .map(|(id, e)| (id.as_str(), e.record.name.as_str()))
+            .collect();
+        let identities: BTreeMap<&str, u32> = self
+            .compiled
+            .containers
+            .iter()
+            .map(|r| (r.name.as_str(), r.identity))
             .collect();
         let containers = self
             .inventory
@@ -744,12 +806,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                     },
                     _ => "own".to_string(),
                 };
-                let identity = self
-                    .compiled
-                    .containers
-                    .iter()
-                    .find(|r| r.name == e.record.name)
-                    .map(|r| r.identity);
+                let identity = identities.get(e.record.name.as_str()).copied();
                 ContainerView {
                     id: id.clone(),
                     record: e.record.clone(),

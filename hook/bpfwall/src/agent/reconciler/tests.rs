@@ -159,7 +159,13 @@ impl World {
         let records = records.iter().map(|(r, _)| (*r).clone()).collect();
         self.reconciler
             .handle(RuntimeEvent::Resync(Source::Docker, records));
+        self.reconcile();
+    }
+
+    /// A reconcile and its finish, as the loop runs them.
+    fn reconcile(&mut self) {
         self.reconciler.reconcile();
+        self.reconciler.finish();
     }
 
     /// Docker starts one more container.
@@ -167,7 +173,7 @@ impl World {
         self.host.spawn(r.pid, cgroup);
         self.reconciler
             .handle(RuntimeEvent::Upsert(Source::Docker, r.clone()));
-        self.reconciler.reconcile();
+        self.reconcile();
     }
 
     fn journal(&self) -> Vec<Op> {
@@ -274,7 +280,7 @@ fn a_failing_stage_keeps_what_is_in_force_closes_the_newcomer_and_recovers() {
     ));
 
     w.datapath.state().fail_kind = None;
-    w.reconciler.reconcile();
+    w.reconcile();
     assert_eq!(w.reconciler.last_error(), None);
     let state = w.datapath.state();
     assert_eq!(state.active.endpoints.len(), 2);
@@ -328,7 +334,7 @@ fn a_full_policy_map_closes_what_would_grow_it_until_there_is_room() {
     w.host.exit(10);
     w.reconciler
         .handle(RuntimeEvent::Remove(Source::Docker, server.id.clone()));
-    w.reconciler.reconcile();
+    w.reconcile();
     assert!(w.reconciler.closures().is_empty());
     let state = w.datapath.state().active.clone();
     let other_ep = state.endpoints[&EndpointKey { cgroup_id: 300 }];
@@ -354,7 +360,7 @@ fn an_endpoint_id_given_back_is_not_reused_before_its_conntrack_is_forgotten() {
         .handle(RuntimeEvent::Remove(Source::Docker, a.id.clone()));
     w.reconciler
         .handle(RuntimeEvent::Upsert(Source::Docker, c.clone()));
-    w.reconciler.reconcile();
+    w.reconcile();
     assert_ne!(w.reconciler.endpoint_id(&c.id), Some(1), "not a's slot yet");
     assert!(w
         .journal()
@@ -388,7 +394,7 @@ fn a_container_that_exits_between_list_and_attach_leaves_nothing() {
         Source::Docker,
         vec![gone.clone(), stays.clone()],
     ));
-    w.reconciler.reconcile();
+    w.reconcile();
     assert_eq!(w.reconciler.last_error(), None);
     assert_eq!(
         w.reconciler.problem(&gone.id),
@@ -423,7 +429,7 @@ fn a_container_whose_cgroup_vanishes_at_attach_is_cleaned_up_by_its_exit() {
         .insert(PathBuf::from("/sys/fs/cgroup/test/100"));
     w.reconciler
         .handle(RuntimeEvent::Resync(Source::Docker, vec![server.clone()]));
-    w.reconciler.reconcile();
+    w.reconcile();
     let problem = w.reconciler.problem(&server.id).unwrap().to_string();
     assert!(problem.contains("/sys/fs/cgroup/test/100"), "{problem}");
     assert!(w.datapath.state().links.is_empty());
@@ -432,7 +438,7 @@ fn a_container_whose_cgroup_vanishes_at_attach_is_cleaned_up_by_its_exit() {
     w.host.exit(10);
     w.reconciler
         .handle(RuntimeEvent::Remove(Source::Docker, server.id.clone()));
-    w.reconciler.reconcile();
+    w.reconcile();
     assert!(w.reconciler.container_ids().is_empty());
     assert_eq!(w.reconciler.problem(&server.id), None);
     let state = w.datapath.state();
@@ -471,7 +477,7 @@ fn the_hook_is_refused_before_docker_was_listed_and_answered_after() {
         .addresses
         .insert(30, vec!["172.18.0.9".parse().unwrap()]);
     w.reconciler.admit(request.clone()).unwrap();
-    w.reconciler.reconcile();
+    w.reconcile();
     match w.reconciler.admitted(&request.id) {
         Err(DaemonError::PolicyInvalid {
             container,
@@ -509,12 +515,12 @@ fn containers_known_only_from_the_hook_go_when_their_process_does() {
     w.host.spawn(30, 300);
     let request = hook_request("hooked", 30, &[("id", "h")]);
     w.reconciler.admit(request.clone()).unwrap();
-    w.reconciler.reconcile();
+    w.reconcile();
     assert!(w.reconciler.admitted(&request.id).is_ok());
     assert!(!w.reconciler.prune_dead_hook_containers());
     w.host.exit(30);
     assert!(w.reconciler.prune_dead_hook_containers());
-    w.reconciler.reconcile();
+    w.reconcile();
     assert!(w.datapath.state().links.is_empty());
     assert!(w.datapath.state().active.endpoints.is_empty());
 }
