@@ -337,4 +337,68 @@ struct {
 	__type(value, __u64);
 } bpfwall_drops_v2 SEC(".maps");
 
+/* ---- the network plugin's gate (bpfwall_network_gate.c) -------------- */
+/*
+ * bpfwall's Docker network driver connects each container with a veth
+ * pair, routed /32 (/128) from the host. Two tc programs sit on the host
+ * end (SEC("classifier"), attached at Join, before the container has a
+ * process): netgate_from_container on its ingress (what the container
+ * sends) and netgate_to_container on its egress. They find the endpoint
+ * by the host end's ifindex; an interface without an entry drops
+ * everything. Until the daemon has bound the endpoint to its container
+ * and that container's cgroup programs and policy are in force, the
+ * entry lacks BPFWALL_NETGATE_OPEN and every IP packet is dropped both
+ * ways; ARP and neighbour discovery still work (the gate answers them
+ * itself, from the host end's MAC, for every address of the network
+ * but the container's own), so the interface comes up. Always, whatever
+ * the state: a container sends only from its own addresses (ARP and IP),
+ * may not send router advertisements or redirects, and on an internal
+ * network reaches only its network's prefixes.
+ */
+#define BPFWALL_NETGATE_OPEN 0x1     /* bound and policed: IP passes */
+#define BPFWALL_NETGATE_INTERNAL 0x2 /* --internal: only the network's prefixes */
+#define BPFWALL_NETGATE_IPV4 0x4     /* addr4 and subnet4 are set */
+#define BPFWALL_NETGATE_IPV6 0x8     /* addr6 and subnet6 are set */
+
+/* Named drop reasons; index into bpfwall_netgate_drops_v1. */
+#define BPFWALL_NETGATE_DROP_CLOSED 1    /* not bound to a policed container yet */
+#define BPFWALL_NETGATE_DROP_SPOOFED 2   /* source address (IP or ARP) not the container's */
+#define BPFWALL_NETGATE_DROP_INTERNAL 3  /* an internal network's packet to or from outside it */
+#define BPFWALL_NETGATE_DROP_UNKNOWN 4   /* no entry for the interface */
+#define BPFWALL_NETGATE_DROP_NEIGHBOUR 5 /* ARP/ND the gate neither answers nor passes */
+#define BPFWALL_NETGATE_DROP_PROTOCOL 6  /* neither IPv4, IPv6 nor ARP; or a family the network lacks */
+#define BPFWALL_NETGATE_DROP_MALFORMED 7 /* a header could not be read */
+#define BPFWALL_NETGATE_DROP_REASON_MAX 8
+
+#define BPFWALL_NETGATE_ENTRIES 16384
+
+struct netgate_key {
+	__u32 ifindex; /* the host end of the veth */
+};
+
+struct netgate_endpoint {
+	__u32 flags;        /* BPFWALL_NETGATE_* */
+	__u8 host_mac[6];   /* the host end's MAC: ARP and ND answers carry it */
+	__u8 subnet4_len;
+	__u8 subnet6_len;
+	__u8 addr4[4];      /* the container's addresses, network order */
+	__u8 subnet4[4];    /* its network's prefixes */
+	__u8 addr6[16];
+	__u8 subnet6[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFWALL_NETGATE_ENTRIES);
+	__type(key, struct netgate_key);
+	__type(value, struct netgate_endpoint);
+} bpfwall_netgate_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFWALL_NETGATE_DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} bpfwall_netgate_drops_v1 SEC(".maps");
+
 #endif /* BPFWALL_MAPS_H */

@@ -1,5 +1,6 @@
 //! Compiles the C datapath in bpf-src/ with clang into $OUT_DIR/bpfwall.o
-//! (and the benchmarks' empty baseline into $OUT_DIR/bench_empty.o).
+//! (the network plugin's gate into $OUT_DIR/bpfwall_netgate.o, and the
+//! benchmarks' empty baseline into $OUT_DIR/bench_empty.o).
 
 #![allow(
     clippy::expect_used,
@@ -37,6 +38,7 @@ fn main() {
     // The datapath, and the empty baseline program of the microbenchmark.
     for (source, object) in [
         ("bpfwall_cgroup_skb.c", "bpfwall.o"),
+        ("bpfwall_network_gate.c", "bpfwall_netgate.o"),
         ("bench_empty.c", "bench_empty.o"),
     ] {
         let mut cmd = Command::new(&clang);

@@ -35,8 +35,10 @@ pub const MAP_CT_CONFIG: &str = "bpfwall_ct_config_v2";
 pub const MAP_POLICY_REV: &str = "bpfwall_policy_rev_v2";
 pub const MAP_COUNTERS: &str = "bpfwall_counters_v2";
 pub const MAP_DROPS: &str = "bpfwall_drops_v2";
+pub const MAP_NETGATE: &str = "bpfwall_netgate_v1";
+pub const MAP_NETGATE_DROPS: &str = "bpfwall_netgate_drops_v1";
 /// Every map the object defines, for pinning.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE,
     MAP_IPCACHE_EXACT,
@@ -49,6 +51,8 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_POLICY_REV,
     MAP_COUNTERS,
     MAP_DROPS,
+    MAP_NETGATE,
+    MAP_NETGATE_DROPS,
 ];
 
 pub const PROG_INGRESS: &str = "bpfwall_ingress";
@@ -216,6 +220,34 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("BPFWALL_POLICY_ENTRIES", POLICY_ENTRIES as u64),
     ("BPFWALL_SOURCE_ENTRIES", SOURCE_ENTRIES as u64),
     ("BPFWALL_CT_ENTRIES", CT_ENTRIES as u64),
+    ("BPFWALL_NETGATE_OPEN", NETGATE_OPEN as u64),
+    ("BPFWALL_NETGATE_INTERNAL", NETGATE_INTERNAL as u64),
+    ("BPFWALL_NETGATE_IPV4", NETGATE_IPV4 as u64),
+    ("BPFWALL_NETGATE_IPV6", NETGATE_IPV6 as u64),
+    ("BPFWALL_NETGATE_DROP_CLOSED", NetgateDrop::Closed as u64),
+    ("BPFWALL_NETGATE_DROP_SPOOFED", NetgateDrop::Spoofed as u64),
+    (
+        "BPFWALL_NETGATE_DROP_INTERNAL",
+        NetgateDrop::Internal as u64,
+    ),
+    ("BPFWALL_NETGATE_DROP_UNKNOWN", NetgateDrop::Unknown as u64),
+    (
+        "BPFWALL_NETGATE_DROP_NEIGHBOUR",
+        NetgateDrop::Neighbour as u64,
+    ),
+    (
+        "BPFWALL_NETGATE_DROP_PROTOCOL",
+        NetgateDrop::Protocol as u64,
+    ),
+    (
+        "BPFWALL_NETGATE_DROP_MALFORMED",
+        NetgateDrop::Malformed as u64,
+    ),
+    (
+        "BPFWALL_NETGATE_DROP_REASON_MAX",
+        NETGATE_DROP_REASON_MAX as u64,
+    ),
+    ("BPFWALL_NETGATE_ENTRIES", NETGATE_ENTRIES as u64),
 ];
 
 /// Mirrors `struct endpoint_key`.
@@ -378,6 +410,8 @@ const _: () = {
     assert!(size_of::<CtConfig>() == 16);
     assert!(size_of::<PolicyRevision>() == 4);
     assert!(size_of::<EndpointCounters>() == 80);
+    assert!(size_of::<NetgateKey>() == 4);
+    assert!(size_of::<NetgateEndpoint>() == 52);
 };
 
 /// One struct's layout as the tests compare it with the object's BTF:
@@ -445,6 +479,21 @@ pub fn layouts() -> Vec<StructLayout> {
                 dropped_bytes,
                 untracked_flows,
                 pad
+            ]
+        ),
+        layout!("netgate_key", NetgateKey, [ifindex]),
+        layout!(
+            "netgate_endpoint",
+            NetgateEndpoint,
+            [
+                flags,
+                host_mac,
+                subnet4_len,
+                subnet6_len,
+                addr4,
+                subnet4,
+                addr6,
+                subnet6
             ]
         ),
     ]
@@ -520,4 +569,77 @@ pub fn ipcache_prefix(key: &IpcacheKey) -> Option<ipnet::IpNet> {
             .map(ipnet::IpNet::V6),
         _ => None,
     }
+}
+
+// ---- the network plugin's gate (the netgate section of the header) ------
+
+pub const NETGATE_OPEN: u32 = 0x1;
+pub const NETGATE_INTERNAL: u32 = 0x2;
+pub const NETGATE_IPV4: u32 = 0x4;
+pub const NETGATE_IPV6: u32 = 0x8;
+pub const NETGATE_ENTRIES: u32 = 16384;
+/// `BPFWALL_NETGATE_DROP_REASON_MAX`.
+pub const NETGATE_DROP_REASON_MAX: u32 = 8;
+
+pub const PROG_NETGATE_IN: &str = "bpfwall_netgate_in";
+pub const PROG_NETGATE_OUT: &str = "bpfwall_netgate_out";
+
+/// `BPFWALL_NETGATE_DROP_*`: why the gate dropped a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum NetgateDrop {
+    Closed = 1,
+    Spoofed = 2,
+    Internal = 3,
+    Unknown = 4,
+    Neighbour = 5,
+    Protocol = 6,
+    Malformed = 7,
+}
+
+impl NetgateDrop {
+    /// Every reason, in index order.
+    pub const ALL: [NetgateDrop; 7] = [
+        NetgateDrop::Closed,
+        NetgateDrop::Spoofed,
+        NetgateDrop::Internal,
+        NetgateDrop::Unknown,
+        NetgateDrop::Neighbour,
+        NetgateDrop::Protocol,
+        NetgateDrop::Malformed,
+    ];
+
+    /// Its name in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetgateDrop::Closed => "closed",
+            NetgateDrop::Spoofed => "spoofed-source",
+            NetgateDrop::Internal => "internal",
+            NetgateDrop::Unknown => "unknown-interface",
+            NetgateDrop::Neighbour => "neighbour",
+            NetgateDrop::Protocol => "protocol",
+            NetgateDrop::Malformed => "malformed",
+        }
+    }
+}
+
+/// Mirrors `struct netgate_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct NetgateKey {
+    pub ifindex: u32,
+}
+
+/// Mirrors `struct netgate_endpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct NetgateEndpoint {
+    pub flags: u32,
+    pub host_mac: [u8; 6],
+    pub subnet4_len: u8,
+    pub subnet6_len: u8,
+    pub addr4: [u8; 4],
+    pub subnet4: [u8; 4],
+    pub addr6: [u8; 16],
+    pub subnet6: [u8; 16],
 }

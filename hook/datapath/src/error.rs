@@ -97,6 +97,17 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    /// The network gate's programs could not be put on an interface.
+    #[error("cannot attach {name} to interface {interface}")]
+    TcAttach {
+        /// The program name.
+        name: &'static str,
+        /// The interface.
+        interface: String,
+        /// The cause.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
 }
 
 /// A closure for `map_err` naming the map and the operation.

@@ -38,6 +38,7 @@ pub mod generations;
 pub mod kernel;
 pub mod links;
 pub mod maps;
+pub mod netgate;
 pub mod pod;
 mod rcu;
 mod seam;
@@ -52,10 +53,15 @@ pub use kernel::{AdoptReport, KernelDatapath, MapSizes};
 pub use links::LinkPin;
 pub use maps::conntrack::{Collected, CtShares};
 pub use maps::{diff, Diff};
+pub use netgate::NetworkGate;
 pub use seam::{ConntrackCollector, CounterReader, Datapath, StageError};
 
 /// The compiled datapath object (bpf-src/bpfwall_cgroup_skb.c).
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpfwall.o"));
+
+/// The network plugin's gate (bpf-src/bpfwall_network_gate.c).
+pub const NETGATE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpfwall_netgate.o"));
 
 /// The benchmarks' baseline: cgroup/skb programs that only pass
 /// (bpf-src/bench_empty.c).

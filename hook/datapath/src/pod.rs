@@ -10,7 +10,8 @@ use aya::maps::lpm_trie::Key;
 use aya::Pod;
 use labels_policy::datapath_abi::{
     CtConfig, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey,
-    IpcacheValue, PolicyKey, PolicyRevision, PolicyValue, SourceKey, SourceValue,
+    IpcacheValue, NetgateEndpoint, NetgateKey, PolicyKey, PolicyRevision, PolicyValue, SourceKey,
+    SourceValue,
 };
 
 /// A mirror struct as an aya map key or value.
@@ -46,6 +47,10 @@ unsafe impl Pod for P<SourceKey> {}
 unsafe impl Pod for P<SourceValue> {}
 // SAFETY: as above.
 unsafe impl Pod for P<CtConfig> {}
+// SAFETY: as above.
+unsafe impl Pod for P<NetgateKey> {}
+// SAFETY: as above.
+unsafe impl Pod for P<NetgateEndpoint> {}
 
 /// `struct ipcache_key` after its prefixlen.
 pub type IpcacheData = [u8; 20];

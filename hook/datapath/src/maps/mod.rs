@@ -10,6 +10,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
 pub mod ipcache;
+pub mod netgate;
 pub mod policy;
 pub mod revision;
 pub mod sources;
