@@ -646,11 +646,16 @@ fn json<T: serde::de::DeserializeOwned>(method: Method, body: &[u8]) -> Result<T
             method: method.name(),
         });
     }
-    serde_json::from_slice(body).map_err(|e| ProtocolError::Json {
-        method: method.name(),
-        line: e.line(),
-        column: e.column(),
-        reason: e.to_string(),
+    serde_json::from_slice(body).map_err(|e| {
+        // serde_json ends its words with the position, which is said once.
+        let text = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        ProtocolError::Json {
+            method: method.name(),
+            line: e.line(),
+            column: e.column(),
+            reason: text.strip_suffix(&suffix).unwrap_or(&text).to_string(),
+        }
     })
 }
 
