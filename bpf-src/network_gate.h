@@ -19,6 +19,8 @@
  *        NA for an address not its own or link-local   drop SPOOFED
  *        other RS, NS and NA              pass
  *        RA, redirects, MLD               drop NEIGHBOUR
+ *   IPv6 other, from a link-local or the unspecified address (MLD behind
+ *        a hop-by-hop header)             drop NEIGHBOUR
  *   IPv4/IPv6 source not its own address  drop SPOOFED
  *        not bound (no OPEN flag)         drop CLOSED
  *        internal, destination outside    drop INTERNAL
@@ -370,8 +372,13 @@ static __always_inline int netgate_from_container(struct __sk_buff *skb)
 			if (nd >= 0)
 				return nd;
 		}
+		/* Link-local and unspecified sources are the link's own business
+		 * (MLD reports come with a hop-by-hop header): not passed, and
+		 * not counted as spoofing. */
 		if (!netgate_eq6(ip6.saddr, ep->addr6))
-			return netgate_drop(BPFWALL_NETGATE_DROP_SPOOFED);
+			return netgate_drop(netgate_link_local6(ip6.saddr) || netgate_zero6(ip6.saddr)
+						    ? BPFWALL_NETGATE_DROP_NEIGHBOUR
+						    : BPFWALL_NETGATE_DROP_SPOOFED);
 		if (!(ep->flags & BPFWALL_NETGATE_OPEN))
 			return netgate_drop(BPFWALL_NETGATE_DROP_CLOSED);
 		if ((ep->flags & BPFWALL_NETGATE_INTERNAL) &&

@@ -143,7 +143,11 @@ fn side(
         Direction::Ingress => &report.ingress_rules,
         Direction::Egress => &report.egress_rules,
     };
-    let verdict = evaluate_rules(rules, direction, &remote_kind, protocol, port);
+    let verdict = match evaluate_rules(rules, direction, &remote_kind, protocol, port) {
+        // No rule, but its network's default is deny.
+        RuleVerdict::Unenforced if report.default_deny => RuleVerdict::DefaultDeny,
+        v => v,
+    };
     let disagree = || CheckError::Disagreement {
         container: c.name.clone(),
         direction,
@@ -165,7 +169,11 @@ fn side(
         }
         (Decision::Drop(DropReason::PolicyDefault), RuleVerdict::DefaultDeny) => {
             out.allowed = false;
-            out.reason = format!("denied by default: {direction} rules apply and none allows this");
+            out.reason = if rules.iter().any(|r| r.direction == direction) {
+                format!("denied by default: {direction} rules apply and none allows this")
+            } else {
+                format!("denied by default: its network's default is deny (bpfwall.default=deny) and no {direction} rule allows this")
+            };
         }
         (Decision::Drop(DropReason::PolicyError), _) => {
             out.allowed = false;

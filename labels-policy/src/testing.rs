@@ -535,6 +535,7 @@ pub fn case_setup(case: &Case, cgroup_id: u64) -> Result<CaseSetup, IdentityExha
                 endpoint_id: 7,
             }),
             network: Default::default(),
+            default_deny: false,
             started: 0,
         },
         ContainerInput {
@@ -543,6 +544,7 @@ pub fn case_setup(case: &Case, cgroup_id: u64) -> Result<CaseSetup, IdentityExha
             addresses: vec![parse_addr(CASE_PEER_ADDR)],
             attachment: None,
             network: Default::default(),
+            default_deny: false,
             started: 0,
         },
         ContainerInput {
@@ -551,6 +553,7 @@ pub fn case_setup(case: &Case, cgroup_id: u64) -> Result<CaseSetup, IdentityExha
             addresses: vec![parse_addr(app3_addr)],
             attachment: None,
             network: Default::default(),
+            default_deny: false,
             started: 0,
         },
     ];

@@ -57,6 +57,7 @@ fn app1_compiled(app1: &[(&str, &str)], host_policies: &[HostPolicy]) -> labels_
                 endpoint_id: 1,
             }),
             network: Default::default(),
+            default_deny: false,
             started: 0,
         },
         ContainerInput {
@@ -65,6 +66,7 @@ fn app1_compiled(app1: &[(&str, &str)], host_policies: &[HostPolicy]) -> labels_
             addresses: vec!["10.0.0.2".parse().unwrap()],
             attachment: None,
             network: Default::default(),
+            default_deny: false,
             started: 0,
         },
         ContainerInput {
@@ -73,6 +75,7 @@ fn app1_compiled(app1: &[(&str, &str)], host_policies: &[HostPolicy]) -> labels_
             addresses: vec!["10.0.0.3".parse().unwrap()],
             attachment: None,
             network: Default::default(),
+            default_deny: false,
             started: 0,
         },
     ];

@@ -52,6 +52,7 @@ fn container(
             endpoint_id: c as u32,
         }),
         network: Default::default(),
+        default_deny: false,
         started: 0,
     }
 }
@@ -242,4 +243,62 @@ proptest! {
         }
         prop_assert_eq!(covered, u32::from(last) - u32::from(first) + 1);
     }
+}
+
+#[test]
+fn a_default_deny_network_enforces_both_directions_until_labels_allow() {
+    let mut open = container("open", &[("id", "open")], "10.77.0.2", Some(21));
+    let mut zt = container(
+        "zt",
+        &[
+            ("id", "zt"),
+            ("bpfwall.egress", "allow to id=open port 80/tcp"),
+        ],
+        "10.77.0.3",
+        Some(22),
+    );
+    zt.default_deny = true;
+    let mut quiet = container("quiet", &[("id", "quiet")], "10.77.0.4", Some(23));
+    quiet.default_deny = true;
+    open.default_deny = false;
+    let containers = vec![open, zt, quiet];
+    let compiled = compile_alone(&containers);
+    let flags = |cgroup: u64| compiled.endpoints[&abi::EndpointKey { cgroup_id: cgroup }].flags;
+    assert_eq!(flags(21), 0, "not on such a network: open");
+    assert_eq!(
+        flags(22),
+        abi::EP_ENFORCE_INGRESS | abi::EP_ENFORCE_EGRESS,
+        "its egress rule and its network's default"
+    );
+    assert_eq!(flags(23), abi::EP_ENFORCE_INGRESS | abi::EP_ENFORCE_EGRESS);
+    assert!(compiled.containers[2].default_deny);
+
+    // check names the network's default as the reason.
+    use labels_policy::query::{check, FlowEnd};
+    let r = check(
+        &compiled,
+        &containers,
+        &[],
+        &FlowEnd::Container(0),
+        &FlowEnd::Container(2),
+        abi::IPPROTO_TCP,
+        80,
+    )
+    .unwrap();
+    assert!(!r.allowed);
+    assert_eq!(
+        r.sides[1].reason,
+        "denied by default: its network's default is deny (bpfwall.default=deny) and no ingress rule allows this"
+    );
+    let r = check(
+        &compiled,
+        &containers,
+        &[],
+        &FlowEnd::Container(1),
+        &FlowEnd::Container(0),
+        abi::IPPROTO_TCP,
+        80,
+    )
+    .unwrap();
+    assert!(r.allowed, "{r:?}");
 }

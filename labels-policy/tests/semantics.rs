@@ -47,6 +47,7 @@ fn container(name: &str, pairs: &[(&str, &str)], addresses: &[&str]) -> Containe
         addresses: addrs(addresses),
         attachment: None,
         network: Default::default(),
+        default_deny: false,
         started: 0,
     }
 }
@@ -245,7 +246,7 @@ proptest! {
         let parsed = labels_policy::policy_from_labels(&a_labels);
         prop_assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         let containers = vec![
-            ContainerInput { name: "a".into(), labels: a_labels.clone(), addresses: addrs(&["10.0.0.1"]), attachment: None, network: Default::default(), started: 0, },
+            ContainerInput { name: "a".into(), labels: a_labels.clone(), addresses: addrs(&["10.0.0.1"]), attachment: None, network: Default::default(), default_deny: false, started: 0, },
             container("b", &[("id", "b"), ("role", "x")], &["10.0.0.2"]),
             container("c", &[("id", "c")], &["10.0.0.3"]),
             container("d", &[("id", "d"), ("role", "x")], &["10.0.0.9"]),

@@ -258,6 +258,7 @@ impl TestEnv {
             .arg(&self.policy_dir)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(self.network_plugin_args())
             .args(&self.daemon_args)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -981,6 +982,7 @@ impl TestEnv {
             .arg(&self.policy_dir)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(self.network_plugin_args())
             .args(&self.daemon_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1318,5 +1320,20 @@ impl Drop for Dockerd {
             }
         }
         eprintln!("DOCKERD IS DOWN: start it as scripts/setup.sh does");
+    }
+}
+
+// ---- The Docker network plugin (issue 12) --------------------------------
+
+impl TestEnv {
+    /// A test daemon serves no network plugin unless its test asks for one
+    /// (`--network-plugin NAME` in its daemon arguments): two daemons
+    /// cannot serve one plugin socket.
+    fn network_plugin_args(&self) -> Vec<String> {
+        if self.daemon_args.iter().any(|a| a == "--network-plugin") {
+            Vec::new()
+        } else {
+            vec!["--no-network-plugin".to_string()]
+        }
     }
 }

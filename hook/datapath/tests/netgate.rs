@@ -420,3 +420,22 @@ fn neighbour_solicitations_inside_the_network_are_answered_with_a_valid_advertis
         Ok(())
     );
 }
+
+#[test]
+fn link_local_chatter_is_not_passed_nor_counted_as_spoofing() {
+    let mut g = Gate::new();
+    g.set(&endpoint(abi::NETGATE_OPEN));
+    // An MLDv2 report: from a link-local address, behind a hop-by-hop header.
+    let mut f = tcp_syn(
+        ip("fe80::5".parse::<Ipv6Addr>().unwrap()),
+        ip("ff02::16".parse::<Ipv6Addr>().unwrap()),
+    );
+    f[20] = 0; // next header: hop-by-hop
+    assert_eq!(g.sent(&f), Err(NetgateDrop::Neighbour));
+    let mut f = tcp_syn(
+        ip(Ipv6Addr::UNSPECIFIED),
+        ip("ff02::16".parse::<Ipv6Addr>().unwrap()),
+    );
+    f[20] = 0;
+    assert_eq!(g.sent(&f), Err(NetgateDrop::Neighbour));
+}

@@ -414,6 +414,7 @@ fn ipv6_selectors_cidrs_and_extension_headers() {
                 endpoint_id: 3,
             }),
             network: Default::default(),
+            default_deny: false,
             started: 0,
         },
         ContainerInput {
@@ -422,6 +423,7 @@ fn ipv6_selectors_cidrs_and_extension_headers() {
             addresses: vec![addr("fd00::3")],
             attachment: None,
             network: Default::default(),
+            default_deny: false,
             started: 0,
         },
     ];
@@ -624,6 +626,7 @@ fn loopback_is_policed_for_host_network_endpoints_only() {
             labels: labels.clone(),
             addresses: Vec::new(),
             network,
+            default_deny: false,
             started: 0,
             attachment: Some(Attachment {
                 cgroup_id,

@@ -75,6 +75,12 @@ pub struct ContainerInput {
     pub started: u64,
     /// Set when bpfwall's programs are attached to it.
     pub attachment: Option<Attachment>,
+    /// It is on a network whose default is deny (a bpfwall network made
+    /// with `-o bpfwall.default=deny`): both directions are enforced even
+    /// where no rule applies, so it is default deny plus what its rules
+    /// allow. Which networks a container is on is the daemon's to know;
+    /// this one bit is all the compile needs of them.
+    pub default_deny: bool,
 }
 
 /// One attached container, as one generation of `bpfwall_endpoints_v2`
@@ -115,6 +121,8 @@ pub struct ContainerReport {
     pub errors: Vec<LabelError>,
     /// The endpoint flags (`EP_*`).
     pub flags: u32,
+    /// Default deny both ways from its network (see `ContainerInput`).
+    pub default_deny: bool,
 }
 
 /// A problem that does not stop the compile.
@@ -337,6 +345,9 @@ pub fn compile(
         if c.network == Network::Host {
             flags |= abi::EP_HOST_NETWORK;
         }
+        if c.default_deny {
+            flags |= abi::EP_ENFORCE_INGRESS | abi::EP_ENFORCE_EGRESS;
+        }
         if let Some(a) = c.attachment {
             out.endpoints.insert(
                 EndpointKey {
@@ -377,6 +388,7 @@ pub fn compile(
             egress_rules: in_force(Direction::Egress),
             errors: policy.errors.clone(),
             flags,
+            default_deny: c.default_deny,
         });
     }
     Ok(out)

@@ -633,6 +633,9 @@ impl<H: NetworkHost> Driver<H> {
     /// Periodic upkeep: the firewall's jumps first again (dockerd puts its
     /// own first when it starts).
     pub async fn upkeep(&mut self) {
+        if self.state.networks.is_empty() {
+            return;
+        }
         let networks: Vec<NetworkRecord> = self.state.networks.values().cloned().collect();
         if let Err(e) = self.host.firewall_reconcile(&networks).await {
             self.error(format!("cannot reconcile the firewall rules: {e}"));

@@ -56,6 +56,8 @@ pub struct Server {
     pub counters: Option<Arc<dyn CounterReader>>,
     /// The reconcile loop.
     pub inputs: Sender<Input>,
+    /// The network plugin's status, when it runs.
+    pub network_plugin: Option<watch::Receiver<bpfwall_plugin::PluginStatus>>,
 }
 
 impl Server {
@@ -100,11 +102,18 @@ impl Server {
     async fn answer(&self, request: Request) -> Answer {
         let snapshot = self.snapshots.borrow().clone();
         let result = match request {
-            Request::Status => Ok(Answer::Status(snapshot.status(
-                &self.pin_root,
-                self.counters.as_deref(),
-                self.policy_files.borrow().clone(),
-            ))),
+            Request::Status => {
+                let mut status = snapshot.status(
+                    &self.pin_root,
+                    self.counters.as_deref(),
+                    self.policy_files.borrow().clone(),
+                );
+                status.network_plugin = self
+                    .network_plugin
+                    .as_ref()
+                    .map(|p| Box::new(p.borrow().clone()));
+                Ok(Answer::Status(status))
+            }
             Request::Check {
                 from,
                 to,

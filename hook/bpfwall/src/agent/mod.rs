@@ -16,6 +16,7 @@
 pub mod api_server;
 pub mod host;
 pub mod instance_lock;
+pub mod network_plugin;
 pub mod policy_store;
 pub mod policy_watch;
 pub mod reconcile_loop;
@@ -57,8 +58,10 @@ pub struct DaemonConfig {
     /// Host-wide policy files.
     pub policy_dir: PathBuf,
     /// What the daemon keeps across restarts (the last good version of
-    /// each policy file).
+    /// each policy file, the network plugin's networks).
     pub state_dir: PathBuf,
+    /// The Docker network plugin, unless turned off.
+    pub network_plugin: Option<network_plugin::NetworkPluginConfig>,
 }
 
 /// The policy directory is read this often (changes apply within a second).
@@ -147,6 +150,22 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         .spawn(move || reconcile_loop::run(reconciler, inputs_rx, snapshots_tx))
         .context("cannot start the reconcile thread")?;
 
+    // The network plugin, before the Docker source: the loop hears which
+    // endpoints are on default-deny networks before any container.
+    let network_plugin = match &config.network_plugin {
+        Some(plugin) => Some(
+            network_plugin::start(
+                plugin,
+                config.pin_root.clone(),
+                config.state_dir.clone(),
+                snapshots_rx.clone(),
+                inputs_tx.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
     // The Docker source, forwarded to the loop.
     let (events_tx, mut events_rx) = mpsc::channel::<RuntimeEvent>(4096);
     tokio::spawn(docker::run(config.docker_socket.clone(), events_tx));
@@ -172,6 +191,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         policy_files: files_rx,
         counters,
         inputs: inputs_tx,
+        network_plugin,
     };
     tokio::spawn(server.serve(listener));
 
@@ -184,6 +204,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; pinned programs keep enforcing");
     let _ = std::fs::remove_file(&config.api_socket);
+    if let Some(plugin) = &config.network_plugin {
+        // Docker retries a missing plugin; the networks stay as they are.
+        let _ = std::fs::remove_file(plugin.socket_dir.join(format!("{}.sock", plugin.name)));
+    }
     // Held to here: the socket is gone before another daemon may start.
     drop(lock);
     // The loop ends when its inputs do; the runtime's shutdown drops the

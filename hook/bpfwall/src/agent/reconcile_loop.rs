@@ -42,6 +42,8 @@ pub enum Input {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<String, DaemonError>>,
     },
+    /// The network plugin's endpoints on default-deny networks.
+    NetworkDefaults(bpfwall_plugin::NetworkDefaults),
 }
 
 /// Runs until every sender of `inputs` is gone.
@@ -85,6 +87,10 @@ pub fn run<D: Datapath, H: Host>(
                     Input::Runtime(event) => dirty |= reconciler.handle(event),
                     Input::HostPolicies(policies) => {
                         reconciler.set_host_policies(policies);
+                        dirty = true;
+                    }
+                    Input::NetworkDefaults(defaults) => {
+                        reconciler.set_default_deny_endpoints(defaults.default_deny_endpoints);
                         dirty = true;
                     }
                     Input::Enforce { request, reply } => {

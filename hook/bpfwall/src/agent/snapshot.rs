@@ -65,6 +65,9 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// The last reconcile's error.
     pub last_error: Option<String>,
+    /// Which container holds each network plugin endpoint, and whether it
+    /// is policed.
+    pub bindings: bpfwall_plugin::Bindings,
 }
 
 impl Snapshot {
@@ -292,6 +295,7 @@ impl Snapshot {
             last_error: self.last_error.clone(),
             policy_files: policy_files.files,
             policy_dir_errors: policy_files.errors,
+            network_plugin: None,
         }
     }
 }

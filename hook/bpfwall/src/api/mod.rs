@@ -67,6 +67,10 @@ pub struct EnforceRequest {
     /// The container whose network namespace it joined, if any.
     #[serde(default)]
     pub joins: Option<String>,
+    /// Docker's endpoint ids of its networks, as its config.v2.json has
+    /// them when the hook runs (binds bpfwall networks' endpoints to it).
+    #[serde(default)]
+    pub endpoint_ids: Vec<String>,
 }
 
 /// One end of a flow in a check.

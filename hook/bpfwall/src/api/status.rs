@@ -105,6 +105,10 @@ pub struct Status {
     /// versions; each names its path.
     #[serde(default)]
     pub policy_dir_errors: Vec<String>,
+    /// The Docker network plugin (`docker network create -d bpfwall`):
+    /// its networks, each endpoint's gate, and the gate's drops.
+    #[serde(default)]
+    pub network_plugin: Option<Box<bpfwall_plugin::PluginStatus>>,
 }
 
 /// One host-wide policy file.

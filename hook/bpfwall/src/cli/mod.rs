@@ -3,6 +3,7 @@
 //! is done in `crate::agent` (the daemon), `crate::runtime` and the
 //! daemon's API.
 
+mod network_plugin;
 mod policy;
 pub mod render;
 
@@ -113,6 +114,8 @@ enum Command {
         state_dir: PathBuf,
         #[command(flatten)]
         policing: PolicingArgs,
+        #[command(flatten)]
+        network_plugin: network_plugin::NetworkPluginArgs,
     },
     /// Validate, check and explain policy.
     #[command(subcommand)]
@@ -258,6 +261,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             policy_dir,
             state_dir,
             policing,
+            network_plugin,
         } => {
             agent::run(DaemonConfig {
                 docker_socket,
@@ -267,6 +271,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 map_sizes: policing.map_sizes(),
                 policy_dir,
                 state_dir,
+                network_plugin: network_plugin.config(),
             })
             .await?;
             Ok(ExitCode::SUCCESS)

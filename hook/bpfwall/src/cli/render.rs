@@ -91,7 +91,65 @@ pub fn status(s: &Status) -> String {
     if !drops.is_empty() {
         let _ = writeln!(out, "\ndrops: {}", drops.join(" "));
     }
+    if let Some(p) = &s.network_plugin {
+        network_plugin(&mut out, p);
+    }
     out
+}
+
+/// The network plugin's part of `status`.
+fn network_plugin(out: &mut String, p: &bpfwall_plugin::PluginStatus) {
+    let _ = writeln!(
+        out,
+        "\nnetwork plugin {} ({}): {} networks",
+        p.name,
+        p.socket,
+        p.networks.len()
+    );
+    for n in &p.networks {
+        let mut what = Vec::new();
+        if n.default_deny {
+            what.push("default deny");
+        }
+        if n.internal {
+            what.push("internal");
+        }
+        let _ = writeln!(
+            out,
+            "  network {} ({}) {}{}",
+            n.name.as_deref().unwrap_or("?"),
+            n.id.get(..12).unwrap_or(&n.id),
+            n.subnets.join(", "),
+            if what.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", what.join(", "))
+            }
+        );
+        for e in &n.endpoints {
+            let _ = writeln!(
+                out,
+                "    endpoint {} {} [{}] {}: {}",
+                e.id.get(..12).unwrap_or(&e.id),
+                e.interface.as_deref().unwrap_or("-"),
+                e.addresses.join(", "),
+                e.container.as_deref().unwrap_or("-"),
+                e.reason
+            );
+        }
+    }
+    let drops: Vec<String> = p
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if !drops.is_empty() {
+        let _ = writeln!(out, "  gate drops: {}", drops.join(" "));
+    }
+    for e in &p.errors {
+        let _ = writeln!(out, "  ERROR {e}");
+    }
 }
 
 /// `bpfwall policy explain` as a person reads it.

@@ -77,8 +77,12 @@ pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerRecord
         .and_then(|mode| mode.strip_prefix("container:"))
         .map(str::to_string);
     let mut addresses = Vec::new();
+    let mut endpoint_ids = Vec::new();
     if let Some(networks) = info.network_settings.and_then(|n| n.networks) {
         for settings in networks.values() {
+            if let Some(id) = settings.endpoint_id.as_deref().filter(|id| !id.is_empty()) {
+                endpoint_ids.push(id.to_string());
+            }
             for text in [&settings.ip_address, &settings.global_ipv6_address]
                 .into_iter()
                 .flatten()
@@ -104,6 +108,7 @@ pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerRecord
         pid_start_time,
         image_labels,
         joins,
+        endpoint_ids,
     }))
 }
 

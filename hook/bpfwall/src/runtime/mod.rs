@@ -57,6 +57,9 @@ pub struct ContainerRecord {
     /// The id of the container whose network namespace it joined
     /// (`--network container:X`), when the runtime says so.
     pub joins: Option<String>,
+    /// Docker's endpoint ids of its networks (`NetworkSettings.Networks[*]
+    /// .EndpointID`): what binds a bpfwall network's endpoint to it.
+    pub endpoint_ids: Vec<String>,
 }
 
 /// What a streaming source reports.

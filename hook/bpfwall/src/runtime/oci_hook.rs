@@ -34,6 +34,20 @@ struct DockerConfigV2 {
     name: Option<String>,
     image: Option<String>,
     config: Option<DockerConfig>,
+    network_settings: Option<DockerNetworkSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerNetworkSettings {
+    networks: Option<BTreeMap<String, DockerEndpointSettings>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerEndpointSettings {
+    #[serde(rename = "EndpointID")]
+    endpoint_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +75,7 @@ struct Facts {
     labels: BTreeMap<String, String>,
     image_labels: BTreeMap<String, String>,
     joins: Option<String>,
+    endpoint_ids: Vec<String>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
@@ -119,6 +134,13 @@ fn facts(docker_root: &Path, state: &OciState) -> anyhow::Result<Facts> {
         joins: host
             .and_then(|h| h.network_mode)
             .and_then(|m| m.strip_prefix("container:").map(str::to_string)),
+        endpoint_ids: c
+            .network_settings
+            .and_then(|n| n.networks)
+            .into_iter()
+            .flat_map(|n| n.into_values())
+            .filter_map(|e| e.endpoint_id.filter(|id| !id.is_empty()))
+            .collect(),
     })
 }
 
@@ -137,6 +159,7 @@ async fn enforce(socket: &Path, docker_root: &Path) -> anyhow::Result<String> {
         labels,
         image_labels,
         joins,
+        endpoint_ids,
     } = facts(docker_root, &state)?;
     let request = Request::Enforce(EnforceRequest {
         id: state.id.clone(),
@@ -146,6 +169,7 @@ async fn enforce(socket: &Path, docker_root: &Path) -> anyhow::Result<String> {
         pid_start_time,
         image_labels,
         joins,
+        endpoint_ids,
     });
     let answer = tokio::time::timeout(DAEMON_TIMEOUT, api::call(socket, &request))
         .await

@@ -244,6 +244,7 @@ impl Bench {
             pid_start_time: bpfwall_sys::process::start_time(pid).ok(),
             image_labels: Default::default(),
             joins: None,
+            endpoint_ids: Vec::new(),
         });
         let t0 = Instant::now();
         let answer = self.call(&request)?;

@@ -108,6 +108,7 @@ fn main() -> anyhow::Result<()> {
                     endpoint_id: 1,
                 }),
                 network: Default::default(),
+                default_deny: false,
                 started: 0,
             },
             ContainerInput {
@@ -116,6 +117,7 @@ fn main() -> anyhow::Result<()> {
                 addresses: vec![stranger],
                 attachment: None,
                 network: Default::default(),
+                default_deny: false,
                 started: 0,
             },
         ];
@@ -127,6 +129,7 @@ fn main() -> anyhow::Result<()> {
                 addresses: vec![peer_addr(k)],
                 attachment: None,
                 network: Default::default(),
+                default_deny: false,
                 started: 0,
             });
             rules.push(Rule {

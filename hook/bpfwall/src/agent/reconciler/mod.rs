@@ -22,6 +22,7 @@
 
 mod capacity;
 mod endpoint_ids;
+mod network_plugin;
 #[cfg(test)]
 mod tests;
 
@@ -142,6 +143,8 @@ pub struct Reconciler<D, H> {
     links: Option<std::collections::BTreeSet<bpfwall_datapath::LinkPin>>,
     /// Whose namespace each container is in, as of the last reconcile.
     networks: BTreeMap<String, (Network, Vec<IpAddr>)>,
+    /// Docker endpoint ids on default-deny networks (the network plugin's).
+    default_deny_endpoints: std::collections::BTreeSet<String>,
 }
 
 impl<D: Datapath, H: Host> Reconciler<D, H> {
@@ -177,6 +180,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             pending_forget: Default::default(),
             links: None,
             networks: BTreeMap::new(),
+            default_deny_endpoints: Default::default(),
         }
     }
 
@@ -462,6 +466,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                         }),
                         _ => None,
                     },
+                    default_deny: self.default_deny(&e.record),
                 }
             })
             .collect();
@@ -713,6 +718,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             pid_start_time: request.pid_start_time,
             image_labels: request.image_labels.into_iter().collect(),
             joins: request.joins,
+            endpoint_ids: request.endpoint_ids,
         };
         self.inventory.report(Source::OciHook, record);
         Ok(())
@@ -837,6 +843,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             conntrack_capacity: self.datapath.conntrack_capacity() as usize,
             warnings: self.excluded_selector_keys(),
             last_error: self.last_error.clone(),
+            bindings: self.bindings(),
         }
     }
 

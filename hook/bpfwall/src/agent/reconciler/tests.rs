@@ -459,6 +459,7 @@ fn hook_request(name: &str, pid: u32, labels: &[(&str, &str)]) -> EnforceRequest
         pid_start_time: Some(u64::from(pid)),
         image_labels: Default::default(),
         joins: None,
+        endpoint_ids: Vec::new(),
     }
 }
 
