@@ -53,7 +53,7 @@ pub use kernel::{AdoptReport, KernelDatapath, MapSizes};
 pub use links::LinkPin;
 pub use maps::conntrack::{Collected, CtShares};
 pub use maps::{diff, Diff};
-pub use netgate::NetworkGate;
+pub use netgate::{NetgateDropsReader, NetworkGate};
 pub use seam::{ConntrackCollector, CounterReader, Datapath, StageError};
 
 /// The compiled datapath object (bpf-src/bpfwall_cgroup_skb.c).

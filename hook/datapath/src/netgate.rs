@@ -150,3 +150,42 @@ impl NetworkGate {
         self.maps()?.drops()
     }
 }
+
+/// Reads the gate's drops from the pinned map, on the side (the API
+/// answers status with them while the plugin's task owns the gate).
+pub struct NetgateDropsReader {
+    drops: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+}
+
+impl std::fmt::Debug for NetgateDropsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetgateDropsReader").finish_non_exhaustive()
+    }
+}
+
+impl NetgateDropsReader {
+    /// Opens `maps/bpfwall_netgate_drops_v1` under a pin root.
+    pub fn open(pin_root: &Path) -> Result<Self, DatapathError> {
+        let path = PinRoot::new(pin_root).maps().join(abi::MAP_NETGATE_DROPS);
+        let data = aya::maps::MapData::from_pin(&path).map_err(crate::error::map_error(
+            abi::MAP_NETGATE_DROPS,
+            "open the pin of",
+        ))?;
+        let drops = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(crate::error::map_error(abi::MAP_NETGATE_DROPS, "open"))?;
+        Ok(NetgateDropsReader { drops })
+    }
+
+    /// Drops by reason, summed over CPUs.
+    pub fn read(&self) -> Result<BTreeMap<NetgateDrop, u64>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for reason in NetgateDrop::ALL {
+            let per_cpu = self
+                .drops
+                .get(&(reason as u32), 0)
+                .map_err(crate::error::map_error(abi::MAP_NETGATE_DROPS, "read"))?;
+            out.insert(reason, per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+}

@@ -275,6 +275,9 @@ impl<H: NetworkHost> Driver<H> {
                 ));
             }
         }
+        if let Err(e) = self.host.nat_sync(&networks).await {
+            self.error(format!("cannot write the address translation: {e}"));
+        }
         if changed {
             self.store.save(&self.state)?;
         }
@@ -367,14 +370,18 @@ impl<H: NetworkHost> Driver<H> {
                         return Ok(Response::Empty);
                     }
                 }
-                self.host
-                    .firewall_add(&record)
-                    .await
-                    .map_err(|source| DriverError::Host {
-                        network: record.short_id().to_string(),
-                        endpoint: String::new(),
-                        source,
-                    })?;
+                let host_error = |source| DriverError::Host {
+                    network: record.short_id().to_string(),
+                    endpoint: String::new(),
+                    source,
+                };
+                self.host.firewall_add(&record).await.map_err(host_error)?;
+                let mut all: Vec<NetworkRecord> = self.state.networks.values().cloned().collect();
+                all.push(record.clone());
+                if let Err(e) = self.host.nat_sync(&all).await {
+                    let _ = self.host.firewall_remove(&record).await;
+                    return Err(host_error(e));
+                }
                 tracing::info!(network = %record.short_id(), default_deny = record.default_deny, internal = record.internal,
                     subnets = ?record.subnets(), "network created");
                 self.state.networks.insert(record.id.clone(), record);
@@ -395,14 +402,23 @@ impl<H: NetworkHost> Driver<H> {
                 for id in left {
                     self.remove_endpoint(&id).await?;
                 }
+                let host_error = |source| DriverError::Host {
+                    network: record.short_id().to_string(),
+                    endpoint: String::new(),
+                    source,
+                };
                 self.host
                     .firewall_remove(&record)
                     .await
-                    .map_err(|source| DriverError::Host {
-                        network: record.short_id().to_string(),
-                        endpoint: String::new(),
-                        source,
-                    })?;
+                    .map_err(host_error)?;
+                let rest: Vec<NetworkRecord> = self
+                    .state
+                    .networks
+                    .values()
+                    .filter(|n| n.id != record.id)
+                    .cloned()
+                    .collect();
+                self.host.nat_sync(&rest).await.map_err(host_error)?;
                 self.state.networks.remove(&record.id);
                 self.names.remove(&record.id);
                 self.store.save(&self.state)?;

@@ -19,6 +19,8 @@ pub struct FakeHost {
     pub gate: BTreeMap<u32, NetgateEndpoint>,
     /// Networks with firewall rules, by id.
     pub firewall: BTreeMap<String, NetworkRecord>,
+    /// Networks in the nat tables.
+    pub nat: Vec<String>,
     /// Interfaces the gate was put on again.
     pub reattached: Vec<String>,
     /// What was done, in order.
@@ -99,6 +101,11 @@ impl NetworkHost for FakeHost {
         self.firewall.remove(&network.id);
         self.log
             .push(format!("firewall remove {}", network.short_id()));
+        Ok(())
+    }
+
+    async fn nat_sync(&mut self, networks: &[NetworkRecord]) -> Result<(), HostError> {
+        self.nat = networks.iter().map(|n| n.id.clone()).collect();
         Ok(())
     }
 

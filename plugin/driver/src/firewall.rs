@@ -1,27 +1,33 @@
-//! The plugin's firewall rules, made with `iptables`/`ip6tables`: the same
-//! tool (and so the same backend, legacy or nf_tables) dockerd uses. That
-//! is the point: where dockerd manages iptables it sets FORWARD's policy
-//! to DROP, and only a rule in that same backend can accept the plugin's
-//! traffic (an accept in a table of our own would still meet dockerd's
-//! drop). Everything is in two chains of our own:
+//! The plugin's firewall rules, in two places, each for its reason:
 //!
-//! - `BPFWALL-PLUGIN` (filter), jumped to first from `DOCKER-USER` (made
-//!   if missing, and jumped to from FORWARD as dockerd does): per network,
-//!   accept what a plugin interface (`bw+`) sends from the network's
-//!   prefix and what goes to the prefix on one;
-//! - `BPFWALL-PLUGIN-NAT` (nat), jumped to first from POSTROUTING: per
-//!   network, nothing going into a plugin interface is masqueraded (a
-//!   container on one of Docker's bridges keeps its address, so its
-//!   identity, when it talks to ours: dockerd's bridge masquerade would
-//!   otherwise match), nor what the network sends to another plugin
-//!   interface or to Docker's bridges (`docker0`, `br-+`); the rest of what
-//!   it sends is masqueraded, unless the network is internal (the gate
-//!   drops what would leave it).
+//! - **forwarding** is accepted with `iptables`/`ip6tables`, the tool (and
+//!   so the backend, legacy or nf_tables) dockerd uses: where dockerd
+//!   manages iptables it sets FORWARD's policy to DROP, and only a rule in
+//!   that same backend can accept (an accept in a table of our own would
+//!   still meet dockerd's drop). In a chain of our own, `BPFWALL-PLUGIN`,
+//!   jumped to first from `DOCKER-USER` (made if missing, and jumped to
+//!   from FORWARD as dockerd does): per network, accept what a plugin
+//!   interface (`bw+`) sends from the network's prefix and what goes to
+//!   the prefix on one.
+//! - **address translation** is an nftables table of the plugin's own
+//!   (`ip bpfwall_<plugin>` and `ip6 ...`), a nat chain at priority
+//!   `srcnat - 1`: it runs before every iptables nat chain, whatever the
+//!   backend and whatever order dockerd puts its rules in (it inserts its
+//!   bridges' masquerade first whenever it makes a bridge or starts). Per
+//!   network: what goes into a plugin interface, and what the network
+//!   sends to another plugin interface or to Docker's bridges (`docker0`,
+//!   `br-*`), keeps its source address (a same-address SNAT, which also
+//!   keeps dockerd's bridge masquerade from applying: a connection is
+//!   translated once), so containers on either side see each other's
+//!   identity; the rest of what the network sends is masqueraded to the
+//!   world, unless the network is internal (the gate drops what would
+//!   leave it). The table is written whole, in one transaction, from the
+//!   networks the plugin has.
 //!
-//! Every rule carries the comment `bpfwall <plugin> <network short id>`,
-//! which is how a rule is found again to remove it (also one left by a
-//! daemon that died). dockerd puts its jumps first when it starts:
-//! [`Firewall::reconcile`] puts ours first again.
+//! Every iptables rule carries the comment `bpfwall <plugin> <network
+//! short id>`, which is how a rule is found again to remove it (also one
+//! left by a daemon that died); [`Firewall::reconcile`] also puts the jump
+//! first again.
 
 use ipnet::IpNet;
 use tokio::process::Command;
@@ -31,8 +37,6 @@ use crate::network::{NetworkRecord, HOST_PREFIX};
 
 /// The filter chain.
 pub const FILTER_CHAIN: &str = "BPFWALL-PLUGIN";
-/// The nat chain.
-pub const NAT_CHAIN: &str = "BPFWALL-PLUGIN-NAT";
 
 /// One rule: tool, table, chain, and the match and target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +63,60 @@ pub fn comment(plugin: &str, network: &NetworkRecord) -> String {
     format!("bpfwall {plugin} {}", network.short_id())
 }
 
-/// Every rule of one network, in order (pure: what `add` makes).
+/// The nftables table of a plugin (one per family).
+pub fn nat_table_name(plugin: &str) -> String {
+    let safe: String = plugin
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("bpfwall_{safe}")
+}
+
+/// The nft script that replaces the plugin's nat tables with the rules of
+/// `networks` (pure: what [`Firewall::sync_nat`] runs, in one transaction).
+pub fn nat_script(plugin: &str, networks: &[NetworkRecord]) -> String {
+    let table = nat_table_name(plugin);
+    let any_plugin_if = format!("\"{HOST_PREFIX}*\"");
+    let mut out = String::new();
+    for (family, addr) in [("ip", "ip"), ("ip6", "ip6")] {
+        // Create, delete, create: replaces the table atomically.
+        out.push_str(&format!(
+            "table {family} {table} {{}}\ndelete table {family} {table}\n"
+        ));
+        let mut rules = Vec::new();
+        for n in networks {
+            for subnet in n.subnets() {
+                let is_v6 = matches!(subnet, IpNet::V6(_));
+                if is_v6 != (family == "ip6") {
+                    continue;
+                }
+                let c = format!("comment \"{}\"", comment(plugin, n));
+                rules.push(format!(
+                    "oifname {any_plugin_if} {addr} daddr {subnet} snat to {addr} saddr {c}"
+                ));
+                if !n.internal {
+                    rules.push(format!(
+                        "{addr} saddr {subnet} oifname {{ {any_plugin_if}, \"docker0\", \"br-*\" }} snat to {addr} saddr {c}"
+                    ));
+                    rules.push(format!("{addr} saddr {subnet} masquerade {c}"));
+                }
+            }
+        }
+        if rules.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "table {family} {table} {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat - 1; policy accept;\n"
+        ));
+        for r in rules {
+            out.push_str(&format!("\t\t{r}\n"));
+        }
+        out.push_str("\t}\n}\n");
+    }
+    out
+}
+
+/// Every iptables rule of one network, in order (pure: what `add` makes).
 pub fn rules(plugin: &str, network: &NetworkRecord) -> Vec<Rule> {
     let c = comment(plugin, network);
     let any_plugin_if = format!("{HOST_PREFIX}+");
@@ -89,18 +146,6 @@ pub fn rules(plugin: &str, network: &NetworkRecord) -> Vec<Rule> {
             &["-o", &any_plugin_if, "-d", &s],
             "ACCEPT",
         ));
-        out.push(rule(
-            "nat",
-            NAT_CHAIN,
-            &["-o", &any_plugin_if, "-d", &s],
-            "ACCEPT",
-        ));
-        if !network.internal {
-            for out_if in [any_plugin_if.as_str(), "docker0", "br-+"] {
-                out.push(rule("nat", NAT_CHAIN, &["-s", &s, "-o", out_if], "ACCEPT"));
-            }
-            out.push(rule("nat", NAT_CHAIN, &["-s", &s], "MASQUERADE"));
-        }
     }
     out
 }
@@ -176,11 +221,7 @@ impl Firewall {
 
     /// Makes the chains and puts the jumps to them first.
     async fn ensure_chains(&self, tool: &'static str) -> Result<(), HostError> {
-        for (table, chain) in [
-            ("filter", FILTER_CHAIN),
-            ("filter", "DOCKER-USER"),
-            ("nat", NAT_CHAIN),
-        ] {
+        for (table, chain) in [("filter", FILTER_CHAIN), ("filter", "DOCKER-USER")] {
             if !succeeds(tool, &["-t", table, "-S", chain]).await {
                 // Another daemon may make it at the same moment.
                 if let Err(e) = run(tool, &["-t", table, "-N", chain]).await {
@@ -203,8 +244,7 @@ impl Firewall {
             .await?;
         }
         self.jump_first(tool, "filter", "DOCKER-USER", FILTER_CHAIN)
-            .await?;
-        self.jump_first(tool, "nat", "POSTROUTING", NAT_CHAIN).await
+            .await
     }
 
     /// Makes `-j target` the first rule of `chain`.
@@ -264,13 +304,54 @@ impl Firewall {
         Ok(())
     }
 
+    /// Writes the plugin's nat tables for `networks` (removes them when
+    /// there are none), in one nftables transaction.
+    pub async fn sync_nat(&self, networks: &[NetworkRecord]) -> Result<(), HostError> {
+        use tokio::io::AsyncWriteExt as _;
+        let script = nat_script(&self.plugin, networks);
+        let command = "nft -f -".to_string();
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| HostError::FirewallSpawn {
+                command: command.clone(),
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(script.as_bytes()).await.map_err(|source| {
+                HostError::FirewallSpawn {
+                    command: command.clone(),
+                    source,
+                }
+            })?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|source| HostError::FirewallSpawn {
+                command: command.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(HostError::Firewall {
+                command: format!("{command} <<'EOF'\n{script}EOF"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
     /// Removes this plugin's rules of networks not in `keep`, and puts the
     /// jumps first again.
     pub async fn reconcile(&self, keep: &[NetworkRecord]) -> Result<(), HostError> {
         let keep: Vec<String> = keep.iter().map(|n| comment(&self.plugin, n)).collect();
         let mine = format!("bpfwall {} ", self.plugin);
         for tool in ["iptables", "ip6tables"] {
-            for (table, chain) in [("filter", FILTER_CHAIN), ("nat", NAT_CHAIN)] {
+            for (table, chain) in [("filter", FILTER_CHAIN)] {
                 let Ok(listing) = run(tool, &["-t", table, "-S", chain]).await else {
                     continue;
                 };
@@ -292,10 +373,7 @@ impl Firewall {
                     run(tool, &delete).await?;
                 }
                 if succeeds(tool, &["-t", table, "-S", chain]).await {
-                    match table {
-                        "filter" => self.jump_first(tool, table, "DOCKER-USER", chain).await?,
-                        _ => self.jump_first(tool, table, "POSTROUTING", chain).await?,
-                    }
+                    self.jump_first(tool, table, "DOCKER-USER", chain).await?;
                 }
             }
         }
@@ -340,23 +418,51 @@ mod tests {
             .collect();
         let c = "-m comment --comment bpfwall bpfwall ab435418689e";
         assert_eq!(
-            text[..7],
+            text[..2],
             [
-                format!("iptables -t filter -A BPFWALL-PLUGIN -i bw+ -s 10.77.0.0/24 {c} -j ACCEPT"),
-                format!("iptables -t filter -A BPFWALL-PLUGIN -o bw+ -d 10.77.0.0/24 {c} -j ACCEPT"),
-                format!("iptables -t nat -A BPFWALL-PLUGIN-NAT -o bw+ -d 10.77.0.0/24 {c} -j ACCEPT"),
-                format!("iptables -t nat -A BPFWALL-PLUGIN-NAT -s 10.77.0.0/24 -o bw+ {c} -j ACCEPT"),
-                format!("iptables -t nat -A BPFWALL-PLUGIN-NAT -s 10.77.0.0/24 -o docker0 {c} -j ACCEPT"),
-                format!("iptables -t nat -A BPFWALL-PLUGIN-NAT -s 10.77.0.0/24 -o br-+ {c} -j ACCEPT"),
-                format!("iptables -t nat -A BPFWALL-PLUGIN-NAT -s 10.77.0.0/24 {c} -j MASQUERADE"),
+                format!(
+                    "iptables -t filter -A BPFWALL-PLUGIN -i bw+ -s 10.77.0.0/24 {c} -j ACCEPT"
+                ),
+                format!(
+                    "iptables -t filter -A BPFWALL-PLUGIN -o bw+ -d 10.77.0.0/24 {c} -j ACCEPT"
+                ),
             ]
         );
-        assert_eq!(r.iter().filter(|r| r.tool == "ip6tables").count(), 7);
-        let internal = rules("bpfwall", &network(true));
-        assert!(internal
-            .iter()
-            .all(|r| !r.spec.contains(&"MASQUERADE".to_string())));
-        assert_eq!(internal.len(), 6);
+        assert_eq!(r.iter().filter(|r| r.tool == "ip6tables").count(), 2);
+
+        let script = nat_script("plug-x", &[network(false)]);
+        let c = "comment \"bpfwall plug-x ab435418689e\"";
+        let expected = [
+            "table ip bpfwall_plug_x {}".to_string(),
+            "delete table ip bpfwall_plug_x".into(),
+            "table ip bpfwall_plug_x {".into(),
+            "\tchain postrouting {".into(),
+            "\t\ttype nat hook postrouting priority srcnat - 1; policy accept;".into(),
+            format!("\t\toifname \"bw*\" ip daddr 10.77.0.0/24 snat to ip saddr {c}"),
+            format!("\t\tip saddr 10.77.0.0/24 oifname {{ \"bw*\", \"docker0\", \"br-*\" }} snat to ip saddr {c}"),
+            format!("\t\tip saddr 10.77.0.0/24 masquerade {c}"),
+            "\t}".into(),
+            "}".into(),
+            "table ip6 bpfwall_plug_x {}".into(),
+            "delete table ip6 bpfwall_plug_x".into(),
+            "table ip6 bpfwall_plug_x {".into(),
+            "\tchain postrouting {".into(),
+            "\t\ttype nat hook postrouting priority srcnat - 1; policy accept;".into(),
+            format!("\t\toifname \"bw*\" ip6 daddr fd00:77::/64 snat to ip6 saddr {c}"),
+            format!("\t\tip6 saddr fd00:77::/64 oifname {{ \"bw*\", \"docker0\", \"br-*\" }} snat to ip6 saddr {c}"),
+            format!("\t\tip6 saddr fd00:77::/64 masquerade {c}"),
+            "\t}".into(),
+            "}".into(),
+        ];
+        assert_eq!(script.lines().collect::<Vec<_>>(), expected);
+        // Internal: sources kept into plugin interfaces, nothing masqueraded.
+        let internal = nat_script("plug-x", &[network(true)]);
+        assert!(!internal.contains("masquerade") && internal.contains("snat to ip saddr"));
+        // No networks: the tables go.
+        assert_eq!(
+            nat_script("plug-x", &[]),
+            "table ip bpfwall_plug_x {}\ndelete table ip bpfwall_plug_x\ntable ip6 bpfwall_plug_x {}\ndelete table ip6 bpfwall_plug_x\n"
+        );
     }
 
     #[test]

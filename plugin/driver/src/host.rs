@@ -125,9 +125,8 @@ pub trait NetworkHost: Send {
     /// The gate's drops by reason.
     fn gate_drops(&mut self) -> Result<std::collections::BTreeMap<NetgateDrop, u64>, HostError>;
 
-    /// Adds (or confirms) a network's firewall rules: forwarding accepted
-    /// for its prefixes on plugin interfaces, and masquerade to the world
-    /// unless it is internal.
+    /// Adds (or confirms) a network's forwarding rules: accepted for its
+    /// prefixes on plugin interfaces.
     fn firewall_add(
         &mut self,
         network: &NetworkRecord,
@@ -137,6 +136,12 @@ pub trait NetworkHost: Send {
     fn firewall_remove(
         &mut self,
         network: &NetworkRecord,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
+
+    /// Writes the plugin's address translation for all its networks.
+    fn nat_sync(
+        &mut self,
+        networks: &[NetworkRecord],
     ) -> impl Future<Output = Result<(), HostError>> + Send;
 
     /// Removes every rule this plugin made for networks not in `keep`, and

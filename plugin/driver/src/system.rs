@@ -254,4 +254,8 @@ impl NetworkHost for SystemHost {
     async fn firewall_reconcile(&mut self, keep: &[NetworkRecord]) -> Result<(), HostError> {
         self.firewall.reconcile(keep).await
     }
+
+    async fn nat_sync(&mut self, networks: &[NetworkRecord]) -> Result<(), HostError> {
+        self.firewall.sync_nat(networks).await
+    }
 }

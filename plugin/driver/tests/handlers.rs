@@ -104,6 +104,7 @@ async fn a_container_lifecycle_on_docker_bytes() {
     );
     assert_eq!(f.ok("create_network_default_deny").await, Response::Empty);
     assert!(f.host().firewall.contains_key(NETWORK));
+    assert_eq!(f.host().nat, [NETWORK]);
     assert!(f.driver.state().networks[NETWORK].default_deny);
 
     assert_eq!(f.ok("create_endpoint").await.to_json(), b"{}");
@@ -179,6 +180,7 @@ async fn a_container_lifecycle_on_docker_bytes() {
     assert!(f.host().routes.is_empty());
     assert!(f.host().gate.is_empty());
     assert!(f.host().firewall.is_empty());
+    assert!(f.host().nat.is_empty());
     assert!(f.driver.state().endpoints.is_empty() && f.driver.state().networks.is_empty());
     assert_eq!(f.store.load().unwrap(), *f.driver.state());
     // Asked again (a retry after a restart): success, nothing to do.

@@ -56,8 +56,12 @@ pub struct Server {
     pub counters: Option<Arc<dyn CounterReader>>,
     /// The reconcile loop.
     pub inputs: Sender<Input>,
-    /// The network plugin's status, when it runs.
-    pub network_plugin: Option<watch::Receiver<bpfwall_plugin::PluginStatus>>,
+    /// The network plugin's status, when it runs, and its gate's drops
+    /// (read at each request: they move all the time).
+    pub network_plugin: Option<(
+        watch::Receiver<bpfwall_plugin::PluginStatus>,
+        Option<Arc<bpfwall_datapath::NetgateDropsReader>>,
+    )>,
 }
 
 impl Server {
@@ -108,10 +112,16 @@ impl Server {
                     self.counters.as_deref(),
                     self.policy_files.borrow().clone(),
                 );
-                status.network_plugin = self
-                    .network_plugin
-                    .as_ref()
-                    .map(|p| Box::new(p.borrow().clone()));
+                status.network_plugin = self.network_plugin.as_ref().map(|(p, drops)| {
+                    let mut p = p.borrow().clone();
+                    if let Some(d) = drops.as_ref().and_then(|d| d.read().ok()) {
+                        p.drops = d
+                            .into_iter()
+                            .map(|(r, n)| (r.name().to_string(), n))
+                            .collect();
+                    }
+                    Box::new(p)
+                });
                 Ok(Answer::Status(status))
             }
             Request::Check {

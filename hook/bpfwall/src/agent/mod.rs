@@ -153,16 +153,24 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     // The network plugin, before the Docker source: the loop hears which
     // endpoints are on default-deny networks before any container.
     let network_plugin = match &config.network_plugin {
-        Some(plugin) => Some(
-            network_plugin::start(
+        Some(plugin) => {
+            let status = network_plugin::start(
                 plugin,
                 config.pin_root.clone(),
                 config.state_dir.clone(),
                 snapshots_rx.clone(),
                 inputs_tx.clone(),
             )
-            .await?,
-        ),
+            .await?;
+            let drops = match bpfwall_datapath::NetgateDropsReader::open(&config.pin_root) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(e) => {
+                    tracing::error!(error = %error_chain(&e), "cannot open the gate's drops: status shows the last read");
+                    None
+                }
+            };
+            Some((status, drops))
+        }
         None => None,
     };
 
