@@ -20,9 +20,14 @@ use crate::network::{self, short, EndpointRecord, NetworkRecord};
 use crate::status::{EndpointStatus, NetworkStatus, PluginStatus};
 use crate::store::{State, StateStore, StoreError};
 
-/// An endpoint no running container holds this long after its creation is
-/// stale (Docker forgot it while no daemon ran).
+/// An endpoint no running container has held since its creation this long
+/// ago is stale (Docker forgot it, e.g. while the plugin was unreachable).
 pub const STALE_AFTER_SECS: u64 = 120;
+/// An endpoint a container held, and none holds now, is stale after this
+/// long: Docker's own Leave and DeleteEndpoint come well before (a dockerd
+/// that restarts forgets the endpoints of the containers it killed without
+/// telling a plugin it has not reached yet).
+pub const STALE_AFTER_HELD_SECS: u64 = 10;
 
 /// Why a call was refused. Docker shows the words to the user.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +134,8 @@ pub struct Driver<H> {
     names: BTreeMap<String, String>,
     /// Problems to show in status.
     errors: Vec<String>,
+    /// When a running container last held each endpoint (unix seconds).
+    last_held: BTreeMap<String, u64>,
     now: fn() -> u64,
 }
 
@@ -152,6 +159,7 @@ impl<H: NetworkHost> Driver<H> {
             bindings: None,
             names: BTreeMap::new(),
             errors: Vec::new(),
+            last_held: BTreeMap::new(),
             now: unix_now,
         })
     }
@@ -551,6 +559,7 @@ impl<H: NetworkHost> Driver<H> {
                 self.unplug(&ep).await?;
             }
             self.state.endpoints.remove(id);
+            self.last_held.remove(id);
             tracing::info!(endpoint = %short(id), "endpoint deleted");
         }
         Ok(())
@@ -589,13 +598,22 @@ impl<H: NetworkHost> Driver<H> {
             return;
         }
         let now = (self.now)();
+        for id in bindings.holders.keys() {
+            if self.state.endpoints.contains_key(id) {
+                self.last_held.insert(id.clone(), now);
+            }
+        }
+        let last_held = &self.last_held;
         let stale: Vec<String> = self
             .state
             .endpoints
             .values()
             .filter(|e| {
                 !bindings.holders.contains_key(&e.id)
-                    && now.saturating_sub(e.created_unix) > STALE_AFTER_SECS
+                    && match last_held.get(&e.id) {
+                        Some(t) => now.saturating_sub(*t) > STALE_AFTER_HELD_SECS,
+                        None => now.saturating_sub(e.created_unix) > STALE_AFTER_SECS,
+                    }
             })
             .map(|e| e.id.clone())
             .collect();

@@ -418,3 +418,48 @@ async fn an_endpoint_whose_interface_died_with_its_container_is_no_longer_joined
     assert!(restarted.host().gate.is_empty());
     assert!(!f.store.load().unwrap().endpoints[ENDPOINT].joined);
 }
+
+static NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000);
+
+fn moving_clock() -> u64 {
+    NOW.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn an_endpoint_no_container_holds_any_more_goes_soon_one_never_held_goes_late() {
+    let mut f = driver();
+    f.driver = std::mem::replace(
+        &mut f.driver,
+        Driver::new("bpfwall", FakeHost::default(), f.store.clone()).unwrap(),
+    )
+    .with_clock(moving_clock);
+    f.ok("create_network_default_deny").await;
+    f.ok("create_endpoint").await;
+    f.ok("join").await;
+    let synced_without_holders = Bindings {
+        synced: true,
+        holders: BTreeMap::new(),
+    };
+    // Never held: kept well past its creation (a container starting).
+    NOW.store(1_000_000 + 60, std::sync::atomic::Ordering::SeqCst);
+    f.driver
+        .apply_bindings(synced_without_holders.clone())
+        .await;
+    assert!(f.driver.state().endpoints.contains_key(ENDPOINT));
+    // Held by a running container, then by none (dockerd restarted and
+    // forgot it without telling the plugin): gone 10 s later.
+    f.driver
+        .apply_bindings(bound(BindState::Policed, true))
+        .await;
+    NOW.store(1_000_000 + 65, std::sync::atomic::Ordering::SeqCst);
+    f.driver
+        .apply_bindings(synced_without_holders.clone())
+        .await;
+    assert!(f.driver.state().endpoints.contains_key(ENDPOINT));
+    NOW.store(1_000_000 + 71, std::sync::atomic::Ordering::SeqCst);
+    f.driver.apply_bindings(synced_without_holders).await;
+    assert!(f.driver.state().endpoints.is_empty());
+    assert!(f.host().interfaces.is_empty() && f.host().gate.is_empty());
+    // Docker's late DeleteEndpoint for it is answered with success.
+    assert_eq!(f.ok("delete_endpoint").await, Response::Empty);
+}
