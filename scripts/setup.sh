@@ -40,7 +40,10 @@ requirements=(
     "iproute2|ip"
     "bpftool|bpftool"
     "iptables|iptables"
+    "iptables|ip6tables"
     "nftables|nft"
+    "util-linux|nsenter"
+    "systemd|systemd-analyze"
     "docker-compose|docker-compose"
 )
 
