@@ -23,6 +23,19 @@ cleanup() {
             "$top/target/debug/bpfwall" uninstall-runtime --name "$rt" >/dev/null 2>&1 || true
         done
     fi
+    # The network plugin tests' leftovers (all named plug-...): plugin
+    # sockets, interfaces, firewall rules and nat tables.
+    rm -f /run/docker/plugins/plug-*.sock
+    for l in $(ip -d -o link show 2>/dev/null | awk '/alias bpfwall:plug-/{print $2}' | cut -d@ -f1 | tr -d :); do ip link del "$l" 2>/dev/null || true; done
+    for l in $(ip -o link show 2>/dev/null | awk -F': ' '/ plug-/{print $2}' | cut -d@ -f1); do ip link del "$l" 2>/dev/null || true; done
+    for ns in $(ip netns list 2>/dev/null | awk '/^plug-/{print $1}'); do ip netns pids "$ns" | xargs -r kill -9; ip netns del "$ns" || true; done
+    for t in iptables ip6tables; do
+        "$t" -w -S BPFWALL-PLUGIN 2>/dev/null | grep -- '--comment "bpfwall plug-' | sed 's/^-A //' |
+            while read -r rule; do eval "$t -w -D $rule" || true; done
+    done
+    for fam in ip ip6; do
+        for tb in $(nft list tables "$fam" 2>/dev/null | awk '{print $3}' | grep '^bpfwall_plug_'); do nft delete table "$fam" "$tb" || true; done
+    done
     rm -rf /sys/fs/bpf/bpfwall_v1_e2e_* /run/bpfwall-e2e
     # The e2e daemons' pin-root locks (every e2e daemon is gone by now).
     rm -f /run/bpfwall/pins%2Fsys%2Ffs%2Fbpf%2Fbpfwall_v1_e2e_*.lock
