@@ -45,7 +45,7 @@ use super::host::{CgroupPlace, Host};
 use super::snapshot::{ContainerView, Snapshot};
 use crate::api::{DaemonError, EnforceRequest, LabelProblem};
 use crate::runtime::inventory::Inventory;
-use crate::runtime::{ContainerRecord, RuntimeEvent, Source};
+use crate::runtime::{container_key, ContainerRecord, Runtime, RuntimeEvent, Source};
 
 fn unix_micros() -> u64 {
     std::time::SystemTime::now()
@@ -205,10 +205,18 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         self.host_policies = policies;
     }
 
-    /// True once Docker's containers have been listed: only then can a
+    /// The streaming sources the daemon runs: the first reconcile waits
+    /// until each has listed its containers or found its runtime absent
+    /// (`Inventory::ready`). Called before any event.
+    pub fn expect_sources(&mut self, sources: &[Source]) {
+        self.inventory = Inventory::expecting(sources);
+    }
+
+    /// True once every source that is on has listed its containers (a
+    /// source whose runtime is absent does not count): only then can a
     /// reconcile know every peer.
     pub fn synced(&self) -> bool {
-        self.inventory.synced(Source::Docker)
+        self.inventory.ready()
     }
 
     fn managed(&self, record: &ContainerRecord) -> bool {
@@ -661,6 +669,11 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             return Ok(());
         }
         for (owner, pins) in &existing {
+            // A container no source reports may belong to a runtime that has
+            // not listed yet: its links stay (closed, never opened).
+            if self.inventory.get(owner).is_none() && !self.inventory.may_forget_unreported(owner) {
+                continue;
+            }
             for pin in pins {
                 if desired.get(owner).is_some_and(|p| p.id == pin.cgroup_id) {
                     continue;
@@ -677,11 +690,12 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
     }
 
     /// For the OCI hook, before the reconcile that polices the container:
-    /// take in a container that is being created. Err when it cannot be.
-    pub fn admit(&mut self, request: EnforceRequest) -> Result<(), DaemonError> {
+    /// take in a container that is being created. Returns its key
+    /// (`runtime::container_key`); Err when it cannot be taken in.
+    pub fn admit(&mut self, request: EnforceRequest) -> Result<String, DaemonError> {
         if !self.synced() {
             return Err(DaemonError::DaemonBusy {
-                reason: "it has not listed Docker's containers yet".into(),
+                reason: "it has not listed the containers of every runtime that answers yet".into(),
             });
         }
         let not_policed = |reason: String| DaemonError::NotPoliced {
@@ -704,9 +718,14 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                 error_chain(&e)
             ))
         })?;
+        let runtime = request.runtime.unwrap_or(Runtime::Oci);
+        let key = container_key(runtime, &request.namespace, &request.id);
         let record = ContainerRecord {
-            id: request.id,
+            id: key.clone(),
             name: request.name,
+            runtime,
+            namespace: request.namespace,
+            runtime_id: request.id,
             labels: request.labels.into_iter().collect(),
             addresses,
             pid: request.pid,
@@ -715,7 +734,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             joins: request.joins,
         };
         self.inventory.report(Source::OciHook, record);
-        Ok(())
+        Ok(key)
     }
 
     /// For the OCI hook, after the reconcile: is the container policed (or
@@ -831,6 +850,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             containers,
             docker_connected: self.inventory.connected(Source::Docker),
             docker_synced: self.inventory.in_sync(Source::Docker),
+            sources: self.source_states(),
             synced: self.synced(),
             maps: self.datapath.fill(),
             map_full_events: self.map_full_events,
@@ -838,6 +858,32 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             warnings: self.excluded_selector_keys(),
             last_error: self.last_error.clone(),
         }
+    }
+
+    /// Each streaming source's state, for `status`.
+    fn source_states(&self) -> Vec<crate::api::SourceStatus> {
+        Source::STREAMING
+            .iter()
+            .map(|&source| {
+                let inv = &self.inventory;
+                let state = if inv.in_sync(source) {
+                    "synced".to_string()
+                } else if let Some(reason) = inv.off_reason(source) {
+                    format!("off: {reason} (watching for it)")
+                } else if inv.connected(source) {
+                    "connected, listing".to_string()
+                } else if inv.synced(source) {
+                    "disconnected (reconnecting)".to_string()
+                } else {
+                    "connecting".to_string()
+                };
+                crate::api::SourceStatus {
+                    source: source.to_string(),
+                    synced: inv.in_sync(source),
+                    state,
+                }
+            })
+            .collect()
     }
 
     /// Rules that select peers by a label left out of identities: they
