@@ -30,6 +30,9 @@ pub struct ContainerView {
     pub policed_since_unix_us: Option<u64>,
     /// Whose network namespace it is in ("own", "host", "joined NAME").
     pub network: String,
+    /// Its addresses as the last compile had them (what the runtime said
+    /// and what was read in its network namespace).
+    pub addresses: Vec<IpAddr>,
     /// Directions closed because a map was full, and which map.
     pub closed: BTreeMap<labels_policy::Direction, &'static str>,
 }
@@ -259,7 +262,7 @@ impl Snapshot {
                 identity: report.map_or(0, |r| r.identity),
                 attached: c.endpoint_id.is_some() && c.problem.is_none(),
                 policed_since_unix_us: c.policed_since_unix_us,
-                addresses: c.record.addresses.iter().map(ToString::to_string).collect(),
+                addresses: c.addresses.iter().map(ToString::to_string).collect(),
                 network: c.network.clone(),
                 conntrack_entries: match (counters_reader, c.endpoint_id) {
                     (Some(reader), Some(ep)) => reader.conntrack_used(ep).unwrap_or(0),

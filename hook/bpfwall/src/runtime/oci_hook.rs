@@ -137,7 +137,8 @@ async fn facts(sources: &LabelSources, state: &OciState, pid: u32) -> anyhow::Re
                 return Ok(Facts {
                     runtime: Runtime::Podman,
                     namespace: String::new(),
-                    name: c.name,
+                    // Apart from Docker's names, which never hold a '/'.
+                    name: format!("podman/{}", c.name),
                     labels: c.labels,
                     image_labels: c.image_labels,
                     joins: None,

@@ -833,6 +833,9 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                     problem: self.problems.get(id).cloned(),
                     policed_since_unix_us: self.policed_since.get(id).copied(),
                     network,
+                    addresses: networks
+                        .get(id)
+                        .map_or_else(|| e.record.addresses.clone(), |(_, a)| a.clone()),
                     closed: self
                         .closures
                         .iter()
