@@ -264,8 +264,20 @@ impl TestEnv {
             .spawn()
             .expect("start bpfwall daemon");
         self.daemon = Some(child);
+        // A docker socket that does not exist is a host without dockerd:
+        // the daemon must answer without it.
+        let no_docker = self.docker_socket.as_ref().is_some_and(|p| !p.exists());
         self.wait_for("the daemon to answer and list docker", |env| {
-            env.try_status().is_some_and(|s| s["docker_synced"] == true)
+            env.try_status().is_some_and(|s| {
+                s["docker_synced"] == true
+                    || (no_docker
+                        && s["sources"].as_array().is_some_and(|v| {
+                            v.iter().any(|x| {
+                                x["source"] == "docker"
+                                    && x["state"].as_str().is_some_and(|t| t.starts_with("off"))
+                            })
+                        }))
+            })
         });
     }
 
@@ -1772,5 +1784,15 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         self.remove_all();
+    }
+}
+
+impl TestEnv {
+    /// A host without dockerd: the daemon is given a docker socket that
+    /// does not exist, and `daemon_args` (e.g. `--containerd-socket`).
+    pub fn without_dockerd(name: &str, daemon_args: &[&str]) -> TestEnv {
+        let absent = PathBuf::from(format!("/run/bpfwall-e2e/{name}-no-dockerd.sock"));
+        let _ = std::fs::remove_file(&absent);
+        Self::build(name, Some(&absent), daemon_args)
     }
 }

@@ -377,3 +377,40 @@ fn the_wrapper_polices_ctr_containers_from_their_first_instruction() {
     let left = run(ctrd.ctr().args(["task", "ls", "-q"]));
     assert!(!String::from_utf8_lossy(&left.stdout).contains("ctrd-zerowin-refused"));
 }
+
+#[test]
+fn a_host_without_dockerd_polices_ctr_containers() {
+    let name = "ctrd-nodocker";
+    let socket = std::path::PathBuf::from(format!("/run/bpfwall-e2e/{name}.sock"));
+    let ctrd = Containerd::start(name, &socket);
+    let mut env = TestEnv::without_dockerd(
+        name,
+        &["--containerd-socket", &ctrd.socket().display().to_string()],
+    );
+    env.wait_for("the containerd source to be in sync", |env| {
+        source_synced(env, "containerd")
+    });
+    let text = env.status_text();
+    assert!(
+        text.contains("docker off") && text.contains("docker: off: no socket at"),
+        "{text}"
+    );
+    // The namespaces are plain ones of the test's (no Docker network is
+    // needed: a bridge of its own would do; the Docker one is just at hand).
+    let net = env.shared_bridge(75);
+    let ns1 = env.bridge_netns(&net, "app1", "10.213.75.201");
+    let ns3 = env.bridge_netns(&net, "app3", "10.213.75.203");
+    let app1 = ctrd.run_detached(
+        &env,
+        "app1",
+        &["id=app1", "bpfwall.ingress=allow from id=app2 port 80/tcp"],
+        &ns1,
+        APP1,
+    );
+    let app3 = ctrd.run_detached(&env, "app3", &["id=app3"], &ns3, SLEEP);
+    env.wait_attached(&app1);
+    env.wait_attached(&app3);
+    env.assert_blocked_by("app3 -> app1:80", &app1, Direction::Ingress, || {
+        ctrd.http(&app3, "http://10.213.75.201/", 2)
+    });
+}
