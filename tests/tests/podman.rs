@@ -70,7 +70,7 @@ fn hook(args: &[&str], dir: &Path) -> String {
 
 #[test]
 fn podman_containers_policed_from_their_first_instruction_by_the_hook() {
-    let env = TestEnv::new("pod-hook");
+    let mut env = TestEnv::new("pod-hook");
     let base = Path::new("/run/bpfwall-e2e/pod-hook-hooks");
     let _ = std::fs::remove_dir_all(base);
     // The hooks directory exists with someone else's hook in it: the
@@ -166,6 +166,20 @@ fn podman_containers_policed_from_their_first_instruction_by_the_hook() {
     let refused = starts(&podman, &["id=app3"], &first_connect(&ip), 4);
     assert!(refused.iter().all(|o| o == "blocked"), "{refused:?}");
     assert!(env.drops(&web_c).ingress >= web_before.ingress + 4);
+
+    // A restarted daemon takes back what only the hook told it (no source
+    // lists podman's containers): web stays known and policed.
+    env.stop_daemon();
+    env.start_daemon();
+    env.wait_attached(&web_c);
+    let web_before = env.drops(&web_c);
+    let refused = starts(&podman, &["id=app3"], &first_connect(&ip), 2);
+    assert!(refused.iter().all(|o| o == "blocked"), "{refused:?}");
+    assert!(
+        env.drops(&web_c).ingress >= web_before.ingress + 2,
+        "{}",
+        env.status_text()
+    );
 
     // A broken label refuses the start, naming the label and column.
     let bad = podman.run(

@@ -14,6 +14,7 @@
 //! - [`instance_lock`]: one daemon per pin root.
 
 pub mod api_server;
+pub mod hook_store;
 pub mod host;
 pub mod instance_lock;
 pub mod policy_store;
@@ -138,6 +139,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         .context("opening the state directory (--state-dir)")?;
     let mut policy_dir = PolicyDir::open(&config.policy_dir, store)
         .context("reading the saved last good policy versions")?;
+    // Containers only the OCI hook reported (podman's), saved by an earlier run.
+    reconciler.set_hook_store(
+        hook_store::HookStore::open(&config.state_dir)
+            .context("opening the hook containers' records (--state-dir)")?,
+    );
     policy_dir.poll();
     reconciler.set_host_policies(policy_dir.policies());
     let (files_tx, files_rx) = watch::channel(policy_dir.status());

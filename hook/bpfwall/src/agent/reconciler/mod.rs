@@ -142,6 +142,8 @@ pub struct Reconciler<D, H> {
     links: Option<std::collections::BTreeSet<bpfwall_datapath::LinkPin>>,
     /// Whose namespace each container is in, as of the last reconcile.
     networks: BTreeMap<String, (Network, Vec<IpAddr>)>,
+    /// The containers only the hook reported, saved for a restarted daemon.
+    hook_store: Option<super::hook_store::HookStore>,
 }
 
 impl<D: Datapath, H: Host> Reconciler<D, H> {
@@ -177,6 +179,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             pending_forget: Default::default(),
             links: None,
             networks: BTreeMap::new(),
+            hook_store: None,
         }
     }
 
@@ -188,7 +191,11 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
     /// Records what a runtime source said. Returns true when a reconcile is due.
     pub fn handle(&mut self, event: RuntimeEvent) -> bool {
         let host = &self.host;
-        self.inventory.apply(event, |pid| host.start_time(pid))
+        let changed = self.inventory.apply(event, |pid| host.start_time(pid));
+        if changed {
+            self.forget_gone_hook_containers();
+        }
+        changed
     }
 
     /// Forgets containers whose process is gone and whose exit no runtime
@@ -197,7 +204,11 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
     /// if any went.
     pub fn prune_dead_hook_containers(&mut self) -> bool {
         let host = &self.host;
-        self.inventory.prune_dead(|pid| host.start_time(pid))
+        let pruned = self.inventory.prune_dead(|pid| host.start_time(pid));
+        if pruned {
+            self.forget_gone_hook_containers();
+        }
+        pruned
     }
 
     /// Replaces the host-wide policies (from the policy directory).
@@ -698,6 +709,56 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                 reason: "it has not listed the containers of every runtime that answers yet".into(),
             });
         }
+        let saved = request.clone();
+        let key = self.take_in_hook_container(request)?;
+        // No source lists a podman container (or one of a runc config
+        // written by hand): saved, so a restarted daemon knows it.
+        if matches!(saved.runtime, None | Some(Runtime::Podman | Runtime::Oci)) {
+            if let Some(store) = &mut self.hook_store {
+                if let Err(e) = store.save(&key, &saved) {
+                    tracing::error!(container = %saved.name, error = %error_chain(&e),
+                        "cannot save the hook container: a restarted daemon would not know it");
+                }
+            }
+        }
+        Ok(key)
+    }
+
+    /// Takes back the containers only the hook reported that an earlier
+    /// daemon saved, those whose process still runs; forgets the rest.
+    pub fn set_hook_store(&mut self, mut store: super::hook_store::HookStore) {
+        let mut taken = 0;
+        for (key, request) in store.load() {
+            let name = request.name.clone();
+            match self.take_in_hook_container(request) {
+                Ok(_) => taken += 1,
+                Err(e) => {
+                    tracing::info!(container = %name, key, reason = %e, "a saved hook container is gone")
+                }
+            }
+        }
+        if taken > 0 {
+            tracing::info!(
+                containers = taken,
+                "took back the containers only the hook reported"
+            );
+        }
+        let inventory = &self.inventory;
+        store.retain(|key| inventory.get(key).is_some());
+        self.hook_store = Some(store);
+    }
+
+    /// Forgets the saved hook containers that are gone.
+    fn forget_gone_hook_containers(&mut self) {
+        let inventory = &self.inventory;
+        if let Some(store) = &mut self.hook_store {
+            store.retain(|key| inventory.get(key).is_some());
+        }
+    }
+
+    /// Puts a container the hook reported into the inventory, once its pid
+    /// is checked and its addresses read. Returns its key.
+    fn take_in_hook_container(&mut self, request: EnforceRequest) -> Result<String, DaemonError> {
         let not_policed = |reason: String| DaemonError::NotPoliced {
             container: request.name.clone(),
             reason,
