@@ -7,7 +7,7 @@
 # bridge and namespaces, and removes them afterwards. N=starts per point.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-bin="$top/target/release/bpfwall"
+bin=${BPFWALL_BIN:-$top/target/release/bpfwall}
 N=${N:-30}
 image=bpfwall-test:latest
 ref=docker.io/library/$image
@@ -31,7 +31,9 @@ cleanup() {
     [ -n "$ctrd" ] && kill "$ctrd" 2>/dev/null && wait "$ctrd" 2>/dev/null || true
     "$bin" teardown --bpffs-root "$pins" >/dev/null 2>&1 || true
     for ns in ctrdb-server ctrdb-client; do ip netns del "$ns" 2>/dev/null || true; done
-    ip link del ctrdb-br 2>/dev/null || true
+    ip link del ctrdb-1 2>/dev/null || true
+    ip link del ctrdb-2 2>/dev/null || true
+    docker network rm ctrd-bench >/dev/null 2>&1 || true
     grep -o " $dir[^ ]*\| $root[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     rm -rf "$dir" "$root"
 }
@@ -54,21 +56,22 @@ for _ in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
 docker save "$image" | ctr images import - >/dev/null
 ln -sf "$bin" "$dir/bpfwall-runc"
 
-# A bridge of the bench's own (10.213.90.0/24) and two namespaces on it.
-ip link add ctrdb-br type bridge
-ip addr add 10.213.90.1/24 dev ctrdb-br
-ip link set ctrdb-br up
+# A Docker network of the bench's own (10.213.90.0/24; Docker's addresses
+# below .128, its firewall admits traffic within the bridge) and two
+# namespaces plugged into its bridge.
+docker network create --subnet 10.213.90.0/24 --ip-range 10.213.90.0/25 --gateway 10.213.90.1 ctrd-bench >/dev/null
+bridge=br-$(docker network inspect -f '{{.Id}}' ctrd-bench | cut -c1-12)
 n=0
 for ns in ctrdb-server ctrdb-client; do
     n=$((n + 1))
     ip netns add "$ns"
     ip link add "ctrdb-$n" type veth peer name eth0 netns "$ns"
-    ip link set "ctrdb-$n" master ctrdb-br up
+    ip link set "ctrdb-$n" master "$bridge" up
     ip netns exec "$ns" ip link set lo up
-    ip netns exec "$ns" ip addr add "10.213.90.$((n + 1))/24" dev eth0
+    ip netns exec "$ns" ip addr add "10.213.90.$((n + 200))/24" dev eth0
     ip netns exec "$ns" ip link set eth0 up
 done
-ip=10.213.90.2
+ip=10.213.90.201
 
 "$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$policies" --state-dir "$dir/state-bpfwall" \
     --containerd-socket "$dir/containerd.sock" --manage-label bpfwall-bench=1 2>/dev/null &
@@ -78,6 +81,10 @@ for _ in $(seq 50); do "$bin" status --socket "$sock" 2>/dev/null | grep -q 'con
 ctr run -d --runc-root "$dir/runc" --with-ns network:/var/run/netns/ctrdb-server --label bpfwall-bench=1 --label id=open \
     "$ref" ctrdb-server httpd -f -p 80 -h /www >/dev/null
 sleep 1
+ip netns exec ctrdb-client busybox timeout 3 busybox wget -q -O /dev/null "http://$ip/" || {
+    echo "bench-ctr-start: the server at $ip does not answer the client's namespace" >&2
+    exit 1
+}
 
 # As scripts/bench-start.sh: a client whose egress forbids the server
 # connects in a loop from its first instruction and prints how many
