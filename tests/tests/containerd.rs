@@ -191,17 +191,23 @@ fn containerd_restarted_is_resynced_and_still_policed() {
 
     // containerd goes away (its containers run on under their shims).
     ctrd.stop_process();
-    env.wait_for("containerd to be reported off", |env| {
+    env.wait_for("containerd to be reported away", |env| {
         env.try_status().is_some_and(|s| {
             s["sources"].as_array().is_some_and(|v| {
                 v.iter().any(|x| {
                     x["source"] == "containerd"
-                        && x["state"].as_str().is_some_and(|t| t.starts_with("off"))
+                        && x["state"]
+                            .as_str()
+                            .is_some_and(|t| t.starts_with("disconnected: no socket at"))
                 })
             })
         })
     });
-    assert!(env.status_text().contains("containerd: off: no socket at"));
+    let text = env.status_text();
+    assert!(
+        text.contains("NOT SYNCED with containerd: disconnected: no socket at"),
+        "{text}"
+    );
     // Enforcement goes on meanwhile (ctr cannot exec without containerd:
     // the request leaves from app3's namespace, with app3's address).
     env.assert_blocked_by(

@@ -164,6 +164,8 @@ pub struct SourceStatus {
     /// Connected, and its list since it connected is in the maps.
     pub synced: bool,
     /// In words: "synced", "connecting", "connected, listing",
-    /// "disconnected (reconnecting)" or "off: <why> (watching for it)".
+    /// "disconnected (reconnecting)", "disconnected: <why> (watching for
+    /// it)" (listed before, gone now), or "off: <why> (watching for it)"
+    /// (never seen: holds nothing up).
     pub state: String,
 }

@@ -930,10 +930,16 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             .iter()
             .map(|&source| {
                 let inv = &self.inventory;
+                // "off" is a runtime never seen; one seen before and gone
+                // is disconnected (its containers may still run).
                 let state = if inv.in_sync(source) {
                     "synced".to_string()
                 } else if let Some(reason) = inv.off_reason(source) {
-                    format!("off: {reason} (watching for it)")
+                    if inv.synced(source) {
+                        format!("disconnected: {reason} (watching for it)")
+                    } else {
+                        format!("off: {reason} (watching for it)")
+                    }
                 } else if inv.connected(source) {
                     "connected, listing".to_string()
                 } else if inv.synced(source) {
