@@ -3,7 +3,8 @@
 //! restarted daemon would not know them and would remove their links,
 //! opening them. Each is saved when the hook reports it, as the hook's
 //! request, in `<state dir>/hook-containers/<key>.json` (directory 0700,
-//! files 0600, written to a temporary file and renamed), and forgotten
+//! files 0600, written to a temporary file and renamed; not synced to
+//! disk: only a restarted daemon needs it, never a rebooted host), and forgotten
 //! when the container is. A starting daemon takes back those whose process
 //! still runs and is the same process (pid and start time).
 
@@ -85,8 +86,10 @@ impl HookStore {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
+            // Not synced to disk: the record matters to a daemon that
+            // restarts, not to a host that does (its containers do not
+            // survive that); a start does not wait for the disk.
             f.write_all(&text)?;
-            f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
         write().map_err(io_error("save", &path))?;
