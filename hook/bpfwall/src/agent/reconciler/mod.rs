@@ -144,6 +144,8 @@ pub struct Reconciler<D, H> {
     networks: BTreeMap<String, (Network, Vec<IpAddr>)>,
     /// The containers only the hook reported, saved for a restarted daemon.
     hook_store: Option<super::hook_store::HookStore>,
+    /// Owners of the links pinned when this daemon first read them.
+    inherited_links: Option<std::collections::BTreeSet<String>>,
 }
 
 impl<D: Datapath, H: Host> Reconciler<D, H> {
@@ -180,6 +182,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             links: None,
             networks: BTreeMap::new(),
             hook_store: None,
+            inherited_links: None,
         }
     }
 
@@ -631,6 +634,17 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         if self.links.is_none() {
             self.links = Some(self.datapath.links()?.into_iter().collect());
         }
+        // The links an earlier daemon left (read once): only those can
+        // belong to a container of a runtime this daemon has not heard from.
+        if self.inherited_links.is_none() {
+            self.inherited_links = Some(
+                self.links
+                    .iter()
+                    .flatten()
+                    .map(|pin| pin.owner.clone())
+                    .collect(),
+            );
+        }
         let mut existing: BTreeMap<String, Vec<bpfwall_datapath::LinkPin>> = BTreeMap::new();
         for pin in self.links.iter().flatten() {
             existing
@@ -680,9 +694,16 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             return Ok(());
         }
         for (owner, pins) in &existing {
-            // A container no source reports may belong to a runtime that has
-            // not listed yet: its links stay (closed, never opened).
-            if self.inventory.get(owner).is_none() && !self.inventory.may_forget_unreported(owner) {
+            // A container an earlier daemon policed that no source reports
+            // may belong to a runtime that has not listed yet: its links
+            // stay (closed, never opened).
+            if self.inventory.get(owner).is_none()
+                && !self.inventory.may_forget_unreported(owner)
+                && self
+                    .inherited_links
+                    .as_ref()
+                    .is_some_and(|owners| owners.contains(owner))
+            {
                 continue;
             }
             for pin in pins {

@@ -698,6 +698,38 @@ fn a_late_runtime_never_opens_its_containers_and_an_absent_one_holds_nothing_up(
     reconciler.reconcile();
     reconciler.finish();
     assert!(datapath.state().links.is_empty());
+
+    // A containerd container this daemon attached itself (through the
+    // hook, containerd's source never listing) goes with its process: only
+    // what an earlier daemon left waits for its source.
+    let mut fresh = Reconciler::new(datapath.clone(), host.clone(), ReconcilerConfig::default());
+    fresh.expect_sources(&Source::STREAMING);
+    fresh.handle(RuntimeEvent::Resync(Source::Docker, Vec::new()));
+    fresh.handle(RuntimeEvent::Unavailable(
+        Source::Containerd,
+        "no socket".into(),
+    ));
+    fresh.reconcile();
+    fresh.finish();
+    host.spawn(80, 800);
+    let mut request = hook_request("ctr", 80, &[]);
+    request.runtime = Some(crate::runtime::Runtime::Containerd);
+    request.namespace = "default".into();
+    let key = fresh.admit(request).unwrap();
+    assert_eq!(key, "containerd:default:ctr-0123456789");
+    fresh.reconcile();
+    fresh.finish();
+    assert_eq!(datapath.state().links.len(), 2);
+    host.state().alive.remove(&80);
+    host.state().cgroups.remove(&80);
+    assert!(fresh.prune_dead_hook_containers());
+    fresh.reconcile();
+    fresh.finish();
+    assert!(
+        datapath.state().links.is_empty(),
+        "{:?}",
+        datapath.state().links
+    );
     let snapshot = reconciler.snapshot();
     assert!(
         snapshot.sources.iter().all(|s| s.synced),
