@@ -74,7 +74,7 @@ done
 ip=10.213.90.201
 
 "$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$policies" --state-dir "$dir/state-bpfwall" \
-    --containerd-socket "$dir/containerd.sock" --manage-label bpfwall-bench=1 2>/dev/null &
+    --containerd-socket "$dir/containerd.sock" --manage-label bpfwall-bench=1 2>"${DAEMON_LOG:-/dev/null}" &
 daemon=$!
 for _ in $(seq 50); do "$bin" status --socket "$sock" 2>/dev/null | grep -q 'containerd: synced' && break; sleep 0.2; done
 
@@ -104,8 +104,11 @@ window() { # extra ctr options -> lines "leaked window_ms"
 stats() { # column of numbers on stdin -> "median p90 min max"
     sort -n | awk '{v[NR]=$1} END {m=v[int((NR+1)/2)]; p=v[int(NR*0.9+0.999)]; printf "%s %s %s %s", m, p, v[1], v[NR]}'
 }
+load=$(cut -d' ' -f1 /proc/loadavg)
 without=$(window "")
 with=$(window "--runc-binary $dir/bpfwall-runc")
+# RAW=1: every start's "connections window_ms" on stderr.
+[ -n "${RAW:-}" ] && { echo "$without" | tr "\n" " " >&2; echo >&2; }
 leaks_without=$(echo "$without" | awk '$1>0' | wc -l)
 leaks_with=$(echo "$with" | awk '$1>0' | wc -l)
 read -r wm wp wmin wmax <<<"$(echo "$without" | awk '$1>0 {print $2}' | stats)"
@@ -130,7 +133,7 @@ read -r rm rp rmin rmax <<<"$(printf '%s\n' "${lat_runc[@]}" | stats)"
 read -r bm bp bmin bmax <<<"$(printf '%s\n' "${lat_bpf[@]}" | stats)"
 
 cat <<REPORT
-## containerd container start ($(date -u +%Y-%m-%d), $(uname -r), $(nproc) cores, containerd $(containerd --version | awk '{print $3}'), N=$N starts per point)
+## containerd container start ($(date -u +%Y-%m-%d), $(uname -r), $(nproc) cores, load average $load, containerd $(containerd --version | awk '{print $3}'), N=$N starts per point)
 
 Start window of \`ctr run\`, the containerd source's events only (no
 wrapper): a client whose egress policy forbids the server connects in a
