@@ -27,8 +27,9 @@ use tokio::io::AsyncReadExt as _;
 use super::Runtime;
 use crate::api::{self, Answer, EnforceRequest, Request};
 
-/// How long the hook waits for its state and for the daemon.
+/// How long the hook waits for its state, for containerd and for the daemon.
 const STDIN_TIMEOUT: Duration = Duration::from_secs(5);
+const CONTAINERD_TIMEOUT: Duration = Duration::from_secs(10);
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The OCI state a runtime passes to hooks.
@@ -129,7 +130,14 @@ async fn facts(sources: &LabelSources, state: &OciState, pid: u32) -> anyhow::Re
         None => {
             if let Some((socket, namespace)) = &sources.containerd {
                 if namespace != super::DOCKER_NAMESPACE {
-                    return containerd_facts(socket, namespace, &state.id, pid).await;
+                    return tokio::time::timeout(
+                        CONTAINERD_TIMEOUT,
+                        containerd_facts(socket, namespace, &state.id, pid),
+                    )
+                    .await
+                    .with_context(|| {
+                        format!("containerd at {socket} did not answer within 10 s")
+                    })?;
                 }
             }
             if let Some(store) = &sources.podman {
