@@ -131,6 +131,31 @@ fn podman_containers_policed_from_their_first_instruction_by_the_hook() {
         "podman's default network (CNI, 10.88.0.0/16): {ip}"
     );
 
+    // One identity space: a podman and a Docker container with the same
+    // labels share an identity (the image's labels are left out of both).
+    let app2 = podman.run(
+        &["-d", "--name", "pod-hook-app2", "--label", "id=app2"],
+        &["sleep", "600"],
+    );
+    assert!(
+        app2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&app2.stderr)
+    );
+    let app2_c = bpfwall_e2e::Container {
+        name: "podman/pod-hook-app2".into(),
+    };
+    env.wait_attached(&app2_c);
+    let docker_app2 = env.start_attached("app2", &["--label", "id=app2"], &["sleep", "600"]);
+    let identity =
+        |c: &bpfwall_e2e::Container| env.endpoint(c).unwrap()["identity"].as_u64().unwrap();
+    assert_eq!(
+        identity(&app2_c),
+        identity(&docker_app2),
+        "{}",
+        env.status_text()
+    );
+
     // 20 clients whose egress forbids web: none connects, each dropped.
     let default_deny = |env: &TestEnv| {
         env.drops_by_reason()
