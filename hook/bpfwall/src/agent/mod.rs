@@ -14,6 +14,7 @@
 //! - [`instance_lock`]: one daemon per pin root.
 
 pub mod api_server;
+pub mod hook_store;
 pub mod host;
 pub mod instance_lock;
 pub mod network_plugin;
@@ -39,13 +40,15 @@ use self::policy_watch::PolicyDir;
 use self::reconcile_loop::Input;
 use self::reconciler::{Reconciler, ReconcilerConfig};
 use self::snapshot::Snapshot;
-use crate::runtime::{docker, RuntimeEvent};
+use crate::runtime::{containerd, docker, RuntimeEvent, Source};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     /// dockerd's socket.
     pub docker_socket: String,
+    /// containerd's socket (absent: the containerd source is off until it appears).
+    pub containerd_socket: String,
     /// Pin root on bpffs.
     pub pin_root: PathBuf,
     /// The API socket.
@@ -130,6 +133,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         }
     };
     let mut reconciler = Reconciler::new(datapath, SystemHost::new(), config.reconciler.clone());
+    reconciler.expect_sources(&Source::STREAMING);
 
     // The versions saved by the last run are in force until the directory
     // says otherwise; without them the daemon does not start (a broken file
@@ -138,6 +142,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         .context("opening the state directory (--state-dir)")?;
     let mut policy_dir = PolicyDir::open(&config.policy_dir, store)
         .context("reading the saved last good policy versions")?;
+    // Containers only the OCI hook reported (podman's), saved by an earlier run.
+    reconciler.set_hook_store(
+        hook_store::HookStore::open(&config.state_dir)
+            .context("opening the hook containers' records (--state-dir)")?,
+    );
     policy_dir.poll();
     reconciler.set_host_policies(policy_dir.policies());
     let (files_tx, files_rx) = watch::channel(policy_dir.status());
@@ -150,7 +159,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         .spawn(move || reconcile_loop::run(reconciler, inputs_rx, snapshots_tx))
         .context("cannot start the reconcile thread")?;
 
-    // The network plugin, before the Docker source: the loop hears which
+    // The network plugin, before the runtime sources: the loop hears which
     // endpoints are on default-deny networks before any container.
     let network_plugin = match &config.network_plugin {
         Some(plugin) => {
@@ -174,9 +183,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    // The Docker source, forwarded to the loop.
+    // The runtime sources (Docker, containerd), forwarded to the loop.
     let (events_tx, mut events_rx) = mpsc::channel::<RuntimeEvent>(4096);
-    tokio::spawn(docker::run(config.docker_socket.clone(), events_tx));
+    tokio::spawn(docker::run(config.docker_socket.clone(), events_tx.clone()));
+    tokio::spawn(containerd::run(config.containerd_socket.clone(), events_tx));
     let forward = inputs_tx.clone();
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
@@ -203,7 +213,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     };
     tokio::spawn(server.serve(listener));
 
-    tracing::info!(pin_root = %config.pin_root.display(), api = %config.api_socket.display(), docker = config.docker_socket,
+    tracing::info!(pin_root = %config.pin_root.display(), api = %config.api_socket.display(), docker = config.docker_socket, containerd = config.containerd_socket,
         policy_dir = %config.policy_dir.display(), state_dir = %config.state_dir.display(), "bpfwall daemon running");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-pub use status::{DirectionStatus, EndpointStatus, FileStatus, MapStatus, Status, VersionInForce};
+pub use status::{
+    DirectionStatus, EndpointStatus, FileStatus, MapStatus, SourceStatus, Status, VersionInForce,
+};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/bpfwall/bpfwall.sock";
@@ -71,6 +73,12 @@ pub struct EnforceRequest {
     /// them when the hook runs (binds bpfwall networks' endpoints to it).
     #[serde(default)]
     pub endpoint_ids: Vec<String>,
+    /// Which runtime runs it (None from a hook of an older bpfwall: oci).
+    #[serde(default)]
+    pub runtime: Option<crate::runtime::Runtime>,
+    /// Its containerd namespace (`moby` for Docker's).
+    #[serde(default)]
+    pub namespace: String,
 }
 
 /// One end of a flow in a check.

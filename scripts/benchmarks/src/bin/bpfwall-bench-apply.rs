@@ -245,6 +245,8 @@ impl Bench {
             image_labels: Default::default(),
             joins: None,
             endpoint_ids: Vec::new(),
+            runtime: None,
+            namespace: String::new(),
         });
         let t0 = Instant::now();
         let answer = self.call(&request)?;
