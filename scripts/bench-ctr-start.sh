@@ -74,7 +74,7 @@ done
 ip=10.213.90.201
 
 "$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$policies" --state-dir "$dir/state-bpfwall" \
-    --containerd-socket "$dir/containerd.sock" --manage-label bpfwall-bench=1 2>"${DAEMON_LOG:-/dev/null}" &
+    --containerd-socket "$dir/containerd.sock" --manage-label bpfwall-bench=1 --no-network-plugin 2>"${DAEMON_LOG:-/dev/null}" &
 daemon=$!
 for _ in $(seq 50); do "$bin" status --socket "$sock" 2>/dev/null | grep -q 'containerd: synced' && break; sleep 0.2; done
 

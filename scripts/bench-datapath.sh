@@ -189,7 +189,7 @@ start_config() { # config n
         ;;
     bpfwall)
         "$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$d/policy" \
-            --manage-label "$pfx=1" 2>"$work/daemon.log" &
+            --manage-label "$pfx=1" --no-network-plugin 2>"$work/daemon.log" &
         daemon=$!
         local ok=
         for _ in $(seq 100); do

@@ -91,7 +91,7 @@ synced() { "$bin" status --json --socket "$sock" 2>/dev/null | grep -q '"docker_
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 "$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$work/policies" \
-    --state-dir "$work/state" --manage-label bpfwall-bench-reconnect=1 2>"$work/daemon.log" &
+    --state-dir "$work/state" --manage-label bpfwall-bench-reconnect=1 --no-network-plugin 2>"$work/daemon.log" &
 daemon=$!
 for _ in $(seq 100); do synced && break; sleep 0.1; done
 synced || { echo "the daemon did not sync with dockerd" >&2; cat "$work/daemon.log" >&2; exit 1; }

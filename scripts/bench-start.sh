@@ -22,7 +22,7 @@ cleanup() {
     rm -rf "$policies"
 }
 trap cleanup EXIT
-"$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$policies" --manage-label bpfwall-bench=1 2>/dev/null &
+"$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$policies" --manage-label bpfwall-bench=1 --no-network-plugin 2>/dev/null &
 daemon=$!
 for _ in $(seq 50); do "$bin" status --socket "$sock" >/dev/null 2>&1 && break; sleep 0.2; done
 "$bin" install-runtime --name "$runtime" --socket "$sock" >/dev/null

@@ -16,7 +16,7 @@ socket=/run/bpfwall/bpfwall.sock
 if ! "$bin" status --socket "$socket" >/dev/null 2>&1; then
     socket=/run/bpfwall-demo.sock
     pins=/sys/fs/bpf/bpfwall_v1_demo
-    "$bin" daemon --socket "$socket" --bpffs-root "$pins" >/tmp/bpfwall-demo.log 2>&1 &
+    "$bin" daemon --socket "$socket" --bpffs-root "$pins" --no-network-plugin >/tmp/bpfwall-demo.log 2>&1 &
     own_daemon=$!
     for _ in $(seq 50); do "$bin" status --socket "$socket" >/dev/null 2>&1 && break; sleep 0.2; done
 fi

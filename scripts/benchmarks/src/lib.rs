@@ -73,6 +73,9 @@ impl BenchDaemon {
             .arg("--policy-dir")
             .arg(&daemon.policy_dir)
             .args(["--manage-label", &format!("{label}=1")])
+            // The plugin socket is one per host: a benchmark's daemon
+            // leaves it to the host's daemon.
+            .arg("--no-network-plugin")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
