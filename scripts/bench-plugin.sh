@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The network plugin's start window: a container on a bpfwall network has
+# its interface closed from Join until bpfwall polices it, so (1) no
+# forbidden first packet gets through, and (2) its first allowed packet
+# waits for the gate to open. This measures that wait, from the container's
+# first instruction (/proc/uptime, 10 ms steps):
+#   udp: a fresh UDP flow every 20 ms until one is answered (when the gate
+#        opened, to within a round of 20 ms);
+#   tcp: one `nc` connect (a SYN the closed gate dropped is sent again by
+#        TCP after 1 s, so a connection opened in the window waits that long).
+# A benchmark, not a test: prints a markdown report. Runs its own daemon
+# (serving the plugin plug-bench), network and containers, and removes them
+# afterwards. N=starts per point; BPFWALL_BIN=the binary (default release).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+bin=${BPFWALL_BIN:-$top/target/release/bpfwall}
+N=${N:-30}
+image=bpfwall-test:latest
+[ -x "$bin" ] && docker image inspect "$image" >/dev/null 2>&1 || "$top/scripts/setup.sh" >&2
+plugin=plug-bench
+net=plug-bench-net
+pins=/sys/fs/bpf/bpfwall_v1_plug_bench
+sock=/run/bpfwall-plug-bench.sock
+work=$(mktemp -d)
+label=bpfwall-bench-plugin=1
+daemon=
+cleanup() {
+    docker ps -aq --filter label=bpfwall-bench-plugin | xargs -r docker rm -f >/dev/null 2>&1 || true
+    # Docker deletes the network through the plugin: before the daemon goes.
+    docker network rm "$net" >/dev/null 2>&1 || true
+    [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
+    "$bin" teardown --bpffs-root "$pins" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/policies" "$work/state"
+"$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$work/policies" \
+    --state-dir "$work/state" --manage-label "$label" --network-plugin "$plugin" 2>"$work/daemon.log" &
+daemon=$!
+for _ in $(seq 50); do
+    "$bin" status --socket "$sock" >/dev/null 2>&1 && [ -S "/run/docker/plugins/$plugin.sock" ] && break
+    sleep 0.2
+done
+docker network create -d "$plugin" --subnet 10.233.40.0/24 "$net" >/dev/null
+docker run -d --network "$net" --label "$label" --label id=srv \
+    --label 'bpfwall.ingress=allow from id=ok port 80/tcp,7/udp' \
+    "$image" sh -c 'udp_echo serve 7 & exec httpd -f -p 80 -h /www' >/dev/null
+ip=
+for _ in $(seq 50); do
+    ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" \
+        "$(docker ps -q --filter label=bpfwall-bench-plugin --filter label=id=srv)")
+    "$bin" status --socket "$sock" --json | grep -Eq '"open": ?true' && break
+    sleep 0.2
+done
+
+closed_drops() {
+    "$bin" status --socket "$sock" --json | sed -n '/"network_plugin"/,$p' | grep -Eo '"closed": ?[0-9]+' | head -1 | grep -Eo '[0-9]+$' || echo 0
+}
+udp_client='t0=$(cut -d" " -f1 /proc/uptime); n=0
+until udp_echo ask '"$ip"' 7 20 >/dev/null 2>&1; do n=$((n+1)); [ $n -ge 500 ] && break; done
+echo "$n $t0 $(cut -d" " -f1 /proc/uptime)"'
+tcp_client='t0=$(cut -d" " -f1 /proc/uptime); nc -w 5 '"$ip"' 80 </dev/null >/dev/null 2>&1 && r=ok || r=failed
+echo "$r $t0 $(cut -d" " -f1 /proc/uptime)"'
+# Forbidden (id=bad): 50 UDP flows and one TCP connect from the first
+# instruction; prints how many got an answer.
+bad_client='n=0; for i in $(seq 50); do udp_echo ask '"$ip"' 7 20 >/dev/null 2>&1 && n=$((n+1)); done
+nc -w 2 '"$ip"' 80 </dev/null >/dev/null 2>&1 && n=$((n+1)); echo $n'
+run_once() { # id, script
+    docker run --rm --network "$net" --label "$label" --label "id=$1" "$image" sh -c "$2"
+}
+stats() { # column of numbers on stdin -> "median p90 min max"
+    sort -n | awk '{v[NR]=$1} END {m=v[int((NR+1)/2)]; p=v[int(NR*0.9+0.999)]; printf "%s %s %s %s", m, p, v[1], v[NR]}'
+}
+udp= tcp= bad=
+drops_before=$(closed_drops)
+for _ in $(seq "$N"); do
+    udp+=$(run_once ok "$udp_client" | awk '{printf "%d %.0f\n", $1, ($3-$2)*1000}')$'\n'
+    tcp+=$(run_once ok "$tcp_client" | awk '{printf "%s %.0f\n", $1, ($3-$2)*1000}')$'\n'
+    bad+=$(run_once bad "$bad_client")$'\n'
+done
+drops_after=$(closed_drops)
+udp=$(printf '%s' "$udp" | sed '/^$/d')
+tcp=$(printf '%s' "$tcp" | sed '/^$/d')
+bad=$(printf '%s' "$bad" | sed '/^$/d')
+read -r um up umin umax <<<"$(echo "$udp" | awk '$1<500 {print $2}' | stats)"
+read -r tm tp tmin tmax <<<"$(echo "$tcp" | awk '$1=="ok" {print $2}' | stats)"
+udp_ok=$(echo "$udp" | awk '$1<500' | wc -l)
+udp_first=$(echo "$udp" | awk '$1==0' | wc -l)
+tcp_ok=$(echo "$tcp" | awk '$1=="ok"' | wc -l)
+tcp_slow=$(echo "$tcp" | awk '$1=="ok" && $2>=900' | wc -l)
+bad_through=$(echo "$bad" | awk '$1>0' | wc -l)
+
+cat <<REPORT
+## Network plugin: the start window ($(date -u +%Y-%m-%d), $(uname -r), $(nproc) cores, N=$N starts per point)
+
+A container on a bpfwall network (\`docker run --network $net\`, no
+runtime wrapper), its first instruction talking to a server that admits it
+(id=ok) or not (id=bad):
+
+| first action | result | wait for the first allowed packet, median / p90 / min / max (ms) |
+|---|---|---|
+| allowed, UDP, a new flow every 20 ms | $udp_ok of $N answered, $udp_first at the first try | ${um:-0} / ${up:-0} / ${umin:-0} / ${umax:-0} |
+| allowed, TCP connect | $tcp_ok of $N connected, $tcp_slow after a resent SYN | ${tm:-0} / ${tp:-0} / ${tmin:-0} / ${tmax:-0} |
+| forbidden, 50 UDP flows and a TCP connect | $bad_through of $N starts got any answer | — |
+
+Packets the closed gate dropped meanwhile: $((drops_after - drops_before)).
+REPORT
