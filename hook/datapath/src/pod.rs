@@ -9,7 +9,7 @@
 use aya::maps::lpm_trie::Key;
 use aya::Pod;
 use labels_policy::datapath_abi::{
-    CtConfig, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey,
+    CtConfig, CtKey, CtValue, EndpointCounters, EventsConfig, MetricsCounters, EndpointInfo, EndpointKey, IpcacheKey,
     IpcacheValue, PolicyKey, PolicyRevision, PolicyValue, SourceKey, SourceValue,
 };
 
@@ -46,6 +46,10 @@ unsafe impl Pod for P<SourceKey> {}
 unsafe impl Pod for P<SourceValue> {}
 // SAFETY: as above.
 unsafe impl Pod for P<CtConfig> {}
+// SAFETY: as above.
+unsafe impl Pod for P<EventsConfig> {}
+// SAFETY: as above.
+unsafe impl Pod for P<MetricsCounters> {}
 
 /// `struct ipcache_key` after its prefixlen.
 pub type IpcacheData = [u8; 20];
