@@ -417,7 +417,8 @@ impl FlowEvent {
             return None;
         }
         let u16_at = |o: usize| u16::from_ne_bytes([bytes[o], bytes[o + 1]]);
-        let u32_at = |o: usize| u32::from_ne_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_ne_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let mut time = [0u8; 8];
         time.copy_from_slice(&bytes[0..8]);
         let mut local_addr = [0u8; 16];
@@ -639,7 +640,16 @@ pub fn layouts() -> Vec<StructLayout> {
         layout!(
             "event_limit_key",
             EventLimitKey,
-            [endpoint_id, peer_identity, dport_be, direction, protocol, kind, reason, pad]
+            [
+                endpoint_id,
+                peer_identity,
+                dport_be,
+                direction,
+                protocol,
+                kind,
+                reason,
+                pad
+            ]
         ),
         layout!(
             "event_limit_value",

@@ -248,9 +248,24 @@ proptest! {
 fn the_mode_label_sets_audit_and_a_bad_value_closes_both_directions() {
     let rule = ("bpfwall.ingress", "allow from id=b port 80/tcp");
     let c = compile_alone(&[
-        container("audited", &[("id", "a"), ("bpfwall.mode", "audit"), rule], "10.0.0.1", Some(1)),
-        container("enforced", &[("id", "e"), ("bpfwall.mode", "enforce"), rule], "10.0.0.2", Some(2)),
-        container("typo", &[("id", "t"), ("bpfwall.mode", "audti"), rule], "10.0.0.3", Some(3)),
+        container(
+            "audited",
+            &[("id", "a"), ("bpfwall.mode", "audit"), rule],
+            "10.0.0.1",
+            Some(1),
+        ),
+        container(
+            "enforced",
+            &[("id", "e"), ("bpfwall.mode", "enforce"), rule],
+            "10.0.0.2",
+            Some(2),
+        ),
+        container(
+            "typo",
+            &[("id", "t"), ("bpfwall.mode", "audti"), rule],
+            "10.0.0.3",
+            Some(3),
+        ),
         container("plain", &[("id", "p"), rule], "10.0.0.4", Some(4)),
     ]);
     let flags = |name: &str| c.containers.iter().find(|r| r.name == name).unwrap().flags;

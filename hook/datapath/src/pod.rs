@@ -9,8 +9,9 @@
 use aya::maps::lpm_trie::Key;
 use aya::Pod;
 use labels_policy::datapath_abi::{
-    CtConfig, CtKey, CtValue, EndpointCounters, EventsConfig, MetricsCounters, EndpointInfo, EndpointKey, IpcacheKey,
-    IpcacheValue, PolicyKey, PolicyRevision, PolicyValue, SourceKey, SourceValue,
+    CtConfig, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, EventsConfig,
+    IpcacheKey, IpcacheValue, MetricsCounters, PolicyKey, PolicyRevision, PolicyValue, SourceKey,
+    SourceValue,
 };
 
 /// A mirror struct as an aya map key or value.

@@ -144,9 +144,18 @@ const ACK: u8 = test_run::TCP_ACK;
 fn new_flows_and_drops_send_events_established_packets_do_not() {
     let mut w = world(None, EventSettings::default());
     // app2 opens 80: allowed, one event; its next packets and the reply: none.
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP2, LOCAL, 40000, 80, SYN), 1), 1);
-    assert_eq!(w.run(abi::PROG_EGRESS, &tcp(LOCAL, APP2, 80, 40000, SYN | ACK), 1), 1);
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP2, LOCAL, 40000, 80, ACK), 5), 1);
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP2, LOCAL, 40000, 80, SYN), 1),
+        1
+    );
+    assert_eq!(
+        w.run(abi::PROG_EGRESS, &tcp(LOCAL, APP2, 80, 40000, SYN | ACK), 1),
+        1
+    );
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP2, LOCAL, 40000, 80, ACK), 5),
+        1
+    );
     let events = w.events();
     assert_eq!(events.len(), 1, "{events:?}");
     let e = events[0];
@@ -164,8 +173,14 @@ fn new_flows_and_drops_send_events_established_packets_do_not() {
     assert_eq!(e.policy_revision, revision);
 
     // app3 on 81: an explicit deny; on 82: default deny. One event each.
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40001, 81, SYN), 1), 0);
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40002, 82, SYN), 1), 0);
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40001, 81, SYN), 1),
+        0
+    );
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40002, 82, SYN), 1),
+        0
+    );
     let events = w.events();
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[0].kind, abi::EVENT_DENIED);
@@ -175,8 +190,14 @@ fn new_flows_and_drops_send_events_established_packets_do_not() {
     assert_eq!(u16::from_be(events[1].dport_be), 82);
 
     // Egress is open: a new flow out is reported (its peer looked up), once.
-    assert_eq!(w.run(abi::PROG_EGRESS, &tcp(LOCAL, APP3, 40003, 443, SYN), 1), 1);
-    assert_eq!(w.run(abi::PROG_EGRESS, &tcp(LOCAL, APP3, 40003, 443, ACK), 3), 1);
+    assert_eq!(
+        w.run(abi::PROG_EGRESS, &tcp(LOCAL, APP3, 40003, 443, SYN), 1),
+        1
+    );
+    assert_eq!(
+        w.run(abi::PROG_EGRESS, &tcp(LOCAL, APP3, 40003, 443, ACK), 3),
+        1
+    );
     let events = w.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, abi::EVENT_ALLOWED);
@@ -184,7 +205,10 @@ fn new_flows_and_drops_send_events_established_packets_do_not() {
     assert_eq!(events[0].peer_identity, w.identity("app3"));
 
     // A forged source: a drop before policy, reported too.
-    assert_eq!(w.run(abi::PROG_EGRESS, &tcp(APP2, APP3, 40004, 443, SYN), 1), 0);
+    assert_eq!(
+        w.run(abi::PROG_EGRESS, &tcp(APP2, APP3, 40004, 443, SYN), 1),
+        0
+    );
     let events = w.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].reason, DropReason::Spoofed as u8);
@@ -216,15 +240,25 @@ fn a_flood_sends_one_event_per_key_and_interval_and_the_rest_ride_on_the_next() 
     assert_eq!(events.len(), 1, "one event for 1000 drops of one key");
     assert_eq!(events[0].suppressed, 0);
     // Another key (another port) is not held back by the first.
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40000, 83, SYN), 1), 0);
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40000, 83, SYN), 1),
+        0
+    );
     assert_eq!(w.events().len(), 1);
     std::thread::sleep(std::time::Duration::from_millis(350));
     assert_eq!(w.run(abi::PROG_INGRESS, &denied, 1), 0);
     let events = w.events();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].suppressed, 999, "the next event carries the others");
+    assert_eq!(
+        events[0].suppressed, 999,
+        "the next event carries the others"
+    );
     let m = w.metrics();
-    assert_eq!(m.drops[DropReason::PolicyDefault as usize][0], 1002, "exact counts");
+    assert_eq!(
+        m.drops[DropReason::PolicyDefault as usize][0],
+        1002,
+        "exact counts"
+    );
     assert_eq!(m.events_sent, 3);
 }
 
@@ -239,14 +273,20 @@ fn a_full_ring_counts_lost_events_and_keeps_the_counters_exact() {
     );
     // 72-byte records (+8 of header) in 1 MiB: about 13,000 fit.
     let n = 20_000;
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40000, 82, SYN), n), 0);
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40000, 82, SYN), n),
+        0
+    );
     let m = w.metrics();
     assert!(m.events_lost > 0, "{m:?}");
     assert_eq!(m.events_sent + m.events_lost, u64::from(n));
     assert_eq!(m.drops[DropReason::PolicyDefault as usize][0], u64::from(n));
     assert_eq!(w.events().len() as u64, m.events_sent);
     // Drained: there is room again.
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40000, 82, SYN), 1), 0);
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40000, 82, SYN), 1),
+        0
+    );
     assert_eq!(w.events().len(), 1);
 }
 
@@ -259,8 +299,14 @@ fn events_off_sends_nothing_and_counts_everything() {
             interval_ns: 0,
         },
     );
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40000, 82, SYN), 10), 0);
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP2, LOCAL, 40000, 80, SYN), 1), 1);
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40000, 82, SYN), 10),
+        0
+    );
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP2, LOCAL, 40000, 80, SYN), 1),
+        1
+    );
     assert!(w.events().is_empty());
     let m = w.metrics();
     assert_eq!(m.drops[DropReason::PolicyDefault as usize][0], 10);
@@ -273,21 +319,39 @@ fn audit_passes_policy_drops_reports_them_and_nothing_else() {
     let mut w = world(Some("audit"), EventSettings::default());
     // Default deny and an explicit deny: both pass, as audit events with
     // the reason they would have been dropped for.
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40001, 82, SYN), 1), 1);
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40002, 81, SYN), 1), 1);
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40001, 82, SYN), 1),
+        1
+    );
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40002, 81, SYN), 1),
+        1
+    );
     // The audited flow is tracked: its reply and next packets pass quietly.
-    assert_eq!(w.run(abi::PROG_EGRESS, &tcp(LOCAL, APP3, 82, 40001, SYN | ACK), 1), 1);
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40001, 82, ACK), 3), 1);
+    assert_eq!(
+        w.run(abi::PROG_EGRESS, &tcp(LOCAL, APP3, 82, 40001, SYN | ACK), 1),
+        1
+    );
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40001, 82, ACK), 3),
+        1
+    );
     let events = w.events();
     assert_eq!(events.len(), 2, "{events:?}");
     assert!(events.iter().all(|e| e.kind == abi::EVENT_AUDIT));
     assert_eq!(events[0].reason, DropReason::PolicyDefault as u8);
     assert_eq!(events[1].reason, DropReason::PolicyDeny as u8);
     // Allowed traffic is still reported as allowed.
-    assert_eq!(w.run(abi::PROG_INGRESS, &tcp(APP2, LOCAL, 40003, 80, SYN), 1), 1);
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP2, LOCAL, 40003, 80, SYN), 1),
+        1
+    );
     assert_eq!(w.events()[0].kind, abi::EVENT_ALLOWED);
     // A forged source is not policy: audit does not let it through.
-    assert_eq!(w.run(abi::PROG_EGRESS, &tcp(APP2, APP3, 40004, 443, SYN), 1), 0);
+    assert_eq!(
+        w.run(abi::PROG_EGRESS, &tcp(APP2, APP3, 40004, 443, SYN), 1),
+        0
+    );
     let events = w.events();
     assert_eq!(events[0].kind, abi::EVENT_DENIED);
     assert_eq!(events[0].reason, DropReason::Spoofed as u8);

@@ -65,6 +65,11 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// The last reconcile's error.
     pub last_error: Option<String>,
+    /// The policy revision this snapshot's compile was put in force at
+    /// (0: none by this daemon yet); flow events name theirs.
+    pub policy_revision: u32,
+    /// Every managed container audits (daemon flag `--audit`).
+    pub audit_all: bool,
 }
 
 impl Snapshot {
@@ -97,6 +102,11 @@ impl Snapshot {
                 prefix: name.to_string(),
             }),
         }
+    }
+
+    /// A container of the last compile, by name or id prefix.
+    pub fn container_input(&self, name: &str) -> Result<&ContainerInput, DaemonError> {
+        self.find(name).map(|i| &self.inputs[i])
     }
 
     fn flow_end(&self, end: &FlowEndArg) -> Result<FlowEnd, DaemonError> {
@@ -218,6 +228,11 @@ impl Snapshot {
                 errors.push(p.clone());
             }
             endpoints.push(EndpointStatus {
+                mode: if flags & abi::EP_AUDIT != 0 {
+                    "audit".into()
+                } else {
+                    "enforce".into()
+                },
                 id: c.id.chars().take(12).collect(),
                 name: c.record.name.clone(),
                 identity: report.map_or(0, |r| r.identity),
@@ -292,6 +307,7 @@ impl Snapshot {
             last_error: self.last_error.clone(),
             policy_files: policy_files.files,
             policy_dir_errors: policy_files.errors,
+            audit_all: self.audit_all,
         }
     }
 }

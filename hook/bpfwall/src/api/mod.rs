@@ -4,6 +4,7 @@
 //! a [`DaemonError`] with a kind, so clients match on the kind and never on
 //! the text.
 
+pub mod flow;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -44,6 +45,16 @@ pub enum Request {
     /// From the OCI hook: police this container before it runs; answer
     /// once its programs are attached and its policy is in the maps.
     Enforce(EnforceRequest),
+    /// Stream flow records: answered with `monitoring` (or an error), then
+    /// one [`flow::MonitorRecord`] a line until the client goes away.
+    Monitor(flow::MonitorFilter),
+    /// The least allow policy for what a container was seen doing.
+    Advise {
+        /// Its name or id.
+        container: String,
+    },
+    /// Every learned edge (`bpfwall map`).
+    Edges,
 }
 
 /// What the OCI hook knows of a container being created.
@@ -94,6 +105,15 @@ pub enum Answer {
         /// What was done.
         message: String,
     },
+    /// A monitor is on: flow records follow, one a line.
+    Monitoring {
+        /// Whether the datapath sends events (`--no-flow-events` turns them off).
+        events_enabled: bool,
+    },
+    /// See [`flow::Advice`].
+    Advice(flow::Advice),
+    /// See [`flow::EdgeList`].
+    Edges(flow::EdgeList),
     /// The request failed.
     Error {
         /// What failed, with its kind.

@@ -64,6 +64,11 @@ pub struct EndpointStatus {
     pub egress: DirectionStatus,
     /// Policy errors and attach problems.
     pub errors: Vec<String>,
+    /// "enforce", or "audit": what its policy would drop is reported
+    /// (verdict audit) and passes (label `bpfwall.mode=audit`, or the
+    /// daemon's `--audit`).
+    #[serde(default)]
+    pub mode: String,
 }
 
 /// The daemon's state.
@@ -105,6 +110,9 @@ pub struct Status {
     /// versions; each names its path.
     #[serde(default)]
     pub policy_dir_errors: Vec<String>,
+    /// The daemon audits every managed container (`--audit`).
+    #[serde(default)]
+    pub audit_all: bool,
 }
 
 /// One host-wide policy file.

@@ -3,8 +3,12 @@
 //! is done in `crate::agent` (the daemon), `crate::runtime` and the
 //! daemon's API.
 
+mod advise;
+pub mod monitor;
+mod observe;
 mod policy;
 pub mod render;
+pub mod service_map;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +80,7 @@ impl PolicingArgs {
             identity_labels,
             ct_per_endpoint: self.conntrack_per_endpoint,
             ct_guaranteed: self.conntrack_guaranteed,
+            audit: false,
         }
     }
 
@@ -113,6 +118,8 @@ enum Command {
         state_dir: PathBuf,
         #[command(flatten)]
         policing: PolicingArgs,
+        #[command(flatten)]
+        observe: observe::ObserveArgs,
     },
     /// Validate, check and explain policy.
     #[command(subcommand)]
@@ -176,6 +183,57 @@ enum Command {
         /// dockerd's API socket (to see the reload take effect).
         #[arg(long, default_value = "/var/run/docker.sock")]
         docker_socket: String,
+    },
+    /// Live flows: time, verdict, direction, source -> destination, port, rule or drop reason.
+    Monitor {
+        /// Only flows of this container (a name), or of containers with
+        /// these labels (KEY=VALUE[,KEY=VALUE]), at either end.
+        #[arg(long, value_name = "NAME|SELECTOR")]
+        container: Option<String>,
+        /// Only allowed, dropped or audit flows.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// Only ingress or egress.
+        #[arg(long)]
+        direction: Option<String>,
+        /// Only this destination port (ICMP: type).
+        #[arg(long)]
+        port: Option<u16>,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The least allow policy for what a container was seen doing.
+    Advise {
+        /// The container (name or id).
+        container: String,
+        /// labels (--label flags), compose (an override file) or cilium (a policy file).
+        #[arg(long, value_enum, default_value = "labels")]
+        format: advise::Format,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Who talks to whom, as learned from traffic: a list, an SVG or DOT.
+    Map {
+        /// Write the graph as SVG to this file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Write the graph as DOT to this file.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
+        /// Print the edges as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Detach everything and remove all pins (uninstall). Refused while a daemon runs on them.
     Teardown {
@@ -258,15 +316,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             policy_dir,
             state_dir,
             policing,
+            observe,
         } => {
+            let mut reconciler = policing.reconciler(parse_manage(&manage_label)?);
+            reconciler.audit = observe.audit;
             agent::run(DaemonConfig {
                 docker_socket,
                 pin_root: bpffs_root,
                 api_socket: socket,
-                reconciler: policing.reconciler(parse_manage(&manage_label)?),
+                reconciler,
                 map_sizes: policing.map_sizes(),
                 policy_dir,
                 state_dir,
+                observe: observe.config(),
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -387,6 +449,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Monitor {
+            container,
+            verdict,
+            direction,
+            port,
+            json,
+            socket,
+        } => {
+            let filter = crate::api::flow::MonitorFilter {
+                container,
+                verdict,
+                direction,
+                port,
+            };
+            monitor::run(&socket, filter, json).await
+        }
+        Command::Advise {
+            container,
+            format,
+            json,
+            socket,
+        } => observe::advise(&socket, container, format, json).await,
+        Command::Map {
+            svg,
+            dot,
+            json,
+            socket,
+        } => observe::map(&socket, svg, dot, json).await,
         Command::Teardown { bpffs_root } => {
             // Never under a running daemon: hold its lock while removing.
             let _lock = crate::agent::instance_lock::InstanceLock::acquire(
