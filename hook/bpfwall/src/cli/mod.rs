@@ -318,6 +318,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             policing,
             observe,
         } => {
+            let observe_config = observe.config()?;
             let mut reconciler = policing.reconciler(parse_manage(&manage_label)?);
             reconciler.audit = observe.audit;
             agent::run(DaemonConfig {
@@ -328,7 +329,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 map_sizes: policing.map_sizes(),
                 policy_dir,
                 state_dir,
-                observe: observe.config(),
+                observe: observe_config,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -38,8 +38,15 @@ pub(super) struct ObserveArgs {
 }
 
 impl ObserveArgs {
-    pub(super) fn config(&self) -> ObserveConfig {
-        ObserveConfig {
+    /// The daemon's settings; a non-loopback metrics address without
+    /// --metrics-allow-remote is refused before anything starts.
+    pub(super) fn config(&self) -> anyhow::Result<ObserveConfig> {
+        if let Some(addr) = self.metrics_addr {
+            if !addr.ip().is_loopback() && !self.metrics_allow_remote {
+                return Err(crate::agent::metrics::MetricsError::NotLoopback { addr }.into());
+            }
+        }
+        Ok(ObserveConfig {
             events: bpfwall_datapath::EventSettings {
                 enabled: !self.no_flow_events,
                 interval_ns: self.flow_event_interval_ms.saturating_mul(1_000_000),
@@ -47,7 +54,7 @@ impl ObserveArgs {
             metrics_addr: self.metrics_addr,
             metrics_allow_remote: self.metrics_allow_remote,
             metrics_per_container: self.metrics_per_container,
-        }
+        })
     }
 }
 
