@@ -141,3 +141,212 @@ fn flow_monitor_names_containers_and_rules_and_filters() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A flood of denied datagrams: the Prometheus counters, scraped over
+/// HTTP and parsed as Prometheus text, equal the datapath's own counts;
+/// events the ring could not hold are reported as lost, and `monitor`
+/// still answers after it. A non-loopback metrics address is refused.
+#[test]
+fn flow_flood_keeps_exact_counters_and_reports_lost_events() {
+    let port = bpfwall_e2e::free_loopback_port();
+    let addr = format!("127.0.0.1:{port}");
+    // Every event sent (no rate limit) into a ring of 8 KiB (about 100
+    // events): the flood must overflow it.
+    let env = TestEnv::with_daemon_args(
+        "flow-flood",
+        &[
+            "--metrics-addr",
+            &addr,
+            "--metrics-per-container",
+            "--flow-event-interval-ms",
+            "0",
+            "--flow-event-ring-bytes",
+            "8192",
+        ],
+    );
+    // A UDP socket on 5353: cgroup/skb ingress runs for packets that find
+    // a socket, so the flood must aim at one.
+    let server = env.start_attached(
+        "server",
+        &[
+            "--label",
+            "id=server",
+            "--label",
+            "bpfwall.ingress=allow from id=client port 80/tcp",
+        ],
+        &[
+            "sh",
+            "-c",
+            "udp_echo serve 5353 & exec httpd -f -p 80 -h /www",
+        ],
+    );
+    let client = env.start_attached("client", &["--label", "id=client"], SLEEP);
+    let flooder = env.start_attached("flooder", &["--label", "id=flooder"], SLEEP);
+    let target = format!("http://{}/", env.ip(&server));
+    let monitor = env.monitor(&["--json"]);
+
+    // 1,000 flows of 300 datagrams each, denied at the server's ingress.
+    let out = env.exec(
+        &flooder,
+        &["rawpkt", "flood", &env.ip(&server), "5353", "1000", "300"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lost = monitor
+        .wait_for(WAIT, |r| {
+            r["type"] == "lost_events" && r["source"] == "datapath"
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no lost-events record after the flood ({}); metrics: {}",
+                String::from_utf8_lossy(&out.stdout),
+                scrape_metrics(&addr)
+            )
+        });
+    assert!(lost["count"].as_u64().unwrap() > 0);
+    // Still answering: a new flow after the flood shows up.
+    env.assert_http_allowed(&client, &target);
+    monitor
+        .wait_for(WAIT, |r| {
+            r["type"] == "flow"
+                && r["verdict"] == "allowed"
+                && r["container"] == server.name.as_str()
+        })
+        .expect("monitor answers after the flood");
+
+    // Quiet now: the scrape and the datapath's counts must agree exactly.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = env.status();
+    let metrics = parse_prometheus(&scrape_metrics(&addr));
+    let drops = |reason: &str| -> f64 {
+        ["ingress", "egress"]
+            .iter()
+            .map(|d| {
+                metrics
+                    [&format!("bpfwall_drop_count_total{{reason=\"{reason}\",direction=\"{d}\"}}")]
+            })
+            .sum()
+    };
+    for (reason, n) in status["drops"].as_object().unwrap() {
+        assert_eq!(
+            drops(reason),
+            n.as_u64().unwrap() as f64,
+            "drops of {reason}"
+        );
+    }
+    assert!(drops("policy-default-deny") >= 1000.0, "{metrics:?}");
+    let server_ep = env.endpoint(&server).unwrap();
+    assert_eq!(
+        metrics[&format!(
+            "bpfwall_container_drop_count_total{{container=\"{}\",direction=\"ingress\"}}",
+            server.name
+        )],
+        server_ep["ingress"]["dropped_packets"].as_u64().unwrap() as f64
+    );
+    assert!(metrics["bpfwall_flow_events_lost_total"] > 0.0);
+    assert!(metrics["bpfwall_forward_count_total{direction=\"ingress\"}"] > 0.0);
+    assert!(
+        metrics["bpfwall_policy_verdicts_total{direction=\"ingress\",action=\"deny\"}"] >= 1000.0
+    );
+    assert_eq!(metrics["bpfwall_endpoints{state=\"policed\"}"], 3.0);
+    assert!(metrics["bpfwall_map_capacity{map=\"bpfwall_policy_v2\"}"] > 0.0);
+    assert!(metrics["bpfwall_policy_apply_duration_seconds_count"] >= 1.0);
+    assert_eq!(metrics["bpfwall_reconcile_errors_total"], 0.0);
+
+    // Loopback only, unless asked: refused before anything starts.
+    let refused = run(Command::new(bpfwall_bin()).args([
+        "daemon",
+        "--metrics-addr",
+        "0.0.0.0:9",
+        "--bpffs-root",
+        "/sys/fs/bpf/flow-never-made",
+        "--socket",
+        "/run/bpfwall-e2e/flow-never-made.sock",
+    ]));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("not a loopback address") && err.contains("--metrics-allow-remote"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/sys/fs/bpf/flow-never-made").exists());
+}
+
+/// Audit mode passes what enforce mode drops and reports it; status shows
+/// the mode; a bad mode value fails closed, naming the label.
+#[test]
+fn flow_audit_passes_what_enforce_drops_and_reports_it() {
+    let env = TestEnv::new("flow-audit");
+    let rule = "bpfwall.ingress=allow from id=client port 80/tcp";
+    let enforced = env.start_attached(
+        "enforced",
+        &["--label", "id=enforced", "--label", rule],
+        HTTPD,
+    );
+    let audited = env.start_attached(
+        "audited",
+        &[
+            "--label",
+            "id=audited",
+            "--label",
+            rule,
+            "--label",
+            "bpfwall.mode=audit",
+        ],
+        HTTPD,
+    );
+    let stranger = env.start_attached("stranger", &["--label", "id=stranger"], SLEEP);
+    let monitor = env.monitor(&["--json", "--verdict", "audit"]);
+
+    env.assert_http_blocked_by(
+        &stranger,
+        &format!("http://{}/", env.ip(&enforced)),
+        &enforced,
+        Direction::Ingress,
+    );
+    let before = env.drops(&audited);
+    env.assert_http_allowed(&stranger, &format!("http://{}/", env.ip(&audited)));
+    assert_eq!(
+        env.drops(&audited).ingress,
+        before.ingress,
+        "audit drops nothing"
+    );
+    let r = monitor
+        .wait_for(WAIT, |r| r["container"] == audited.name.as_str())
+        .expect("an audit record for the audited container");
+    assert_eq!(r["source"]["container"], stranger.name.as_str());
+    assert_eq!(r["drop_reason"], "policy-default-deny");
+    assert!(monitor.records().iter().all(|r| r["verdict"] == "audit"));
+
+    assert_eq!(env.endpoint(&audited).unwrap()["mode"], "audit");
+    assert_eq!(env.endpoint(&enforced).unwrap()["mode"], "enforce");
+    assert!(env.status_text().contains("AUDIT"), "{}", env.status_text());
+
+    // A typo in the mode: closed both ways (never audit), the label named.
+    let typo = env.start_attached(
+        "typo",
+        &[
+            "--label",
+            "id=typo",
+            "--label",
+            rule,
+            "--label",
+            "bpfwall.mode=audti",
+        ],
+        HTTPD,
+    );
+    let ep = env.endpoint(&typo).unwrap();
+    assert_eq!(ep["mode"], "enforce");
+    assert_eq!(ep["ingress"]["state"], "closed (label error)");
+    assert_eq!(ep["egress"]["state"], "closed (label error)");
+    assert!(ep["errors"].to_string().contains("bpfwall.mode"), "{ep}");
+    env.assert_http_blocked_by(
+        &stranger,
+        &format!("http://{}/", env.ip(&typo)),
+        &typo,
+        Direction::Ingress,
+    );
+}

@@ -88,6 +88,7 @@ impl PolicingArgs {
         bpfwall_datapath::MapSizes {
             policy: self.policy_map_entries,
             conntrack: self.conntrack_entries,
+            events_ring: None,
         }
     }
 }
@@ -326,7 +327,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pin_root: bpffs_root,
                 api_socket: socket,
                 reconciler,
-                map_sizes: policing.map_sizes(),
+                map_sizes: bpfwall_datapath::MapSizes {
+                    events_ring: observe.flow_event_ring_bytes,
+                    ..policing.map_sizes()
+                },
                 policy_dir,
                 state_dir,
                 observe: observe_config,

@@ -35,6 +35,21 @@ pub(super) struct ObserveArgs {
     /// on the next one. 0: every one.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub flow_event_interval_ms: u64,
+    /// Bytes of the flow event ring (default 1 MiB, about 13,000 events;
+    /// a power of two of at least 4096). Applies when the ring is made:
+    /// a pinned one keeps its size.
+    #[arg(long, value_name = "BYTES", value_parser = ring_bytes)]
+    pub flow_event_ring_bytes: Option<u32>,
+}
+
+fn ring_bytes(text: &str) -> Result<u32, String> {
+    let n: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of bytes"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n}: expected a power of two of at least 4096"));
+    }
+    Ok(n)
 }
 
 impl ObserveArgs {
