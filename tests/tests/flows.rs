@@ -350,3 +350,211 @@ fn flow_audit_passes_what_enforce_drops_and_reports_it() {
         Direction::Ingress,
     );
 }
+
+/// Tears down the compose project of the advise test (before the env
+/// removes its containers).
+struct ComposeProject {
+    files: Vec<std::path::PathBuf>,
+}
+
+impl ComposeProject {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.args(["-p", "flowadvise"]);
+        for f in &self.files {
+            c.arg("-f").arg(f);
+        }
+        c
+    }
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let _ = run(self.cmd().args(["down", "--remove-orphans", "-t", "1"]));
+    }
+}
+
+/// Well-formed XML (every element closed, in order): the SVG check.
+fn well_formed(text: &str) -> bool {
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        let Some(end) = rest.find('>') else {
+            return false;
+        };
+        let tag = &rest[..end];
+        rest = &rest[end + 1..];
+        if let Some(closing) = tag.strip_prefix('/') {
+            if stack.pop().as_deref() != Some(closing) {
+                return false;
+            }
+        } else if !tag.ends_with('/') && !tag.starts_with('?') && !tag.starts_with('!') {
+            stack.push(tag.split_whitespace().next().unwrap_or("").to_string());
+        }
+    }
+    stack.is_empty()
+}
+
+/// The advise round trip: a compose app runs its traffic in audit mode;
+/// what `advise` suggests (each form valid for `policy validate`) is
+/// applied in enforce mode; the same traffic passes and a new peer is
+/// blocked. The edge record survives a restart of the daemon, and `map
+/// --svg` draws every service.
+#[test]
+fn flow_advise_round_trip() {
+    let mut env = TestEnv::new("flow-advise");
+    let dir = std::path::PathBuf::from("/run/bpfwall-e2e/flow-advise-compose");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // web -> api:8080 -> db:5432. Every ingress enforced (a rule that
+    // matches nothing here), every container auditing: all of it is
+    // reported, nothing is dropped.
+    let service = |name: &str, cmd: &str| {
+        format!(
+            "  {name}:\n    image: {image}\n    container_name: e2e-flow-advise-{name}\n    command: [\"sh\", \"-c\", \"{cmd}\"]\n    labels:\n      bpfwall-e2e.test: flow-advise\n      bpfwall.mode: ${{FLOW_MODE}}\n      bpfwall.ingress.base: \"deny from cidr 192.0.2.0/24\"\n",
+            image = bpfwall_e2e::IMAGE
+        )
+    };
+    let base = format!(
+        "version: \"2.4\"\nservices:\n{}{}{}networks:\n  default:\n    name: flow-advise-net\n",
+        service("web", "exec sleep 600"),
+        service("api", "exec httpd -f -p 8080 -h /www"),
+        service("db", "exec httpd -f -p 5432 -h /www"),
+    );
+    std::fs::write(dir.join("base.yml"), base).unwrap();
+    let mut compose = ComposeProject {
+        files: vec![dir.join("base.yml")],
+    };
+    must(compose.cmd().env("FLOW_MODE", "audit").args(["up", "-d"]));
+    let c = |name: &str| bpfwall_e2e::Container {
+        name: format!("e2e-flow-advise-{name}"),
+    };
+    let (web, api, db) = (c("web"), c("api"), c("db"));
+    for x in [&web, &api, &db] {
+        env.wait_attached(x);
+        assert_eq!(env.endpoint(x).unwrap()["mode"], "audit");
+    }
+    let traffic = |env: &TestEnv| {
+        env.assert_http_allowed(&web, "http://api:8080/");
+        env.assert_http_allowed(&api, "http://db:5432/");
+    };
+    traffic(&env);
+    // Audited, as the record says.
+    env.wait_for("the audited edges", |env| {
+        let out = env.cli(&["map", "--json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list["edges"].as_array().is_some_and(|edges| {
+            edges.iter().any(|e| {
+                e["local"]["com.docker.compose.service"] == "api"
+                    && e["direction"] == "ingress"
+                    && e["audit"].as_u64() > Some(0)
+            }) && edges.iter().any(|e| {
+                e["local"]["com.docker.compose.service"] == "db" && e["direction"] == "ingress"
+            })
+        })
+    });
+
+    // The record survives a restart of the daemon (saved in the state dir).
+    env.stop_daemon();
+    env.start_daemon();
+
+    // Every form of every suggestion parses.
+    let mut overrides = Vec::new();
+    for x in [&web, &api, &db] {
+        let labels = String::from_utf8(env.cli(&["advise", &x.name]).stdout).unwrap();
+        let flags: Vec<&str> = labels
+            .lines()
+            .filter_map(|l| l.strip_prefix("--label '")?.strip_suffix('\''))
+            .collect();
+        assert!(!flags.is_empty(), "advise {}: {labels}", x.name);
+        for f in flags {
+            must(Command::new(bpfwall_bin()).args(["policy", "validate", "--label", f]));
+        }
+        let cilium = env.cli(&["advise", &x.name, "--format", "cilium"]);
+        let file = dir.join(format!("{}-cilium.yaml", x.name));
+        std::fs::write(&file, &cilium.stdout).unwrap();
+        must(
+            Command::new(bpfwall_bin())
+                .args(["policy", "validate"])
+                .arg(&file),
+        );
+        let text =
+            String::from_utf8(env.cli(&["advise", &x.name, "--format", "compose"]).stdout).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        for (k, v) in doc["services"]
+            .as_mapping()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()["labels"]
+            .as_mapping()
+            .unwrap()
+        {
+            let label = format!("{}={}", k.as_str().unwrap(), v.as_str().unwrap());
+            must(Command::new(bpfwall_bin()).args(["policy", "validate", "--label", &label]));
+        }
+        let file = dir.join(format!("{}-override.yml", x.name));
+        std::fs::write(&file, text).unwrap();
+        overrides.push(file);
+    }
+    let api_advice = String::from_utf8(env.cli(&["advise", &api.name]).stdout).unwrap();
+    assert!(
+        api_advice.contains("bpfwall.ingress=allow from com.docker.compose.project=flowadvise,com.docker.compose.service=web port 8080/tcp")
+            && api_advice.contains("bpfwall.egress=allow to com.docker.compose.project=flowadvise,com.docker.compose.service=db port 5432/tcp"),
+        "{api_advice}"
+    );
+
+    // The map names every service.
+    let svg = dir.join("map.svg");
+    let out = env.cli(&["map", "--svg", svg.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"") && well_formed(&text),
+        "{text}"
+    );
+    for name in ["web", "api", "db"] {
+        assert!(
+            text.contains(&format!(">{name}</text>")),
+            "{name} in {text}"
+        );
+    }
+
+    // Enforce what was advised: the same traffic passes ...
+    compose.files.extend(overrides);
+    must(
+        compose
+            .cmd()
+            .env("FLOW_MODE", "enforce")
+            .args(["up", "-d", "-t", "1"]),
+    );
+    for x in [&web, &api, &db] {
+        env.wait_for("enforce mode", |env| {
+            env.endpoint(x)
+                .is_some_and(|e| e["attached"] == true && e["mode"] == "enforce")
+        });
+    }
+    assert_eq!(
+        env.endpoint(&api).unwrap()["ingress"]["rules"],
+        2,
+        "the base rule and the advised one"
+    );
+    traffic(&env);
+    // ... and a peer never seen is blocked by api's ingress.
+    let intruder = env.start_attached(
+        "intruder",
+        &["--network", "flow-advise-net", "--label", "id=intruder"],
+        SLEEP,
+    );
+    env.assert_http_blocked_by(&intruder, "http://api:8080/", &api, Direction::Ingress);
+    // api may reach only db: not web.
+    env.assert_blocked_by("api -> web:80", &api, Direction::Egress, || {
+        env.http(&api, &format!("http://{}/", env.ip(&web)), 2)
+    });
+    drop(compose);
+}
