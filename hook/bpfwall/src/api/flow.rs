@@ -82,6 +82,10 @@ pub struct FlowRecord {
 /// What `bpfwall monitor` receives, one a line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "records are built once and shared behind an Arc; a Box would only add an allocation"
+)]
 pub enum MonitorRecord {
     /// A decision.
     Flow(FlowRecord),

@@ -71,12 +71,15 @@ fn port_text(protocol: u8, port: u16) -> Option<(String, u16)> {
     }
 }
 
+/// The ports seen with one peer in one direction, and how many new flows.
+type PortsSeen = (BTreeSet<(String, u16)>, u64);
+
 /// The least allow policy for the workload with labels `local` (its
 /// identity-relevant labels without `bpfwall.*`), from the edges seen.
 pub fn advise(container: &str, local: &BTreeMap<String, String>, edges: &[Edge]) -> Advice {
     let mut notes = Vec::new();
     // (direction, peer) -> ports, seen
-    let mut grouped: BTreeMap<(String, EdgePeer), (BTreeSet<(String, u16)>, u64)> = BTreeMap::new();
+    let mut grouped: BTreeMap<(String, EdgePeer), PortsSeen> = BTreeMap::new();
     for e in edges.iter().filter(|e| e.key.local == *local) {
         let seen = e.stats.allowed + e.stats.audit;
         if seen == 0 {
