@@ -31,6 +31,8 @@ use crate::api::flow::MonitorRecord;
 const MONITOR_BACKLOG: usize = 8192;
 /// Lost events are looked for, and the edge record saved, this often.
 const TICK: Duration = Duration::from_secs(1);
+/// The edge record is saved (when it changed) every this many ticks.
+const SAVE_EVERY: u32 = 5;
 /// Snapshots kept to describe events of earlier revisions.
 const REVISIONS_KEPT: usize = 4;
 
@@ -146,6 +148,7 @@ pub async fn run(
         .and_then(|m| m.read().ok())
         .map_or(0, |m| m.events_lost);
     let mut tick = tokio::time::interval(TICK);
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
             ready = ring.readable_mut() => {
@@ -185,9 +188,12 @@ pub async fn run(
                         }
                     }
                 }
-                let saved = hub.edges.lock().map(|mut e| e.save_if_changed());
-                if let Ok(Err(e)) = saved {
-                    tracing::warn!(error = %error_chain(&e), "cannot save the edge record");
+                ticks += 1;
+                if ticks % SAVE_EVERY == 0 {
+                    let saved = hub.edges.lock().map(|mut e| e.save_if_changed());
+                    if let Ok(Err(e)) = saved {
+                        tracing::warn!(error = %error_chain(&e), "cannot save the edge record");
+                    }
                 }
             }
         }
