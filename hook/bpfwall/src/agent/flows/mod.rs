@@ -189,7 +189,7 @@ pub async fn run(
                     }
                 }
                 ticks += 1;
-                if ticks % SAVE_EVERY == 0 {
+                if ticks.is_multiple_of(SAVE_EVERY) {
                     let saved = hub.edges.lock().map(|mut e| e.save_if_changed());
                     if let Ok(Err(e)) = saved {
                         tracing::warn!(error = %error_chain(&e), "cannot save the edge record");

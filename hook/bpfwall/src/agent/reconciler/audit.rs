@@ -31,22 +31,42 @@ mod tests {
     fn every_endpoint_audits_but_one_in_error_stays_closed() {
         let c = |name: &str, rule: &str, ep: u32| ContainerInput {
             name: name.into(),
-            labels: [("id".to_string(), name.to_string()), ("bpfwall.ingress".to_string(), rule.to_string())]
-                .into_iter()
-                .collect(),
+            labels: [
+                ("id".to_string(), name.to_string()),
+                ("bpfwall.ingress".to_string(), rule.to_string()),
+            ]
+            .into_iter()
+            .collect(),
             addresses: vec![format!("10.0.0.{ep}").parse().unwrap()],
             network: Default::default(),
             started: 0,
-            attachment: Some(Attachment { cgroup_id: u64::from(ep), endpoint_id: ep }),
+            attachment: Some(Attachment {
+                cgroup_id: u64::from(ep),
+                endpoint_id: ep,
+            }),
         };
-        let inputs = [c("good", "allow from id=x port 80/tcp", 1), c("bad", "allow form id=x", 2)];
+        let inputs = [
+            c("good", "allow from id=x port 80/tcp", 1),
+            c("bad", "allow form id=x", 2),
+        ];
         let mut compiled = compile(
-            CompileInput { containers: &inputs, host_addresses: &[], host_policies: &[] },
+            CompileInput {
+                containers: &inputs,
+                host_addresses: &[],
+                host_policies: &[],
+            },
             &mut IdentityAllocator::new(),
         )
         .unwrap();
         audit_everything(&mut compiled);
-        let flags = |id: u32| compiled.endpoints.values().find(|e| e.endpoint_id == id).unwrap().flags;
+        let flags = |id: u32| {
+            compiled
+                .endpoints
+                .values()
+                .find(|e| e.endpoint_id == id)
+                .unwrap()
+                .flags
+        };
         assert_ne!(flags(1) & abi::EP_AUDIT, 0);
         assert_eq!(flags(2) & abi::EP_AUDIT, 0);
         assert_ne!(flags(2) & abi::EP_ERROR_INGRESS, 0);
