@@ -355,6 +355,7 @@ fn flow_audit_passes_what_enforce_drops_and_reports_it() {
 /// removes its containers).
 struct ComposeProject {
     files: Vec<std::path::PathBuf>,
+    dir: std::path::PathBuf,
 }
 
 impl ComposeProject {
@@ -370,7 +371,16 @@ impl ComposeProject {
 
 impl Drop for ComposeProject {
     fn drop(&mut self) {
+        // Containers the test put on the project's network (the intruder)
+        // first, or the network cannot go.
+        let on_net =
+            run(Command::new("docker").args(["ps", "-aq", "--filter", "network=flow-advise-net"]));
+        for id in String::from_utf8_lossy(&on_net.stdout).split_whitespace() {
+            let _ = run(Command::new("docker").args(["rm", "-f", id]));
+        }
         let _ = run(self.cmd().args(["down", "--remove-orphans", "-t", "1"]));
+        let _ = run(Command::new("docker").args(["network", "rm", "flow-advise-net"]));
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -417,7 +427,7 @@ fn flow_advise_round_trip() {
         )
     };
     let base = format!(
-        "version: \"2.4\"\nservices:\n{}{}{}networks:\n  default:\n    name: flow-advise-net\n",
+        "version: \"2.4\"\nservices:\n{}{}{}networks:\n  default:\n    name: flow-advise-net\n    labels:\n      bpfwall-e2e.test: flow-advise\n",
         service("web", "exec sleep 600"),
         service("api", "exec httpd -f -p 8080 -h /www"),
         service("db", "exec httpd -f -p 5432 -h /www"),
@@ -425,6 +435,7 @@ fn flow_advise_round_trip() {
     std::fs::write(dir.join("base.yml"), base).unwrap();
     let mut compose = ComposeProject {
         files: vec![dir.join("base.yml")],
+        dir: dir.clone(),
     };
     must(compose.cmd().env("FLOW_MODE", "audit").args(["up", "-d"]));
     let c = |name: &str| bpfwall_e2e::Container {
