@@ -569,3 +569,34 @@ fn flow_advise_round_trip() {
     });
     drop(compose);
 }
+
+/// `bpfwall daemon --audit`: every managed container audits; status says so.
+#[test]
+fn flow_host_wide_audit() {
+    let env = TestEnv::with_daemon_args("flow-hostaudit", &["--audit"]);
+    let server = env.start_attached(
+        "server",
+        &[
+            "--label",
+            "id=server",
+            "--label",
+            "bpfwall.ingress=allow from id=client port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let stranger = env.start_attached("stranger", &["--label", "id=stranger"], SLEEP);
+    let monitor = env.monitor(&["--json", "--verdict", "audit", "--container", &server.name]);
+    let before = env.drops(&server);
+    env.assert_http_allowed(&stranger, &format!("http://{}/", env.ip(&server)));
+    assert_eq!(
+        env.drops(&server).ingress,
+        before.ingress,
+        "audit drops nothing"
+    );
+    monitor
+        .wait_for(WAIT, |r| r["source"]["container"] == stranger.name.as_str())
+        .expect("an audit record");
+    assert_eq!(env.endpoint(&server).unwrap()["mode"], "audit");
+    assert_eq!(env.status()["audit_all"], true);
+    assert!(env.status_text().contains("AUDIT MODE (--audit)"));
+}
