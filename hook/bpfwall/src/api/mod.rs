@@ -1,5 +1,7 @@
 //! The daemon's local API, both sides: one JSON request line in, one JSON
-//! answer line out, over a unix socket only root can reach. The CLI, the
+//! answer line out, over a unix socket only root can reach (`monitor` is
+//! the one stream: its answer is followed by one [`flow::MonitorRecord`] a
+//! line until the client goes away). The CLI, the
 //! OCI hook, the benchmarks and the tests are its clients; errors travel as
 //! a [`DaemonError`] with a kind, so clients match on the kind and never on
 //! the text.
