@@ -17,6 +17,7 @@
 
 pub mod api_server;
 pub mod flows;
+pub mod hook_store;
 pub mod host;
 pub mod instance_lock;
 pub mod metrics;
@@ -42,13 +43,15 @@ use self::policy_watch::PolicyDir;
 use self::reconcile_loop::Input;
 use self::reconciler::{Reconciler, ReconcilerConfig};
 use self::snapshot::Snapshot;
-use crate::runtime::{docker, RuntimeEvent};
+use crate::runtime::{containerd, docker, RuntimeEvent, Source};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     /// dockerd's socket.
     pub docker_socket: String,
+    /// containerd's socket (absent: the containerd source is off until it appears).
+    pub containerd_socket: String,
     /// Pin root on bpffs.
     pub pin_root: PathBuf,
     /// The API socket.
@@ -171,6 +174,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     };
     let mut reconciler = Reconciler::new(datapath, SystemHost::new(), config.reconciler.clone());
     let flow_hub = events.as_ref().map(|_| flows::FlowHub::new(edge_record));
+    reconciler.expect_sources(&Source::STREAMING);
 
     // The versions saved by the last run are in force until the directory
     // says otherwise; without them the daemon does not start (a broken file
@@ -179,6 +183,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         .context("opening the state directory (--state-dir)")?;
     let mut policy_dir = PolicyDir::open(&config.policy_dir, store)
         .context("reading the saved last good policy versions")?;
+    // Containers only the OCI hook reported (podman's), saved by an earlier run.
+    reconciler.set_hook_store(
+        hook_store::HookStore::open(&config.state_dir)
+            .context("opening the hook containers' records (--state-dir)")?,
+    );
     policy_dir.poll();
     reconciler.set_host_policies(policy_dir.policies());
     let (files_tx, files_rx) = watch::channel(policy_dir.status());
@@ -194,9 +203,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         })
         .context("cannot start the reconcile thread")?;
 
-    // The Docker source, forwarded to the loop.
+    // The runtime sources (Docker, containerd), forwarded to the loop.
     let (events_tx, mut events_rx) = mpsc::channel::<RuntimeEvent>(4096);
-    tokio::spawn(docker::run(config.docker_socket.clone(), events_tx));
+    tokio::spawn(docker::run(config.docker_socket.clone(), events_tx.clone()));
+    tokio::spawn(containerd::run(config.containerd_socket.clone(), events_tx));
     let forward = inputs_tx.clone();
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
@@ -247,7 +257,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     };
     tokio::spawn(server.serve(listener));
 
-    tracing::info!(pin_root = %config.pin_root.display(), api = %config.api_socket.display(), docker = config.docker_socket,
+    tracing::info!(pin_root = %config.pin_root.display(), api = %config.api_socket.display(), docker = config.docker_socket, containerd = config.containerd_socket,
         policy_dir = %config.policy_dir.display(), state_dir = %config.state_dir.display(), "bpfwall daemon running");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

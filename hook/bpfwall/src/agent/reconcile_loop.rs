@@ -93,11 +93,10 @@ pub fn run<D: Datapath, H: Host>(
                     Input::Enforce { request, reply } => {
                         let span = tracing::info_span!("oci_hook", container = %request.name, pid = request.pid);
                         let _guard = span.enter();
-                        let id = request.id.clone();
                         match reconciler.admit(request) {
-                            Ok(()) => {
+                            Ok(key) => {
                                 dirty = true;
-                                hooks.push((id, reply));
+                                hooks.push((key, reply));
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "refused a container start");

@@ -13,7 +13,7 @@ use labels_policy::{Compiled, ContainerInput};
 
 use super::policy_watch::PolicyDirStatus;
 use crate::api::{DaemonError, DirectionStatus, EndpointStatus, FlowEndArg, MapStatus, Status};
-use crate::runtime::ContainerRecord;
+use crate::runtime::{ContainerRecord, Runtime};
 
 /// One managed container as the reconciler last saw it.
 #[derive(Debug, Clone)]
@@ -30,6 +30,9 @@ pub struct ContainerView {
     pub policed_since_unix_us: Option<u64>,
     /// Whose network namespace it is in ("own", "host", "joined NAME").
     pub network: String,
+    /// Its addresses as the last compile had them (what the runtime said
+    /// and what was read in its network namespace).
+    pub addresses: Vec<IpAddr>,
     /// Directions closed because a map was full, and which map.
     pub closed: BTreeMap<labels_policy::Direction, &'static str>,
 }
@@ -52,8 +55,10 @@ pub struct Snapshot {
     /// Is the Docker source in sync: connected, and its list since it
     /// connected taken in by this snapshot's reconcile?
     pub docker_synced: bool,
-    /// Has Docker been listed at least once?
+    /// Has every source that is on listed its containers at least once?
     pub synced: bool,
+    /// Each streaming source's state.
+    pub sources: Vec<crate::api::SourceStatus>,
     /// Entries and capacity of every compiled map, by name.
     pub maps: BTreeMap<&'static str, (usize, usize)>,
     /// Changes that had to close directions because a map was full.
@@ -70,6 +75,38 @@ pub struct Snapshot {
     pub policy_revision: u32,
     /// Every managed container audits (daemon flag `--audit`).
     pub audit_all: bool,
+}
+
+/// The id `status` shows: a 64-digit hex id (Docker's, podman's) shortened
+/// to 12 as `docker ps` does; any other (containerd's, chosen by people) whole.
+fn short_id(record: &ContainerRecord) -> String {
+    let id = if record.runtime_id.is_empty() {
+        &record.id
+    } else {
+        &record.runtime_id
+    };
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        id[..12].to_string()
+    } else {
+        id.clone()
+    }
+}
+
+/// How an error names a container: Docker's by name, as always; others
+/// with their runtime, namespace and id.
+pub fn describe(record: &ContainerRecord) -> String {
+    match record.runtime {
+        Runtime::Docker => format!("container '{}'", record.name),
+        Runtime::Containerd => format!(
+            "containerd container '{}' (namespace {}, id {})",
+            record.name, record.namespace, record.runtime_id
+        ),
+        other => format!(
+            "{other} container '{}' (id {})",
+            record.name,
+            short_id(record)
+        ),
+    }
 }
 
 impl Snapshot {
@@ -220,7 +257,7 @@ impl Snapshot {
                 .map(|r| {
                     r.errors
                         .iter()
-                        .map(|e| format!("container '{}': {e}", c.record.name))
+                        .map(|e| format!("{}: {e}", describe(&c.record)))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -233,12 +270,14 @@ impl Snapshot {
                 } else {
                     "enforce".into()
                 },
-                id: c.id.chars().take(12).collect(),
+                id: short_id(&c.record),
                 name: c.record.name.clone(),
+                runtime: c.record.runtime.to_string(),
+                namespace: c.record.namespace.clone(),
                 identity: report.map_or(0, |r| r.identity),
                 attached: c.endpoint_id.is_some() && c.problem.is_none(),
                 policed_since_unix_us: c.policed_since_unix_us,
-                addresses: c.record.addresses.iter().map(ToString::to_string).collect(),
+                addresses: c.addresses.iter().map(ToString::to_string).collect(),
                 network: c.network.clone(),
                 conntrack_entries: match (counters_reader, c.endpoint_id) {
                     (Some(reader), Some(ep)) => reader.conntrack_used(ep).unwrap_or(0),
@@ -274,6 +313,7 @@ impl Snapshot {
             pin_root: pin_root.to_string(),
             docker_connected: self.docker_connected,
             docker_synced: self.docker_synced,
+            sources: self.sources.clone(),
             endpoints,
             drops,
             policy_entries: self.entries_of(&[abi::MAP_POLICY, abi::MAP_POLICY_EXACT]),

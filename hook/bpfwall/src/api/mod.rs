@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-pub use status::{DirectionStatus, EndpointStatus, FileStatus, MapStatus, Status, VersionInForce};
+pub use status::{
+    DirectionStatus, EndpointStatus, FileStatus, MapStatus, SourceStatus, Status, VersionInForce,
+};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/bpfwall/bpfwall.sock";
@@ -80,6 +82,12 @@ pub struct EnforceRequest {
     /// The container whose network namespace it joined, if any.
     #[serde(default)]
     pub joins: Option<String>,
+    /// Which runtime runs it (None from a hook of an older bpfwall: oci).
+    #[serde(default)]
+    pub runtime: Option<crate::runtime::Runtime>,
+    /// Its containerd namespace (`moby` for Docker's).
+    #[serde(default)]
+    pub namespace: String,
 }
 
 /// One end of a flow in a check.

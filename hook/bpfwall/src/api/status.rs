@@ -34,8 +34,14 @@ pub struct MapStatus {
 pub struct EndpointStatus {
     /// Short container id.
     pub id: String,
-    /// Container name.
+    /// Container name (containerd: `<namespace>/<id>`).
     pub name: String,
+    /// Which runtime runs it: docker, containerd, podman or oci.
+    #[serde(default)]
+    pub runtime: String,
+    /// Its containerd namespace (`moby` for Docker's; empty for podman).
+    #[serde(default)]
+    pub namespace: String,
     /// Its identity.
     pub identity: u32,
     /// Programs attached and policy in the maps.
@@ -85,6 +91,10 @@ pub struct Status {
     /// are still withdrawn).
     #[serde(default)]
     pub docker_synced: bool,
+    /// Every runtime source (docker, containerd): synced, connecting,
+    /// disconnected, or off (its socket is absent) and why.
+    #[serde(default)]
+    pub sources: Vec<SourceStatus>,
     /// Managed containers.
     pub endpoints: Vec<EndpointStatus>,
     /// Drops per named reason, host-wide.
@@ -152,4 +162,18 @@ pub enum VersionInForce {
     /// Nothing: the file never parsed.
     #[default]
     Nothing,
+}
+
+/// One runtime source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// docker or containerd.
+    pub source: String,
+    /// Connected, and its list since it connected is in the maps.
+    pub synced: bool,
+    /// In words: "synced", "connecting", "connected, listing",
+    /// "disconnected (reconnecting)", "disconnected: <why> (watching for
+    /// it)" (listed before, gone now), or "off: <why> (watching for it)"
+    /// (never seen: holds nothing up).
+    pub state: String,
 }

@@ -4,6 +4,7 @@
 //! daemon's API.
 
 mod advise;
+mod hooks;
 pub mod monitor;
 mod observe;
 mod policy;
@@ -100,6 +101,11 @@ enum Command {
         /// dockerd's API socket.
         #[arg(long, default_value = "/var/run/docker.sock")]
         docker_socket: String,
+        /// containerd's API socket: containers of every namespace but
+        /// Docker's (`moby`). Absent: the containerd source is off, said in
+        /// the log and in `status`, and watched for.
+        #[arg(long, default_value = crate::runtime::containerd::DEFAULT_SOCKET)]
+        containerd_socket: String,
         /// Where maps and links are pinned (on bpffs).
         #[arg(long, default_value = DEFAULT_PIN_ROOT)]
         bpffs_root: PathBuf,
@@ -142,10 +148,29 @@ enum Command {
         /// Docker's data root (container labels are read from it).
         #[arg(long, default_value = "/var/lib/docker")]
         docker_root: PathBuf,
+        /// The socket of the containerd that creates the container (added by
+        /// bpfwall-runc under a containerd shim): labels are read from it.
+        #[arg(long, requires = "containerd_namespace")]
+        containerd_socket: Option<String>,
+        /// The container's containerd namespace.
+        #[arg(long, requires = "containerd_socket")]
+        containerd_namespace: Option<String>,
+        /// podman runs the hook (from the hooks.d file): labels are read
+        /// from podman's database.
+        #[arg(long)]
+        podman: bool,
+        /// podman's graph root (its database and images).
+        #[arg(long, default_value = crate::runtime::podman::DEFAULT_GRAPH_ROOT)]
+        podman_root: PathBuf,
         /// Let the container start when the daemon is unreachable or refuses.
         #[arg(long)]
         fail_open: bool,
     },
+    /// Install the OCI hook for podman (a hooks.d file): every podman
+    /// container is policed from its first instruction.
+    InstallHook(hooks::InstallHookArgs),
+    /// Remove exactly what install-hook wrote.
+    UninstallHook(hooks::UninstallHookArgs),
     /// Register bpfwall-runc with Docker (daemon.json) and reload dockerd.
     InstallRuntime {
         /// The runtime's name (`docker run --runtime NAME`).
@@ -311,6 +336,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Daemon {
             docker_socket,
+            containerd_socket,
             bpffs_root,
             socket,
             manage_label,
@@ -324,6 +350,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reconciler.audit = observe.audit;
             agent::run(DaemonConfig {
                 docker_socket,
+                containerd_socket,
                 pin_root: bpffs_root,
                 api_socket: socket,
                 reconciler,
@@ -411,8 +438,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::OciHook {
             socket,
             docker_root,
+            containerd_socket,
+            containerd_namespace,
+            podman,
+            podman_root,
             fail_open,
-        } => Ok(crate::runtime::oci_hook::run(&socket, &docker_root, fail_open).await),
+        } => {
+            let sources = crate::runtime::oci_hook::LabelSources {
+                docker_root,
+                containerd: containerd_socket.zip(containerd_namespace),
+                podman: podman.then(|| crate::runtime::podman::PodmanStore::new(&podman_root)),
+            };
+            Ok(crate::runtime::oci_hook::run(&socket, &sources, fail_open).await)
+        }
+        Command::InstallHook(args) => hooks::install(args),
+        Command::UninstallHook(args) => hooks::uninstall(args),
         Command::InstallRuntime {
             name,
             default,

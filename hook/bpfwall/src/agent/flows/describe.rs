@@ -350,11 +350,13 @@ mod tests {
                 pid_start_time: None,
                 image_labels: LabelSet::new(),
                 joins: None,
+                ..ContainerRecord::default()
             },
             endpoint_id: Some(7),
             problem: None,
             policed_since_unix_us: None,
             network: "own".into(),
+            addresses: inputs[0].addresses.clone(),
             closed: Default::default(),
         };
         Snapshot {
