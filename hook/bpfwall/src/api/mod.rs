@@ -115,6 +115,13 @@ pub enum Answer {
         /// What was done.
         message: String,
     },
+    /// The request failed.
+    Error {
+        /// What failed, with its kind.
+        error: DaemonError,
+        /// The same in words.
+        message: String,
+    },
     /// A monitor is on: flow records follow, one a line.
     Monitoring {
         /// Whether the datapath sends events (`--no-flow-events` turns them off).
@@ -124,13 +131,6 @@ pub enum Answer {
     Advice(flow::Advice),
     /// See [`flow::EdgeList`].
     Edges(flow::EdgeList),
-    /// The request failed.
-    Error {
-        /// What failed, with its kind.
-        error: DaemonError,
-        /// The same in words.
-        message: String,
-    },
 }
 
 impl Answer {
