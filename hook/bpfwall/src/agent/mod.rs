@@ -11,12 +11,16 @@
 //! - the runtime sources (`crate::runtime`), whose events are forwarded to
 //!   the loop;
 //! - [`host`]: what the reconciler reads of the host, behind a trait;
-//! - [`instance_lock`]: one daemon per pin root.
+//! - [`instance_lock`]: one daemon per pin root;
+//! - [`flows`]: the datapath's flow events (monitor, the edge record,
+//!   advise), and [`metrics`]: Prometheus.
 
 pub mod api_server;
+pub mod flows;
 pub mod hook_store;
 pub mod host;
 pub mod instance_lock;
+pub mod metrics;
 pub mod network_plugin;
 pub mod policy_store;
 pub mod policy_watch;
@@ -61,10 +65,25 @@ pub struct DaemonConfig {
     /// Host-wide policy files.
     pub policy_dir: PathBuf,
     /// What the daemon keeps across restarts (the last good version of
-    /// each policy file, the network plugin's networks).
+    /// each policy file, the network plugin's networks, the edge record).
     pub state_dir: PathBuf,
     /// The Docker network plugin, unless turned off.
     pub network_plugin: Option<network_plugin::NetworkPluginConfig>,
+    /// Flow events and metrics.
+    pub observe: ObserveConfig,
+}
+
+/// How the daemon reports what it sees.
+#[derive(Debug, Clone)]
+pub struct ObserveConfig {
+    /// How the datapath sends flow events.
+    pub events: bpfwall_datapath::EventSettings,
+    /// Where to serve Prometheus metrics (None: nowhere).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve them on a non-loopback address too.
+    pub metrics_allow_remote: bool,
+    /// Series per container.
+    pub metrics_per_container: bool,
 }
 
 /// The policy directory is read this often (changes apply within a second).
@@ -125,6 +144,30 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             tracing::error!(error = %error_chain(&e), "cannot open conntrack for collection: expired entries stay")
         }
     }
+    // Flow events and metrics: readers of their own, opened before the
+    // reconciler takes the datapath.
+    if let Err(e) = datapath.set_event_settings(config.observe.events) {
+        tracing::error!(error = %error_chain(&e), "cannot set the flow event settings");
+    }
+    let events = datapath
+        .open_events()
+        .map_err(|e| tracing::error!(error = %error_chain(&e), "cannot open the flow event ring: no monitor, no edges"))
+        .ok();
+    let datapath_metrics = datapath
+        .open_metrics()
+        .map_err(
+            |e| tracing::error!(error = %error_chain(&e), "cannot open the datapath's metrics"),
+        )
+        .ok()
+        .map(Arc::new);
+    let metrics_listener = match config.observe.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr, config.observe.metrics_allow_remote).await?),
+        None => None,
+    };
+    let edge_record = flows::edges::EdgeRecord::open(&config.state_dir)
+        .context("reading the edge record in the state directory (--state-dir)")?;
+    let reconcile_stats = metrics::ReconcileStats::default();
+
     let counters = match datapath.counter_reader() {
         Ok(reader) => Some(Arc::from(reader)),
         Err(e) => {
@@ -133,6 +176,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         }
     };
     let mut reconciler = Reconciler::new(datapath, SystemHost::new(), config.reconciler.clone());
+    let flow_hub = events.as_ref().map(|_| flows::FlowHub::new(edge_record));
     reconciler.expect_sources(&Source::STREAMING);
 
     // The versions saved by the last run are in force until the directory
@@ -156,7 +200,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(Snapshot::default()));
     let reconcile_thread = std::thread::Builder::new()
         .name("reconcile".into())
-        .spawn(move || reconcile_loop::run(reconciler, inputs_rx, snapshots_tx))
+        .spawn({
+            let stats = reconcile_stats.clone();
+            move || reconcile_loop::run(reconciler, inputs_rx, snapshots_tx, stats)
+        })
         .context("cannot start the reconcile thread")?;
 
     // The network plugin, before the runtime sources: the loop hears which
@@ -203,6 +250,29 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         files_tx,
     ));
 
+    // Flow events: read, described, streamed and learned on a task of
+    // their own; metrics on another.
+    if let (Some(reader), Some(hub)) = (events, &flow_hub) {
+        tokio::spawn(flows::run(
+            reader,
+            datapath_metrics.clone(),
+            snapshots_rx.clone(),
+            hub.clone(),
+        ));
+    }
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics::MetricsSource {
+                snapshots: snapshots_rx.clone(),
+                counters: counters.clone(),
+                datapath: datapath_metrics,
+                reconcile: reconcile_stats,
+                per_container: config.observe.metrics_per_container,
+            },
+        ));
+    }
+
     let server = api_server::Server {
         pin_root: config.pin_root.display().to_string(),
         snapshots: snapshots_rx,
@@ -210,6 +280,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         counters,
         inputs: inputs_tx,
         network_plugin,
+        flows: flow_hub.clone(),
+        events_enabled: config.observe.events.enabled,
     };
     tokio::spawn(server.serve(listener));
 
@@ -225,6 +297,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if let Some(plugin) = &config.network_plugin {
         // Docker retries a missing plugin; the networks stay as they are.
         let _ = std::fs::remove_file(plugin.socket_dir.join(format!("{}.sock", plugin.name)));
+    }
+    if let Some(hub) = &flow_hub {
+        if let Ok(Err(e)) = hub.edges.lock().map(|mut e| e.save_if_changed()) {
+            tracing::warn!(error = %error_chain(&e), "cannot save the edge record");
+        }
     }
     // Held to here: the socket is gone before another daemon may start.
     drop(lock);

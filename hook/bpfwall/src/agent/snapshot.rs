@@ -73,6 +73,11 @@ pub struct Snapshot {
     /// Which container holds each network plugin endpoint, and whether it
     /// is policed.
     pub bindings: bpfwall_plugin::Bindings,
+    /// The policy revision this snapshot's compile was put in force at
+    /// (0: none by this daemon yet); flow events name theirs.
+    pub policy_revision: u32,
+    /// Every managed container audits (daemon flag `--audit`).
+    pub audit_all: bool,
 }
 
 /// The id `status` shows: a 64-digit hex id (Docker's, podman's) shortened
@@ -137,6 +142,11 @@ impl Snapshot {
                 prefix: name.to_string(),
             }),
         }
+    }
+
+    /// A container of the last compile, by name or id prefix.
+    pub fn container_input(&self, name: &str) -> Result<&ContainerInput, DaemonError> {
+        self.find(name).map(|i| &self.inputs[i])
     }
 
     fn flow_end(&self, end: &FlowEndArg) -> Result<FlowEnd, DaemonError> {
@@ -258,6 +268,11 @@ impl Snapshot {
                 errors.push(p.clone());
             }
             endpoints.push(EndpointStatus {
+                mode: if flags & abi::EP_AUDIT != 0 {
+                    "audit".into()
+                } else {
+                    "enforce".into()
+                },
                 id: short_id(&c.record),
                 name: c.record.name.clone(),
                 runtime: c.record.runtime.to_string(),
@@ -336,6 +351,7 @@ impl Snapshot {
             policy_files: policy_files.files,
             policy_dir_errors: policy_files.errors,
             network_plugin: None,
+            audit_all: self.audit_all,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The daemon's local API, both sides: one JSON request line in, one JSON
-//! answer line out, over a unix socket only root can reach. The CLI, the
+//! answer line out, over a unix socket only root can reach (`monitor` is
+//! the one stream: its answer is followed by one [`flow::MonitorRecord`] a
+//! line until the client goes away). The CLI, the
 //! OCI hook, the benchmarks and the tests are its clients; errors travel as
 //! a [`DaemonError`] with a kind, so clients match on the kind and never on
 //! the text.
 
+pub mod flow;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -46,6 +49,16 @@ pub enum Request {
     /// From the OCI hook: police this container before it runs; answer
     /// once its programs are attached and its policy is in the maps.
     Enforce(EnforceRequest),
+    /// Stream flow records: answered with `monitoring` (or an error), then
+    /// one [`flow::MonitorRecord`] a line until the client goes away.
+    Monitor(flow::MonitorFilter),
+    /// The least allow policy for what a container was seen doing.
+    Advise {
+        /// Its name or id.
+        container: String,
+    },
+    /// Every learned edge (`bpfwall map`).
+    Edges,
 }
 
 /// What the OCI hook knows of a container being created.
@@ -113,6 +126,15 @@ pub enum Answer {
         /// The same in words.
         message: String,
     },
+    /// A monitor is on: flow records follow, one a line.
+    Monitoring {
+        /// Whether the datapath sends events (`--no-flow-events` turns them off).
+        events_enabled: bool,
+    },
+    /// See [`flow::Advice`].
+    Advice(flow::Advice),
+    /// See [`flow::EdgeList`].
+    Edges(flow::EdgeList),
 }
 
 impl Answer {

@@ -70,6 +70,11 @@ pub struct EndpointStatus {
     pub egress: DirectionStatus,
     /// Policy errors and attach problems.
     pub errors: Vec<String>,
+    /// "enforce", or "audit": what its policy would drop is reported
+    /// (verdict audit) and passes (label `bpfwall.mode=audit`, or the
+    /// daemon's `--audit`).
+    #[serde(default)]
+    pub mode: String,
 }
 
 /// The daemon's state.
@@ -119,6 +124,9 @@ pub struct Status {
     /// its networks, each endpoint's gate, and the gate's drops.
     #[serde(default)]
     pub network_plugin: Option<Box<bpfwall_plugin::PluginStatus>>,
+    /// The daemon audits every managed container (`--audit`).
+    #[serde(default)]
+    pub audit_all: bool,
 }
 
 /// One host-wide policy file.

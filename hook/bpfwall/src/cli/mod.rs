@@ -3,10 +3,14 @@
 //! is done in `crate::agent` (the daemon), `crate::runtime` and the
 //! daemon's API.
 
+mod advise;
 mod hooks;
+pub mod monitor;
 mod network_plugin;
+mod observe;
 mod policy;
 pub mod render;
+pub mod service_map;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +82,7 @@ impl PolicingArgs {
             identity_labels,
             ct_per_endpoint: self.conntrack_per_endpoint,
             ct_guaranteed: self.conntrack_guaranteed,
+            audit: false,
         }
     }
 
@@ -85,11 +90,16 @@ impl PolicingArgs {
         bpfwall_datapath::MapSizes {
             policy: self.policy_map_entries,
             conntrack: self.conntrack_entries,
+            events_ring: None,
         }
     }
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process: boxing the daemon's arguments would buy nothing"
+)]
 enum Command {
     /// Run the daemon in the foreground.
     Daemon {
@@ -122,6 +132,8 @@ enum Command {
         policing: PolicingArgs,
         #[command(flatten)]
         network_plugin: network_plugin::NetworkPluginArgs,
+        #[command(flatten)]
+        observe: observe::ObserveArgs,
     },
     /// Validate, check and explain policy.
     #[command(subcommand)]
@@ -204,6 +216,57 @@ enum Command {
         /// dockerd's API socket (to see the reload take effect).
         #[arg(long, default_value = "/var/run/docker.sock")]
         docker_socket: String,
+    },
+    /// Live flows: time, verdict, direction, source -> destination, port, rule or drop reason.
+    Monitor {
+        /// Only flows of this container (a name), or of containers with
+        /// these labels (KEY=VALUE[,KEY=VALUE]), at either end.
+        #[arg(long, value_name = "NAME|SELECTOR")]
+        container: Option<String>,
+        /// Only allowed, dropped or audit flows.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// Only ingress or egress.
+        #[arg(long)]
+        direction: Option<String>,
+        /// Only this destination port (ICMP: type).
+        #[arg(long)]
+        port: Option<u16>,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The least allow policy for what a container was seen doing.
+    Advise {
+        /// The container (name or id).
+        container: String,
+        /// labels (--label flags), compose (an override file) or cilium (a policy file).
+        #[arg(long, value_enum, default_value = "labels")]
+        format: advise::Format,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Who talks to whom, as learned from traffic: a list, an SVG or DOT.
+    Map {
+        /// Write the graph as SVG to this file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Write the graph as DOT to this file.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
+        /// Print the edges as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Detach everything and remove all pins (uninstall). Refused while a daemon runs on them.
     Teardown {
@@ -288,17 +351,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             policing,
             network_plugin,
+            observe,
         } => {
+            let observe_config = observe.config()?;
+            let mut reconciler = policing.reconciler(parse_manage(&manage_label)?);
+            reconciler.audit = observe.audit;
             agent::run(DaemonConfig {
                 docker_socket,
                 containerd_socket,
                 pin_root: bpffs_root,
                 api_socket: socket,
-                reconciler: policing.reconciler(parse_manage(&manage_label)?),
-                map_sizes: policing.map_sizes(),
+                reconciler,
+                map_sizes: bpfwall_datapath::MapSizes {
+                    events_ring: observe.flow_event_ring_bytes,
+                    ..policing.map_sizes()
+                },
                 policy_dir,
                 state_dir,
                 network_plugin: network_plugin.config(),
+                observe: observe_config,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -432,6 +503,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Monitor {
+            container,
+            verdict,
+            direction,
+            port,
+            json,
+            socket,
+        } => {
+            let filter = crate::api::flow::MonitorFilter {
+                container,
+                verdict,
+                direction,
+                port,
+            };
+            monitor::run(&socket, filter, json).await
+        }
+        Command::Advise {
+            container,
+            format,
+            json,
+            socket,
+        } => observe::advise(&socket, container, format, json).await,
+        Command::Map {
+            svg,
+            dot,
+            json,
+            socket,
+        } => observe::map(&socket, svg, dot, json).await,
         Command::Teardown { bpffs_root } => {
             // Never under a running daemon: hold its lock while removing.
             let _lock = crate::agent::instance_lock::InstanceLock::acquire(

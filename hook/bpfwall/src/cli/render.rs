@@ -51,6 +51,12 @@ pub fn status(s: &Status) -> String {
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last reconcile FAILED: {e}");
     }
+    if s.audit_all {
+        let _ = writeln!(
+            out,
+            "AUDIT MODE (--audit): policy drops are reported and pass, for every container"
+        );
+    }
     for w in &s.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -89,6 +95,12 @@ pub fn status(s: &Status) -> String {
             if ep.attached { "" } else { " NOT ATTACHED" },
             ep.addresses.join(", ")
         );
+        if ep.mode == "audit" {
+            let _ = writeln!(
+                out,
+                "  mode    AUDIT: what its policy would drop is reported and passes"
+            );
+        }
         if !ep.runtime.is_empty() {
             let _ = writeln!(
                 out,

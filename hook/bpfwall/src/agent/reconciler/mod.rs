@@ -20,6 +20,7 @@
 //! It reaches the kernel only through [`Datapath`] and the host only
 //! through [`Host`], so all of this is unit-tested with fakes (tests.rs).
 
+mod audit;
 mod capacity;
 mod endpoint_ids;
 mod network_plugin;
@@ -82,6 +83,9 @@ pub struct ReconcilerConfig {
     pub ct_per_endpoint: u32,
     /// Conntrack entries every endpoint may take, however full the map.
     pub ct_guaranteed: u32,
+    /// Audit every managed container (daemon flag `--audit`): policy drops
+    /// are reported and pass.
+    pub audit: bool,
 }
 
 impl Default for ReconcilerConfig {
@@ -91,6 +95,7 @@ impl Default for ReconcilerConfig {
             identity_labels: IdentityLabels::default(),
             ct_per_endpoint: 65_536,
             ct_guaranteed: 1024,
+            audit: false,
         }
     }
 }
@@ -143,6 +148,8 @@ pub struct Reconciler<D, H> {
     links: Option<std::collections::BTreeSet<bpfwall_datapath::LinkPin>>,
     /// Whose namespace each container is in, as of the last reconcile.
     networks: BTreeMap<String, (Network, Vec<IpAddr>)>,
+    /// The policy revision of the last flip (0: none by this daemon).
+    revision: u32,
     /// The containers only the hook reported, saved for a restarted daemon.
     hook_store: Option<super::hook_store::HookStore>,
     /// Owners of the links pinned when this daemon first read them.
@@ -184,6 +191,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             pending_forget: Default::default(),
             links: None,
             networks: BTreeMap::new(),
+            revision: 0,
             hook_store: None,
             inherited_links: None,
             default_deny_endpoints: Default::default(),
@@ -501,6 +509,10 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             },
             &mut self.allocator,
         )?;
+        let mut compiled = compiled;
+        if self.config.audit {
+            audit::audit_everything(&mut compiled);
+        }
         for w in &compiled.warnings {
             tracing::warn!(warning = ?w, "compile warning");
         }
@@ -577,6 +589,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         self.apply_links(true)?;
         if staged {
             let revision = self.datapath.flip()?;
+            self.revision = revision;
             tracing::debug!(revision, "flipped to the new generation");
         }
         self.apply_links(false)?;
@@ -949,6 +962,8 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             warnings: self.excluded_selector_keys(),
             last_error: self.last_error.clone(),
             bindings: self.bindings(),
+            policy_revision: self.revision,
+            audit_all: self.config.audit,
         }
     }
 
