@@ -10,7 +10,9 @@
 #        TCP after 1 s, so a connection opened in the window waits that long).
 # A benchmark, not a test: prints a markdown report. Runs its own daemon
 # (serving the plugin plug-bench), network and containers, and removes them
-# afterwards. N=starts per point; BPFWALL_BIN=the binary (default release).
+# afterwards. Each start runs with events only (no wrapper) and with
+# bpfwall-runc (registered as plug-bench for the run), alternating.
+# N=starts per point; BPFWALL_BIN=the binary (default release).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 bin=${BPFWALL_BIN:-$top/target/release/bpfwall}
@@ -23,11 +25,13 @@ pins=/sys/fs/bpf/bpfwall_v1_plug_bench
 sock=/run/bpfwall-plug-bench.sock
 work=$(mktemp -d)
 label=bpfwall-bench-plugin=1
+runtime=plug-bench
 daemon=
 cleanup() {
     docker ps -aq --filter label=bpfwall-bench-plugin | xargs -r docker rm -f >/dev/null 2>&1 || true
     # Docker deletes the network through the plugin: before the daemon goes.
     docker network rm "$net" >/dev/null 2>&1 || true
+    "$bin" uninstall-runtime --name "$runtime" >/dev/null 2>&1 || true
     [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
     "$bin" teardown --bpffs-root "$pins" >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -41,6 +45,7 @@ for _ in $(seq 50); do
     "$bin" status --socket "$sock" >/dev/null 2>&1 && [ -S "/run/docker/plugins/$plugin.sock" ] && break
     sleep 0.2
 done
+"$bin" install-runtime --name "$runtime" --socket "$sock" >/dev/null
 docker network create -d "$plugin" --subnet 10.233.40.0/24 "$net" >/dev/null
 docker run -d --network "$net" --label "$label" --label id=srv \
     --label 'bpfwall.ingress=allow from id=ok port 80/tcp,7/udp' \
@@ -65,43 +70,48 @@ echo "$r $t0 $(cut -d" " -f1 /proc/uptime)"'
 # instruction; prints how many got an answer.
 bad_client='n=0; for i in $(seq 50); do udp_echo ask '"$ip"' 7 20 >/dev/null 2>&1 && n=$((n+1)); done
 nc -w 2 '"$ip"' 80 </dev/null >/dev/null 2>&1 && n=$((n+1)); echo $n'
-run_once() { # id, script
-    docker run --rm --network "$net" --label "$label" --label "id=$1" "$image" sh -c "$2"
+run_once() { # runtime option, id, script
+    docker run --rm $1 --network "$net" --label "$label" --label "id=$2" "$image" sh -c "$3"
 }
 stats() { # column of numbers on stdin -> "median p90 min max"
     sort -n | awk '{v[NR]=$1} END {m=v[int((NR+1)/2)]; p=v[int(NR*0.9+0.999)]; printf "%s %s %s %s", m, p, v[1], v[NR]}'
 }
-udp= tcp= bad=
+configs=(events wrapper)
+declare -A opt=([events]="" [wrapper]="--runtime $runtime")
+declare -A udp tcp bad
 drops_before=$(closed_drops)
+# The configurations alternate within each run.
 for _ in $(seq "$N"); do
-    udp+=$(run_once ok "$udp_client" | awk '{printf "%d %.0f\n", $1, ($3-$2)*1000}')$'\n'
-    tcp+=$(run_once ok "$tcp_client" | awk '{printf "%s %.0f\n", $1, ($3-$2)*1000}')$'\n'
-    bad+=$(run_once bad "$bad_client")$'\n'
+    for c in "${configs[@]}"; do
+        udp[$c]+=$(run_once "${opt[$c]}" ok "$udp_client" | awk '{printf "%d %.0f\n", $1, ($3-$2)*1000}')$'\n'
+        tcp[$c]+=$(run_once "${opt[$c]}" ok "$tcp_client" | awk '{printf "%s %.0f\n", $1, ($3-$2)*1000}')$'\n'
+        bad[$c]+=$(run_once "${opt[$c]}" bad "$bad_client")$'\n'
+    done
 done
 drops_after=$(closed_drops)
-udp=$(printf '%s' "$udp" | sed '/^$/d')
-tcp=$(printf '%s' "$tcp" | sed '/^$/d')
-bad=$(printf '%s' "$bad" | sed '/^$/d')
-read -r um up umin umax <<<"$(echo "$udp" | awk '$1<500 {print $2}' | stats)"
-read -r tm tp tmin tmax <<<"$(echo "$tcp" | awk '$1=="ok" {print $2}' | stats)"
-udp_ok=$(echo "$udp" | awk '$1<500' | wc -l)
-udp_first=$(echo "$udp" | awk '$1==0' | wc -l)
-tcp_ok=$(echo "$tcp" | awk '$1=="ok"' | wc -l)
-tcp_slow=$(echo "$tcp" | awk '$1=="ok" && $2>=900' | wc -l)
-bad_through=$(echo "$bad" | awk '$1>0' | wc -l)
+rows() { # config name, its label
+    local u t b um up umin umax tm tp tmin tmax
+    u=$(printf '%s' "${udp[$1]}" | sed '/^$/d')
+    t=$(printf '%s' "${tcp[$1]}" | sed '/^$/d')
+    b=$(printf '%s' "${bad[$1]}" | sed '/^$/d')
+    read -r um up umin umax <<<"$(echo "$u" | awk '$1<500 {print $2}' | stats)"
+    read -r tm tp tmin tmax <<<"$(echo "$t" | awk '$1=="ok" {print $2}' | stats)"
+    echo "| $2 | allowed, UDP, a new flow every 20 ms | $(echo "$u" | awk '$1<500' | wc -l) of $N answered, $(echo "$u" | awk '$1==0' | wc -l) at the first try | ${um:-0} / ${up:-0} / ${umin:-0} / ${umax:-0} |"
+    echo "| $2 | allowed, TCP connect | $(echo "$t" | awk '$1=="ok"' | wc -l) of $N connected, $(echo "$t" | awk '$1=="ok" && $2>=900' | wc -l) after a resent SYN | ${tm:-0} / ${tp:-0} / ${tmin:-0} / ${tmax:-0} |"
+    echo "| $2 | forbidden, 50 UDP flows and a TCP connect | $(echo "$b" | awk '$1>0' | wc -l) of $N starts got any answer | — |"
+}
 
 cat <<REPORT
-## Network plugin: the start window ($(date -u +%Y-%m-%d), $(uname -r), $(nproc) cores, N=$N starts per point)
+## Network plugin: the start window ($(date -u +%Y-%m-%d), $(uname -r), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg), N=$N starts per point)
 
-A container on a bpfwall network (\`docker run --network $net\`, no
-runtime wrapper), its first instruction talking to a server that admits it
-(id=ok) or not (id=bad):
+A container on a bpfwall network (\`docker run --network $net\`), its
+first instruction talking to a server that admits it (id=ok) or not
+(id=bad); events only (no wrapper), or with bpfwall-runc (\`--runtime\`):
 
-| first action | result | wait for the first allowed packet, median / p90 / min / max (ms) |
-|---|---|---|
-| allowed, UDP, a new flow every 20 ms | $udp_ok of $N answered, $udp_first at the first try | ${um:-0} / ${up:-0} / ${umin:-0} / ${umax:-0} |
-| allowed, TCP connect | $tcp_ok of $N connected, $tcp_slow after a resent SYN | ${tm:-0} / ${tp:-0} / ${tmin:-0} / ${tmax:-0} |
-| forbidden, 50 UDP flows and a TCP connect | $bad_through of $N starts got any answer | — |
+| start | first action | result | wait for the first allowed packet, median / p90 / min / max (ms) |
+|---|---|---|---|
+$(rows events "events only")
+$(rows wrapper "bpfwall-runc")
 
 Packets the closed gate dropped meanwhile: $((drops_after - drops_before)).
 REPORT
