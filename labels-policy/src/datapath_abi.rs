@@ -57,6 +57,9 @@ pub const PROG_EGRESS: &str = "bpfwall_egress";
 pub const IDENTITY_ANY: u32 = 0;
 pub const IDENTITY_HOST: u32 = 1;
 pub const IDENTITY_WORLD: u32 = 2;
+/// `BPFWALL_IDENTITY_PROXY`: the peer of policy entries that say a (local
+/// identity, TCP port) goes through bpfwall's HTTP proxy; no address has it.
+pub const IDENTITY_PROXY: u32 = 3;
 pub const IDENTITY_FIRST_CONTAINER: u32 = 256;
 pub const IDENTITY_FIRST_CIDR: u32 = 0x0100_0000;
 
@@ -65,6 +68,8 @@ pub const DIR_EGRESS: u8 = 1;
 
 pub const VERDICT_ALLOW: u8 = 1;
 pub const VERDICT_DENY: u8 = 2;
+/// `BPFWALL_VERDICT_PROXY`: the value of an `IDENTITY_PROXY` entry.
+pub const VERDICT_PROXY: u8 = 3;
 
 pub const EP_ENFORCE_INGRESS: u32 = 0x1;
 pub const EP_ENFORCE_EGRESS: u32 = 0x2;
