@@ -11,6 +11,7 @@
 #include "endpoint.h"
 #include "conntrack.h"
 #include "policy.h"
+#include "l7.h"
 
 #define LOOPBACK_IFINDEX 1
 #define PASS 1
@@ -19,6 +20,7 @@
 static __always_inline int drop(const struct endpoint_info *ep, __u8 direction, __u32 reason, __u32 len)
 {
 	count_drop(reason);
+	count_l7_drop(reason);
 	if (ep)
 		count_endpoint(ep, direction, 0, len);
 	return DROP;
@@ -71,6 +73,8 @@ static __always_inline int bpfwall_filter(struct __sk_buff *skb, __u8 direction)
 			break;
 		ct_origin_flow(&origin, entry, &f);
 		reason = policy_decide(&state, entry->origin_direction, &origin, g);
+		if (!reason)
+			reason = l7_bypass(&state, entry->origin_direction, &origin, g);
 		ct_redecided(entry, &f, direction, now, revision, !reason);
 		if (reason)
 			return drop(ep, direction, reason, skb->len);
@@ -80,6 +84,8 @@ static __always_inline int bpfwall_filter(struct __sk_buff *skb, __u8 direction)
 		break;
 	}
 	reason = policy_decide(&state, direction, &f, g);                      /* steps 6 to 10 */
+	if (!reason)
+		reason = l7_bypass(&state, direction, &f, g);                  /* step 10b */
 	if (reason)
 		return drop(ep, direction, reason, skb->len);
 	if (ct_track(entry, &ct, &f, ep, direction, now, revision))

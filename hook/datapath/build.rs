@@ -1,5 +1,7 @@
 //! Compiles the C datapath in bpf-src/ with clang into $OUT_DIR/bpfwall.o
-//! (and the benchmarks' empty baseline into $OUT_DIR/bench_empty.o).
+//! (the cgroup/skb programs), $OUT_DIR/bpfwall_l7.o (the sk_lookup program
+//! of the HTTP proxy) and the benchmarks' empty baseline into
+//! $OUT_DIR/bench_empty.o.
 
 #![allow(
     clippy::expect_used,
@@ -37,6 +39,7 @@ fn main() {
     // The datapath, and the empty baseline program of the microbenchmark.
     for (source, object) in [
         ("bpfwall_cgroup_skb.c", "bpfwall.o"),
+        ("bpfwall_sk_lookup.c", "bpfwall_l7.o"),
         ("bench_empty.c", "bench_empty.o"),
     ] {
         let mut cmd = Command::new(&clang);

@@ -35,8 +35,11 @@ pub const MAP_CT_CONFIG: &str = "bpfwall_ct_config_v2";
 pub const MAP_POLICY_REV: &str = "bpfwall_policy_rev_v2";
 pub const MAP_COUNTERS: &str = "bpfwall_counters_v2";
 pub const MAP_DROPS: &str = "bpfwall_drops_v2";
-/// Every map the object defines, for pinning.
-pub const ALL_MAPS: [&str; 12] = [
+pub const MAP_L7_ADDRESSES: &str = "bpfwall_l7_addresses_v1";
+pub const MAP_L7_SOCKETS: &str = "bpfwall_l7_sockets_v1";
+pub const MAP_L7_DROPS: &str = "bpfwall_l7_drops_v1";
+/// Every map the objects define, for pinning.
+pub const ALL_MAPS: [&str; 15] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE,
     MAP_IPCACHE_EXACT,
@@ -49,10 +52,15 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_POLICY_REV,
     MAP_COUNTERS,
     MAP_DROPS,
+    MAP_L7_ADDRESSES,
+    MAP_L7_SOCKETS,
+    MAP_L7_DROPS,
 ];
 
 pub const PROG_INGRESS: &str = "bpfwall_ingress";
 pub const PROG_EGRESS: &str = "bpfwall_egress";
+/// The sk_lookup program of `bpf-src/bpfwall_sk_lookup.c`.
+pub const PROG_L7_LOOKUP: &str = "bpfwall_l7_lookup";
 
 pub const IDENTITY_ANY: u32 = 0;
 pub const IDENTITY_HOST: u32 = 1;
@@ -150,6 +158,44 @@ impl DropReason {
     }
 }
 
+/// Why a connection to a port steered to the HTTP proxy was dropped
+/// (`BPFWALL_L7_DROP_*`), indices into `bpfwall_l7_drops_v1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum L7DropReason {
+    NoProxy = 16,
+    Assign = 17,
+    Bypass = 18,
+}
+
+/// `BPFWALL_L7_DROP_REASON_MAX`.
+pub const L7_DROP_REASON_MAX: u32 = 19;
+pub const L7_SOCKET_SLOTS: u32 = 32768;
+pub const L7_ADDRESS_ENTRIES: u32 = 65536;
+
+impl L7DropReason {
+    /// Every reason, in index order.
+    pub const ALL: [L7DropReason; 3] = [
+        L7DropReason::NoProxy,
+        L7DropReason::Assign,
+        L7DropReason::Bypass,
+    ];
+
+    /// The name operators see in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            L7DropReason::NoProxy => "l7-proxy-unavailable",
+            L7DropReason::Assign => "l7-proxy-refused",
+            L7DropReason::Bypass => "l7-proxy-bypass",
+        }
+    }
+
+    /// The proxy socket slot of an endpoint and family.
+    pub fn socket_slot(endpoint_id: u32, v6: bool) -> u32 {
+        endpoint_id * 2 + u32::from(v6)
+    }
+}
+
 /// Every numeric `#define BPFWALL_*` of `bpfwall_maps.h` with the value of
 /// the Rust constant that mirrors it (built from the constants, not written
 /// again). `labels-policy/tests/abi_defines.rs` reads the header and fails
@@ -221,6 +267,14 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("BPFWALL_POLICY_ENTRIES", POLICY_ENTRIES as u64),
     ("BPFWALL_SOURCE_ENTRIES", SOURCE_ENTRIES as u64),
     ("BPFWALL_CT_ENTRIES", CT_ENTRIES as u64),
+    ("BPFWALL_IDENTITY_PROXY", IDENTITY_PROXY as u64),
+    ("BPFWALL_VERDICT_PROXY", VERDICT_PROXY as u64),
+    ("BPFWALL_L7_DROP_NO_PROXY", L7DropReason::NoProxy as u64),
+    ("BPFWALL_L7_DROP_ASSIGN", L7DropReason::Assign as u64),
+    ("BPFWALL_L7_DROP_BYPASS", L7DropReason::Bypass as u64),
+    ("BPFWALL_L7_DROP_REASON_MAX", L7_DROP_REASON_MAX as u64),
+    ("BPFWALL_L7_SOCKET_SLOTS", L7_SOCKET_SLOTS as u64),
+    ("BPFWALL_L7_ADDRESS_ENTRIES", L7_ADDRESS_ENTRIES as u64),
 ];
 
 /// Mirrors `struct endpoint_key`.
@@ -368,7 +422,41 @@ impl EndpointCounters {
     }
 }
 
+/// Mirrors `struct l7_address_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct L7AddressKey {
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// Mirrors `struct l7_address_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct L7AddressValue {
+    pub cgroup_id: u64,
+}
+
+/// The key of a container address in `bpfwall_l7_addresses_v1`.
+pub fn l7_address_key(addr: std::net::IpAddr) -> L7AddressKey {
+    let mut key = L7AddressKey::default();
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            key.family = FAMILY_IPV4;
+            key.addr[..4].copy_from_slice(&a.octets());
+        }
+        std::net::IpAddr::V6(a) => {
+            key.family = FAMILY_IPV6;
+            key.addr.copy_from_slice(&a.octets());
+        }
+    }
+    key
+}
+
 const _: () = {
+    assert!(size_of::<L7AddressKey>() == 20);
+    assert!(size_of::<L7AddressValue>() == 8);
     assert!(size_of::<EndpointKey>() == 8);
     assert!(size_of::<EndpointState>() == 8);
     assert!(size_of::<EndpointInfo>() == 24);
@@ -452,6 +540,8 @@ pub fn layouts() -> Vec<StructLayout> {
                 pad
             ]
         ),
+        layout!("l7_address_key", L7AddressKey, [family, pad, addr]),
+        layout!("l7_address_value", L7AddressValue, [cgroup_id]),
     ]
 }
 

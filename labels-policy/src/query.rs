@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attribution::{evaluate_http, evaluate_rules_for, RuleVerdict};
 use crate::compile::{Compiled, ContainerInput, HttpKey};
-use crate::datapath_abi::{self as abi, DropReason, EndpointKey};
+use crate::datapath_abi::{self as abi, DropReason, EndpointKey, L7DropReason};
 use crate::decision::{decide, ipcache_identity, CtState, Decision, Packet};
 use crate::http::HttpRequest;
 use crate::http_decision::{RequestVerdict, SideRules};
@@ -152,7 +152,14 @@ fn side(
         tcp_syn: protocol == abi::IPPROTO_TCP,
         loopback: false,
     };
-    let decision = decide(compiled, endpoint, &packet, CtState::None);
+    // A connection to a port steered to the HTTP proxy never meets the
+    // container's own program (which drops one that went around the
+    // proxy): the proxy's sk_lookup step lets it through on the same
+    // decision, and the proxy decides its requests.
+    let decision = match decide(compiled, endpoint, &packet, CtState::None) {
+        Decision::DropL7(L7DropReason::Bypass) => Decision::Pass,
+        other => other,
+    };
     let remote_kind = compiled
         .identities
         .get(&ipcache_identity(compiled, remote))

@@ -657,7 +657,19 @@ proptest! {
                         direction, local, remote, protocol: oracle::TCP, dport: *port,
                         tcp_syn: true, loopback: false,
                     };
-                    let maps = decide(&compiled, &a, &packet, CtState::None);
+                    // Step 10b: a steered port's connections come through the
+                    // proxy; one that meets a's own program went around it.
+                    let steered = labels_policy::decision::l7_steered(&compiled, report.identity, *port);
+                    let maps = match decide(&compiled, &a, &packet, CtState::None) {
+                        Decision::DropL7(abi::L7DropReason::Bypass) => {
+                            prop_assert!(direction == Direction::Ingress && steered);
+                            Decision::Pass
+                        }
+                        other => {
+                            prop_assert!(other != Decision::Pass || direction == Direction::Egress || !steered, "a steered port passed at a's own program");
+                            other
+                        }
+                    };
                     let want = oracle::expected_connection(&rules, direction, &want_remote, proxied, oracle::TCP, *port);
                     prop_assert!(l4_agrees(&want, maps), "{direction} {remote}:{port}: maps {maps:?}, oracle {want:?}\n{rules:#?}");
                     // Steering: a's own ingress HTTP ports; for a's egress

@@ -10,7 +10,8 @@ use aya::maps::lpm_trie::Key;
 use aya::Pod;
 use labels_policy::datapath_abi::{
     CtConfig, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey,
-    IpcacheValue, PolicyKey, PolicyRevision, PolicyValue, SourceKey, SourceValue,
+    IpcacheValue, L7AddressKey, L7AddressValue, PolicyKey, PolicyRevision, PolicyValue, SourceKey,
+    SourceValue,
 };
 
 /// A mirror struct as an aya map key or value.
@@ -46,6 +47,10 @@ unsafe impl Pod for P<SourceKey> {}
 unsafe impl Pod for P<SourceValue> {}
 // SAFETY: as above.
 unsafe impl Pod for P<CtConfig> {}
+// SAFETY: as above.
+unsafe impl Pod for P<L7AddressKey> {}
+// SAFETY: as above.
+unsafe impl Pod for P<L7AddressValue> {}
 
 /// `struct ipcache_key` after its prefixlen.
 pub type IpcacheData = [u8; 20];
