@@ -56,6 +56,8 @@ pub struct Server {
     pub counters: Option<Arc<dyn CounterReader>>,
     /// The reconcile loop.
     pub inputs: Sender<Input>,
+    /// The HTTP proxy's counters and state, when it runs.
+    pub proxy: Option<Arc<super::proxy::ProxyStats>>,
 }
 
 impl Server {
@@ -100,18 +102,25 @@ impl Server {
     async fn answer(&self, request: Request) -> Answer {
         let snapshot = self.snapshots.borrow().clone();
         let result = match request {
-            Request::Status => Ok(Answer::Status(snapshot.status(
-                &self.pin_root,
-                self.counters.as_deref(),
-                self.policy_files.borrow().clone(),
-            ))),
+            Request::Status => {
+                let mut status = snapshot.status(
+                    &self.pin_root,
+                    self.counters.as_deref(),
+                    self.policy_files.borrow().clone(),
+                );
+                if let Some(proxy) = &self.proxy {
+                    proxy.fill(&mut status);
+                }
+                Ok(Answer::Status(status))
+            }
             Request::Check {
                 from,
                 to,
                 protocol,
                 port,
+                http,
             } => snapshot
-                .check(&from, &to, protocol, port)
+                .check(&from, &to, protocol, port, http.as_ref())
                 .map(Answer::Check),
             Request::Explain { container } => snapshot.explain(&container).map(Answer::Explain),
             Request::Enforce(request) => {

@@ -11,13 +11,15 @@
 //! - the runtime sources (`crate::runtime`), whose events are forwarded to
 //!   the loop;
 //! - [`host`]: what the reconciler reads of the host, behind a trait;
-//! - [`instance_lock`]: one daemon per pin root.
+//! - [`instance_lock`]: one daemon per pin root;
+//! - [`proxy`]: the HTTP proxy (L7 policy), following the snapshots.
 
 pub mod api_server;
 pub mod host;
 pub mod instance_lock;
 pub mod policy_store;
 pub mod policy_watch;
+pub mod proxy;
 pub mod reconcile_loop;
 pub mod reconciler;
 pub mod snapshot;
@@ -166,12 +168,42 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         files_tx,
     ));
 
+    // The HTTP proxy (L7 policy): its sk_lookup program on the shared pins,
+    // links an earlier daemon pinned moved onto it; it follows the snapshots.
+    let proxy_stats = match bpfwall_datapath::steering::Steering::load(&config.pin_root) {
+        Ok((steering, adopted)) => {
+            for e in &adopted.failed {
+                tracing::error!(error = %error_chain(e), "a pinned netns link keeps an older program");
+            }
+            tracing::info!(
+                moved = adopted.moved,
+                defunct = adopted.defunct,
+                "http proxy steering loaded"
+            );
+            let drops = steering
+                .drop_reader()
+                .map_err(|e| tracing::error!(error = %error_chain(&e), "cannot open the L7 drop counters"))
+                .ok();
+            let stats = Arc::new(proxy::ProxyStats::new(drops));
+            let proxy = proxy::Proxy::new(steering, snapshots_rx.clone(), Arc::clone(&stats))
+                .context("cannot start the http proxy")?;
+            tokio::spawn(proxy.run());
+            Some(stats)
+        }
+        Err(e) => {
+            // Steered ports stay closed (their connections are dropped).
+            tracing::error!(error = %error_chain(&e), "cannot load the http proxy's steering: http-policed ports stay closed");
+            None
+        }
+    };
+
     let server = api_server::Server {
         pin_root: config.pin_root.display().to_string(),
         snapshots: snapshots_rx,
         policy_files: files_rx,
         counters,
         inputs: inputs_tx,
+        proxy: proxy_stats,
     };
     tokio::spawn(server.serve(listener));
 

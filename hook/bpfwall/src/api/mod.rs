@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-pub use status::{DirectionStatus, EndpointStatus, FileStatus, MapStatus, Status, VersionInForce};
+pub use status::{
+    DirectionStatus, EndpointStatus, FileStatus, MapStatus, ProxyState, Status, VersionInForce,
+};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/bpfwall/bpfwall.sock";
@@ -35,6 +37,10 @@ pub enum Request {
         protocol: u8,
         /// Destination port (ICMP: type).
         port: u16,
+        /// An HTTP request the connection carries (TCP only): answered
+        /// with the HTTP rule that decides it.
+        #[serde(default)]
+        http: Option<HttpCheck>,
     },
     /// A container's effective policy.
     Explain {
@@ -67,6 +73,18 @@ pub struct EnforceRequest {
     /// The container whose network namespace it joined, if any.
     #[serde(default)]
     pub joins: Option<String>,
+}
+
+/// An HTTP request to check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpCheck {
+    /// The method.
+    pub method: String,
+    /// The request target as a client sends it (`/path?query`).
+    pub target: String,
+    /// Headers, as a client sends them (a `Host` header sets the host).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
 }
 
 /// One end of a flow in a check.
