@@ -9,8 +9,9 @@
  * namespace (sk_lookup, before any socket is chosen):
  *
  *   condition                                           result
- *   not TCP, or on the loopback device                  not steered (the
- *                                                       proxy's own hop)
+ *   not TCP, on the loopback device, or from a          not steered (the
+ *   loopback address (127.0.0.0/8, ::1)                 proxy's own hop: it
+ *                                                       connects from one)
  *   local address is no steered container's             not steered
  *   the container is no endpoint in the generation      not steered
  *   its (identity, port) is not steered                 not steered
@@ -108,6 +109,9 @@ static __always_inline int l7_lookup(struct bpf_sk_lookup *ctx)
 	if (ctx->family == L7_AF_INET) {
 		__u32 local = ctx->local_ip4, remote = ctx->remote_ip4;
 
+		/* 127.0.0.0/8: only this namespace sends from there. */
+		if ((bpf_ntohl(remote) >> 24) == 127)
+			return SK_PASS;
 		akey.family = BPFWALL_FAMILY_IPV4;
 		__builtin_memcpy(akey.addr, &local, 4);
 		__builtin_memcpy(f.local_addr, &local, 4);
@@ -121,6 +125,9 @@ static __always_inline int l7_lookup(struct bpf_sk_lookup *ctx)
 			local[i] = ctx->local_ip6[i];
 			remote[i] = ctx->remote_ip6[i];
 		}
+		/* ::1: only this namespace sends from there. */
+		if (!remote[0] && !remote[1] && !remote[2] && remote[3] == bpf_htonl(1))
+			return SK_PASS;
 		akey.family = BPFWALL_FAMILY_IPV6;
 		__builtin_memcpy(akey.addr, local, 16);
 		__builtin_memcpy(f.local_addr, local, 16);

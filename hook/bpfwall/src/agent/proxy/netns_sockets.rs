@@ -26,7 +26,8 @@ pub enum SocketKind {
         /// IPv6 (bound to ::1, IPv6 only) rather than IPv4 (127.0.0.1).
         v6: bool,
     },
-    /// An unconnected TCP socket, to connect to the server.
+    /// An unconnected TCP socket bound to the namespace's loopback
+    /// address, to connect to the server.
     Stream {
         /// IPv6 rather than IPv4.
         v6: bool,
@@ -116,16 +117,26 @@ fn make(kind: SocketKind, netns: u64) -> Result<OwnedFd, NetnsSocketError> {
             Ok(s.into())
         }
         SocketKind::Stream { v6 } => {
-            let domain = if v6 {
-                socket2::Domain::IPV6
+            // From the loopback address: the sk_lookup program never steers
+            // a connection from there (nothing outside the namespace sends
+            // from it), so the proxy's own hop reaches the server.
+            let (domain, from) = if v6 {
+                (
+                    socket2::Domain::IPV6,
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0),
+                )
             } else {
-                socket2::Domain::IPV4
+                (
+                    socket2::Domain::IPV4,
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+                )
             };
             let s =
                 socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
                     .map_err(err("socket"))?;
             s.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
             s.set_tcp_nodelay(true).map_err(err("TCP_NODELAY"))?;
+            s.bind(&from.into()).map_err(err("bind"))?;
             Ok(s.into())
         }
     }
