@@ -2,13 +2,15 @@
  * http_upgrade: a tiny HTTP/1.1 server for the L7 tests.
  *
  *   http_upgrade PORT
+ *   http_upgrade fnv FILE|-     (prints the FNV-1a 64 of the bytes)
  *
  * Serves each connection in a child process. A request with an Upgrade
  * header is answered "101 Switching Protocols" (Upgrade: websocket), after
  * which every byte the client sends comes back prefixed, line by line, with
  * "echo: ". Any other request is answered "200 OK" with the body
- * "plain <method> <target> xff=<X-Forwarded-For>\n", and the connection is
- * kept for the next request.
+ * "plain <method> <target> xff=<X-Forwarded-For>\n", or, when it had a
+ * body (Content-Length or chunked), "body <bytes> fnv=<FNV-1a 64>\n"; the
+ * connection is kept for the next request.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -21,6 +23,17 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+static unsigned long long fnv(unsigned long long h, const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		h ^= (unsigned char)p[i];
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+#define FNV_START 14695981039346656037ULL
 
 static int write_all(int fd, const char *buf, size_t len)
 {
@@ -109,7 +122,11 @@ static void serve(int fd)
 		header(head, "Upgrade", upgrade, sizeof(upgrade));
 		header(head, "X-Forwarded-For", xff, sizeof(xff));
 		header(head, "Content-Length", cl, sizeof(cl));
-		size_t body = (size_t)strtoul(cl, NULL, 10);
+		char te[64];
+		header(head, "Transfer-Encoding", te, sizeof(te));
+		size_t body = (size_t)strtoul(cl, NULL, 10), got = 0;
+		int had_body = body > 0 || strcasecmp(te, "chunked") == 0;
+		unsigned long long sum = FNV_START;
 		memmove(buf, buf + head_len, have - head_len);
 		have -= head_len;
 		if (upgrade[0]) {
@@ -119,7 +136,42 @@ static void serve(int fd)
 			echo(fd, buf, have);
 			return;
 		}
-		/* Skip a Content-Length body. */
+		if (strcasecmp(te, "chunked") == 0) {
+			/* Chunks: a hex size line, the bytes, CRLF; size 0 ends. */
+			for (;;) {
+				char *eol;
+				while (!(eol = memmem(buf, have, "\r\n", 2))) {
+					ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+					if (n <= 0)
+						return;
+					have += (size_t)n;
+				}
+				size_t size = (size_t)strtoul(buf, NULL, 16), line = (size_t)(eol - buf) + 2;
+				memmove(buf, buf + line, have - line);
+				have -= line;
+				body = size + 2;
+				if (size == 0)
+					body = 2; /* the final CRLF (no trailers) */
+				while (body > 0) {
+					if (have == 0) {
+						ssize_t n = read(fd, buf, sizeof(buf) - 1);
+						if (n <= 0)
+							return;
+						have = (size_t)n;
+					}
+					size_t take = have < body ? have : body;
+					size_t data = body > 2 ? (take < body - 2 ? take : body - 2) : 0;
+					sum = fnv(sum, buf, data);
+					got += data;
+					memmove(buf, buf + take, have - take);
+					have -= take;
+					body -= take;
+				}
+				if (size == 0)
+					break;
+			}
+		}
+		/* A Content-Length body. */
 		while (body > 0) {
 			if (have == 0) {
 				ssize_t n = read(fd, buf, sizeof(buf));
@@ -128,12 +180,15 @@ static void serve(int fd)
 				have = (size_t)n;
 			}
 			size_t take = have < body ? have : body;
+			sum = fnv(sum, buf, take);
+			got += take;
 			memmove(buf, buf + take, have - take);
 			have -= take;
 			body -= take;
 		}
 		char text[4608];
-		int tlen = snprintf(text, sizeof(text), "plain %s %s xff=%s\n", method, target, xff);
+		int tlen = had_body ? snprintf(text, sizeof(text), "body %zu fnv=%016llx\n", got, sum)
+				    : snprintf(text, sizeof(text), "plain %s %s xff=%s\n", method, target, xff);
 		int olen = snprintf(out, sizeof(out), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s", tlen, text);
 		if (write_all(fd, out, (size_t)olen) < 0)
 			return;
@@ -145,8 +200,25 @@ int main(int argc, char **argv)
 	struct sockaddr_in6 addr = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT };
 	int one = 1, zero = 0, s;
 
+	if (argc == 3 && strcmp(argv[1], "fnv") == 0) {
+		char b[65536];
+		unsigned long long h = FNV_START;
+		size_t total = 0;
+		FILE *f = strcmp(argv[2], "-") == 0 ? stdin : fopen(argv[2], "rb");
+		size_t n;
+		if (!f) {
+			perror(argv[2]);
+			return 1;
+		}
+		while ((n = fread(b, 1, sizeof(b), f)) > 0) {
+			h = fnv(h, b, n);
+			total += n;
+		}
+		printf("body %zu fnv=%016llx\n", total, h);
+		return 0;
+	}
 	if (argc != 2) {
-		fprintf(stderr, "usage: http_upgrade PORT\n");
+		fprintf(stderr, "usage: http_upgrade PORT | http_upgrade fnv FILE\n");
 		return 2;
 	}
 	signal(SIGCHLD, SIG_IGN);
