@@ -14,6 +14,11 @@
 //! until EOF and answers the count). A client prints one line of
 //! `key=value` pairs; `probe` exits 0 if one transaction succeeds within a
 //! second (`--timeout-ms`) and 1 otherwise.
+//!
+//! A connection whose first byte is `G` is HTTP/1.1: every `GET` gets a
+//! 2-byte answer, on the same connection unless it asked `Connection:
+//! close`. `--test http` sends small GETs on one kept-alive connection,
+//! `--test http-new` one GET per new connection (requests/s, p50, p99).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,7 +29,7 @@ const STREAM_CHUNK: usize = 128 * 1024;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bpfwall-loadgen server [--port P]\n       bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|probe [--seconds S] [--timeout-ms T]"
+        "usage: bpfwall-loadgen server [--port P]\n       bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|http|http-new|probe [--seconds S] [--timeout-ms T]"
     );
     ExitCode::from(2)
 }
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
                 Some("rr") => rr(to, duration),
                 Some("crr") => crr(to, duration),
                 Some("stream") => stream(to, duration),
+                Some("http") => http_keepalive(to, duration),
+                Some("http-new") => http_new(to, duration),
                 Some("probe") => {
                     let Ok(ms) = flag(&args, "--timeout-ms").unwrap_or("1000").parse::<u64>()
                     else {
@@ -114,6 +121,9 @@ fn server(port: u16) -> std::io::Result<()> {
                         }
                     }
                 });
+            }
+            b'G' => {
+                std::thread::spawn(move || http_serve(conn));
             }
             b'S' => {
                 std::thread::spawn(move || {
@@ -237,4 +247,116 @@ fn probe(to: SocketAddr, timeout: Duration) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::other("unexpected answer"))
     }
+}
+
+/// Reads one HTTP head (to its blank line) into `buf`; the head's length.
+fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(i + 4);
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The value of a header in a head, by name in lower case.
+fn head_value(head: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+fn http_serve(mut conn: TcpStream) {
+    // The `G` the dispatch read is the first byte of the first head.
+    let mut buf = b"G".to_vec();
+    loop {
+        let Ok(len) = read_head(&mut conn, &mut buf) else {
+            return;
+        };
+        let close = head_value(&buf[..len], "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        buf.drain(..len);
+        let answer: &[u8] = if close {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        if conn.write_all(answer).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Sends one GET and reads its answer whole.
+fn http_exchange(s: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> std::io::Result<()> {
+    s.write_all(request)?;
+    let len = read_head(s, buf)?;
+    let status_ok = buf.starts_with(b"HTTP/1.1 200");
+    let body: usize = head_value(&buf[..len], "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut chunk = [0u8; 4096];
+    while buf.len() < len + body {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.drain(..len + body);
+    if !status_ok {
+        return Err(std::io::Error::other("not 200 OK"));
+    }
+    Ok(())
+}
+
+fn report(test: &str, samples: Vec<u32>, secs: f64) {
+    let n = samples.len();
+    let (p50, p99) = percentiles(samples);
+    println!(
+        "test={test} transactions={n} seconds={secs:.3} per_second={:.0} p50_us={p50:.1} p99_us={p99:.1}",
+        n as f64 / secs
+    );
+}
+
+fn http_keepalive(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let request = b"GET /bench HTTP/1.1\r\nHost: bench\r\n\r\n";
+    let mut s = connect(to)?;
+    let mut buf = Vec::with_capacity(8192);
+    let mut samples = Vec::with_capacity(1 << 20);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        http_exchange(&mut s, request, &mut buf)?;
+        samples.push(elapsed_ns(t));
+    }
+    report("http", samples, start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn http_new(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let request = b"GET /bench HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    let mut buf = Vec::with_capacity(8192);
+    let mut samples = Vec::with_capacity(1 << 18);
+    let mut byte = [0u8; 1];
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        let mut s = connect(to)?;
+        buf.clear();
+        http_exchange(&mut s, request, &mut buf)?;
+        // The server closes first: wait for its FIN.
+        let _ = s.read(&mut byte);
+        samples.push(elapsed_ns(t));
+    }
+    report("http-new", samples, start.elapsed().as_secs_f64());
+    Ok(())
 }
