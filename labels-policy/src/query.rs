@@ -347,6 +347,9 @@ pub struct RuleLine {
     pub matching_containers: Vec<String>,
     /// The ports, or "all".
     pub ports: String,
+    /// Its HTTP rules as written (none for an L3/L4 rule).
+    #[serde(default)]
+    pub http: Vec<String>,
     /// Where the rule was written.
     pub origin: String,
 }
@@ -408,6 +411,7 @@ fn rule_line(rule: &Rule, containers: &[ContainerInput]) -> RuleLine {
         } else {
             ports.join(",")
         },
+        http: rule.http.iter().map(ToString::to_string).collect(),
         origin: rule.origin.to_string(),
     }
 }

@@ -1337,7 +1337,13 @@ pub enum HttpOutcome {
 impl TestEnv {
     /// An HTTP request with busybox wget from a container (`extra`: more
     /// wget options, such as `--post-file F` or `--header 'N: V'`).
-    pub fn http_request(&self, from: &Container, url: &str, seconds: u32, extra: &[&str]) -> HttpOutcome {
+    pub fn http_request(
+        &self,
+        from: &Container,
+        url: &str,
+        seconds: u32,
+        extra: &[&str],
+    ) -> HttpOutcome {
         let secs = seconds.to_string();
         let mut cmd = vec!["timeout", &secs, "wget", "-q", "-O", "-"];
         cmd.extend_from_slice(extra);
@@ -1364,7 +1370,14 @@ impl TestEnv {
     /// Raw bytes to `host:port` from a container with busybox nc; `script`
     /// is a shell command list whose output is sent (sleep in it to pace
     /// the requests; nc stops reading when it ends). What came back.
-    pub fn raw_tcp(&self, from: &Container, host: &str, port: u16, script: &str, seconds: u32) -> String {
+    pub fn raw_tcp(
+        &self,
+        from: &Container,
+        host: &str,
+        port: u16,
+        script: &str,
+        seconds: u32,
+    ) -> String {
         let cmd = format!("({script}; sleep 1) | timeout {seconds} nc {host} {port}");
         let out = self.exec(from, &["sh", "-c", &cmd]);
         String::from_utf8_lossy(&out.stdout).to_string()
@@ -1373,8 +1386,7 @@ impl TestEnv {
     /// Waits until the daemon's proxy serves a container.
     pub fn wait_proxy_ready(&self, c: &Container) {
         self.wait_for(&format!("the http proxy of {}", c.name), |env| {
-            env.endpoint(c)
-                .is_some_and(|e| e["proxy"]["ready"] == true)
+            env.endpoint(c).is_some_and(|e| e["proxy"]["ready"] == true)
         });
     }
 
@@ -1398,10 +1410,18 @@ impl TestEnv {
 
     /// `bpfwall policy check ... --port PORT/tcp --http 'METHOD TARGET'`:
     /// (allowed, the printed answer).
-    pub fn check_http(&self, from: &Container, to: &Container, port: u16, request: &str, headers: &[&str]) -> (bool, String) {
+    pub fn check_http(
+        &self,
+        from: &Container,
+        to: &Container,
+        port: u16,
+        request: &str,
+        headers: &[&str],
+    ) -> (bool, String) {
         let port = format!("{port}/tcp");
         let mut args = vec![
-            "policy", "check", "--from", &from.name, "--to", &to.name, "--port", &port, "--http", request,
+            "policy", "check", "--from", &from.name, "--to", &to.name, "--port", &port, "--http",
+            request,
         ];
         for h in headers {
             args.push("--header");

@@ -78,8 +78,16 @@ fn l7_the_articles_scenario_on_a_bridge_and_by_name() {
             &opts(&with(&["--label", "id=app1", "--label", label])),
             &site(),
         );
-        let app2 = env.start_attached(&format!("app2{suffix}"), &opts(&with(&["--label", "id=app2"])), SLEEP);
-        let app3 = env.start_attached(&format!("app3{suffix}"), &opts(&with(&["--label", "id=app3"])), SLEEP);
+        let app2 = env.start_attached(
+            &format!("app2{suffix}"),
+            &opts(&with(&["--label", "id=app2"])),
+            SLEEP,
+        );
+        let app3 = env.start_attached(
+            &format!("app3{suffix}"),
+            &opts(&with(&["--label", "id=app3"])),
+            SLEEP,
+        );
         env.wait_proxy_ready(&app1);
         // By address on the default bridge, by name on a network of its own.
         let host = if network.is_some() {
@@ -89,7 +97,12 @@ fn l7_the_articles_scenario_on_a_bridge_and_by_name() {
         };
         let before = env.http_counts(&app1, Direction::Ingress);
         let public = env.http_get(&app2, &format!("http://{host}/public/"));
-        assert_eq!(public, HttpOutcome::Ok("public\n".into()), "{}", env.status_text());
+        assert_eq!(
+            public,
+            HttpOutcome::Ok("public\n".into()),
+            "{}",
+            env.status_text()
+        );
         check_agrees(&env, &app2, &app1, "GET /public/", &public);
         let restricted = env.http_get(&app2, &format!("http://{host}/restricted/"));
         assert_eq!(restricted, HttpOutcome::Status(403));
@@ -97,20 +110,39 @@ fn l7_the_articles_scenario_on_a_bridge_and_by_name() {
         let (_, text) = env.check_http(&app2, &app1, 80, "GET /restricted/", &[]);
         assert!(text.contains("denied by default"), "{text}");
         // POST where only GET is allowed.
-        let post = env.http_request(&app2, &format!("http://{host}/public/"), 6, &["--post-data", "x=1"]);
+        let post = env.http_request(
+            &app2,
+            &format!("http://{host}/public/"),
+            6,
+            &["--post-data", "x=1"],
+        );
         assert_eq!(post, HttpOutcome::Status(403));
         let (allowed, _) = env.check_http(&app2, &app1, 80, "POST /public/", &[]);
         assert!(!allowed);
         let after = env.http_counts(&app1, Direction::Ingress);
-        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 2), "http counters of app1's ingress");
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (1, 2),
+            "http counters of app1's ingress"
+        );
         // app3: blocked at L3/L4 as before, by app1's own program.
-        env.assert_http_blocked_by(&app3, &format!("http://{host}/public/"), &app1, Direction::Ingress);
+        env.assert_http_blocked_by(
+            &app3,
+            &format!("http://{host}/public/"),
+            &app1,
+            Direction::Ingress,
+        );
         let (allowed, text) = env.check_http(&app3, &app1, 80, "GET /public/", &[]);
-        assert!(!allowed && text.contains("denied by default: ingress rules apply"), "{text}");
+        assert!(
+            !allowed && text.contains("denied by default: ingress rules apply"),
+            "{text}"
+        );
     }
     let log = without_colours(&env.daemon_log());
     assert!(
-        log.contains("http request denied") && log.contains("path=/restricted/") && log.contains("method=GET"),
+        log.contains("http request denied")
+            && log.contains("path=/restricted/")
+            && log.contains("method=GET"),
         "a denied request is logged with its method, path and rule"
     );
 }
@@ -147,12 +179,21 @@ fn l7_every_request_of_a_connection_and_what_is_not_http() {
         &app2,
         &host,
         80,
-        &format!("{}; sleep 0.3; {}; sleep 0.3; {}", req("/public/"), req("/restricted/"), req("/public/")),
+        &format!(
+            "{}; sleep 0.3; {}; sleep 0.3; {}",
+            req("/public/"),
+            req("/restricted/"),
+            req("/public/")
+        ),
         5,
     );
     assert_eq!(
         statuses(&answer),
-        ["HTTP/1.1 200 OK", "HTTP/1.1 403 Forbidden", "HTTP/1.1 200 OK"],
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 403 Forbidden",
+            "HTTP/1.1 200 OK"
+        ],
         "{answer}"
     );
     assert!(answer.contains("Forbidden: denied by bpfwall policy"));
@@ -161,59 +202,139 @@ fn l7_every_request_of_a_connection_and_what_is_not_http() {
         &app2,
         &host,
         80,
-        &format!("{{ {}; {}; {}; }}", req("/public/"), req("/restricted/"), req("/public/")),
+        &format!(
+            "{{ {}; {}; {}; }}",
+            req("/public/"),
+            req("/restricted/"),
+            req("/public/")
+        ),
         5,
     );
     assert_eq!(
         statuses(&answer),
-        ["HTTP/1.1 200 OK", "HTTP/1.1 403 Forbidden", "HTTP/1.1 200 OK"],
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 403 Forbidden",
+            "HTTP/1.1 200 OK"
+        ],
         "{answer}"
     );
     // A path that a server would read otherwise than the rule: 400, closed.
-    let answer = env.raw_tcp(&app2, &host, 80, &format!("{}; sleep 0.3; {}", req("/public/../restricted/"), req("/public/")), 5);
+    let answer = env.raw_tcp(
+        &app2,
+        &host,
+        80,
+        &format!(
+            "{}; sleep 0.3; {}",
+            req("/public/../restricted/"),
+            req("/public/")
+        ),
+        5,
+    );
     assert_eq!(statuses(&answer), ["HTTP/1.1 400 Bad Request"], "{answer}");
     // Malformed: 400 and closed.
     let malformed = env.proxy_closed("malformed-request");
-    let answer = env.raw_tcp(&app2, &host, 80, "printf 'GET /public/ HTTP/1.1\\r\\nHost: a\\r\\nBad Header\\r\\n\\r\\n'", 5);
+    let answer = env.raw_tcp(
+        &app2,
+        &host,
+        80,
+        "printf 'GET /public/ HTTP/1.1\\r\\nHost: a\\r\\nBad Header\\r\\n\\r\\n'",
+        5,
+    );
     assert_eq!(statuses(&answer), ["HTTP/1.1 400 Bad Request"], "{answer}");
     assert!(env.proxy_closed("malformed-request") > malformed);
     // A request line, and headers, above the bound: 431 and closed.
     let oversized = env.proxy_closed("request-head-too-large");
     let long_line = "printf 'GET /'; head -c 20000 /dev/zero | tr '\\0' a; printf ' HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n'";
     let answer = env.raw_tcp(&app2, &host, 80, long_line, 5);
-    assert_eq!(statuses(&answer), ["HTTP/1.1 431 Request Header Fields Too Large"], "{answer}");
+    assert_eq!(
+        statuses(&answer),
+        ["HTTP/1.1 431 Request Header Fields Too Large"],
+        "{answer}"
+    );
     let many = "printf 'GET /public/ HTTP/1.1\\r\\nHost: a\\r\\n'; for i in $(seq 1 120); do printf \"X-$i: 1\\r\\n\"; done; printf '\\r\\n'";
     let answer = env.raw_tcp(&app2, &host, 80, many, 5);
-    assert_eq!(statuses(&answer), ["HTTP/1.1 431 Request Header Fields Too Large"], "{answer}");
+    assert_eq!(
+        statuses(&answer),
+        ["HTTP/1.1 431 Request Header Fields Too Large"],
+        "{answer}"
+    );
     assert!(env.proxy_closed("request-head-too-large") >= oversized + 2);
     // HTTP/2 prior knowledge and what is not HTTP: closed unanswered, counted.
     let h2 = env.proxy_closed("http2-prior-knowledge");
-    let answer = env.raw_tcp(&app2, &host, 80, "printf 'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n'", 5);
+    let answer = env.raw_tcp(
+        &app2,
+        &host,
+        80,
+        "printf 'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n'",
+        5,
+    );
     assert_eq!(answer, "", "nothing answers HTTP/2 prior knowledge");
     assert_eq!(env.proxy_closed("http2-prior-knowledge"), h2 + 1);
     let other = env.proxy_closed("not-http");
-    let answer = env.raw_tcp(&app2, &host, 80, "printf '\\026\\003\\001\\002\\000\\001\\000\\001\\374\\003\\003'", 5);
+    let answer = env.raw_tcp(
+        &app2,
+        &host,
+        80,
+        "printf '\\026\\003\\001\\002\\000\\001\\000\\001\\374\\003\\003'",
+        5,
+    );
     assert_eq!(answer, "", "nothing answers a TLS hello");
     assert_eq!(env.proxy_closed("not-http"), other + 1);
     // 10 MiB up and down, intact, streamed through the allowed rules; the
     // server sees the client's address in X-Forwarded-For.
-    env.exec_must(&app1, &["sh", "-c", "head -c 10485760 /dev/urandom > /www/big"]);
-    env.exec_must(&app2, &["sh", "-c", "head -c 7864320 /dev/urandom | base64 > /tmp/up"]);
+    env.exec_must(
+        &app1,
+        &["sh", "-c", "head -c 10485760 /dev/urandom > /www/big"],
+    );
+    env.exec_must(
+        &app2,
+        &[
+            "sh",
+            "-c",
+            "head -c 7864320 /dev/urandom | base64 > /tmp/up",
+        ],
+    );
     let want_down = env.exec_must(&app1, &["md5sum", "/www/big"]);
     let want_up = env.exec_must(&app2, &["md5sum", "/tmp/up"]);
-    let got_down = env.exec_must(&app2, &["sh", "-c", &format!("timeout 30 wget -qO- http://{host}/big | md5sum")]);
-    assert_eq!(got_down.split_whitespace().next(), want_down.split_whitespace().next());
-    let up = env.http_request(&app2, &format!("http://{host}/cgi-bin/echo"), 30, &["--post-file", "/tmp/up"]);
+    let got_down = env.exec_must(
+        &app2,
+        &[
+            "sh",
+            "-c",
+            &format!("timeout 30 wget -qO- http://{host}/big | md5sum"),
+        ],
+    );
+    assert_eq!(
+        got_down.split_whitespace().next(),
+        want_down.split_whitespace().next()
+    );
+    let up = env.http_request(
+        &app2,
+        &format!("http://{host}/cgi-bin/echo"),
+        30,
+        &["--post-file", "/tmp/up"],
+    );
     let HttpOutcome::Ok(body) = up else {
         panic!("upload failed: {up:?}");
     };
     assert!(body.contains(&format!("xff={}", env.ip(&app2))), "{body}");
-    assert!(body.contains(want_up.split_whitespace().next().unwrap()), "{body} vs {want_up}");
+    assert!(
+        body.contains(want_up.split_whitespace().next().unwrap()),
+        "{body} vs {want_up}"
+    );
     // 10 MiB in chunks, streamed to a server that reads chunks.
-    env.exec_must(&app2, &["sh", "-c", "head -c 65536 /dev/urandom > /tmp/chunk"]);
+    env.exec_must(
+        &app2,
+        &["sh", "-c", "head -c 65536 /dev/urandom > /tmp/chunk"],
+    );
     let want = env.exec_must(
         &app2,
-        &["sh", "-c", "for i in $(seq 1 160); do cat /tmp/chunk; done | http_upgrade fnv -"],
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 1 160); do cat /tmp/chunk; done | http_upgrade fnv -",
+        ],
     );
     let chunked = "printf 'POST /upload HTTP/1.1\\r\\nHost: a\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n'; \
         for i in $(seq 1 160); do printf '10000\\r\\n'; cat /tmp/chunk; printf '\\r\\n'; done; printf '0\\r\\n\\r\\n'; sleep 1";
@@ -246,11 +367,19 @@ fn l7_deny_wins_host_header_and_upgrade() {
     env.wait_proxy_ready(&app1);
     let host = &app1.name;
     let public = env.http_get(&app2, &format!("http://{host}/public/"));
-    assert_eq!(public, HttpOutcome::Ok("public\n".into()), "the L3/L4 allow lifts the http rules");
+    assert_eq!(
+        public,
+        HttpOutcome::Ok("public\n".into()),
+        "the L3/L4 allow lifts the http rules"
+    );
     check_agrees(&env, &app2, &app1, "GET /public/", &public);
     for target in ["/admin/", "/admin?x=1", "/%61dmin/"] {
         let got = env.http_get(&app2, &format!("http://{host}{target}"));
-        assert_eq!(got, HttpOutcome::Status(403), "{target} is denied, whatever the L3/L4 allow says");
+        assert_eq!(
+            got,
+            HttpOutcome::Status(403),
+            "{target} is denied, whatever the L3/L4 allow says"
+        );
         check_agrees(&env, &app2, &app1, &format!("GET {target}"), &got);
     }
     let (_, text) = env.check_http(&app2, &app1, 80, "GET /admin/", &[]);
@@ -258,18 +387,32 @@ fn l7_deny_wins_host_header_and_upgrade() {
     // Host and header rules.
     let api = format!("http://{host}:8080/api/x");
     let cases: [(&[&str], bool); 4] = [
-        (&["--header", "Host: api.example", "--header", "X-Token: good"], true),
-        (&["--header", "Host: api.example", "--header", "X-Token: evil"], false),
+        (
+            &["--header", "Host: api.example", "--header", "X-Token: good"],
+            true,
+        ),
+        (
+            &["--header", "Host: api.example", "--header", "X-Token: evil"],
+            false,
+        ),
         (&["--header", "X-Token: good"], false),
         (&["--header", "Host: api.example"], false),
     ];
     for (headers, want) in cases {
         let got = env.http_request(&app2, &api, 6, headers);
-        assert_eq!(matches!(got, HttpOutcome::Ok(_)), want, "{headers:?}: {got:?}");
+        assert_eq!(
+            matches!(got, HttpOutcome::Ok(_)),
+            want,
+            "{headers:?}: {got:?}"
+        );
         if !want {
             assert_eq!(got, HttpOutcome::Status(403), "{headers:?}");
         }
-        let check_headers: Vec<&str> = headers.iter().copied().filter(|h| *h != "--header").collect();
+        let check_headers: Vec<&str> = headers
+            .iter()
+            .copied()
+            .filter(|h| *h != "--header")
+            .collect();
         let mut check_headers = check_headers;
         if !check_headers.iter().any(|h| h.starts_with("Host")) {
             // wget sends the host it connects to.
@@ -283,11 +426,20 @@ fn l7_deny_wins_host_header_and_upgrade() {
         format!("printf 'GET {path} HTTP/1.1\\r\\nHost: a\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n'; sleep 0.3; printf 'ping\\n'; sleep 0.3")
     };
     let answer = env.raw_tcp(&app2, host, 8080, &upgrade("/ws"), 5);
-    assert!(answer.starts_with("HTTP/1.1 101 Switching Protocols"), "{answer}");
-    assert!(answer.contains("echo: ping"), "the upgraded connection is tunnelled: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 101 Switching Protocols"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("echo: ping"),
+        "the upgraded connection is tunnelled: {answer}"
+    );
     let answer = env.raw_tcp(&app2, host, 8080, &upgrade("/other"), 5);
     assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
-    assert!(!answer.contains("echo:"), "a denied upgrade is no tunnel: {answer}");
+    assert!(
+        !answer.contains("echo:"),
+        "a denied upgrade is no tunnel: {answer}"
+    );
 }
 
 const ARTICLE_HTTP: &str = r#"
@@ -324,9 +476,16 @@ fn l7_a_cilium_file_with_rules_http() {
     // The article's app1 has no /public: its index answers 403, /public/... 404.
     assert_eq!(public, HttpOutcome::Status(403));
     let got = env.http_get(&a.app2, &url("public/"));
-    assert_eq!(got, HttpOutcome::Status(404), "allowed through, and the server answers");
+    assert_eq!(
+        got,
+        HttpOutcome::Status(404),
+        "allowed through, and the server answers"
+    );
     let (allowed, text) = env.check_http(&a.app2, &a.app1, 80, "GET /public/", &[]);
-    assert!(allowed && text.contains("article.yaml (article-http) spec[0].ingress[0]"), "{text}");
+    assert!(
+        allowed && text.contains("article.yaml (article-http) spec[0].ingress[0]"),
+        "{text}"
+    );
     let (allowed, _) = env.check_http(&a.app2, &a.app1, 80, "GET /index.html", &[]);
     assert!(!allowed);
     env.assert_http_blocked_by(&a.app3, &url("public/"), &a.app1, Direction::Ingress);
@@ -337,7 +496,11 @@ fn l7_egress_rules_are_enforced_at_the_server() {
     let mut env = TestEnv::new("l7-egress");
     let net = env.network("n");
     let netopt = format!("--network={net}");
-    let api = env.start_attached("api", &[&netopt, "--label", "id=api"], &["http_upgrade", "8080"]);
+    let api = env.start_attached(
+        "api",
+        &[&netopt, "--label", "id=api"],
+        &["http_upgrade", "8080"],
+    );
     let client = env.start_attached(
         "client",
         &[
@@ -359,14 +522,22 @@ fn l7_egress_rules_are_enforced_at_the_server() {
     let denied = env.http_get(&client, &url("/admin"));
     assert_eq!(denied, HttpOutcome::Status(403));
     let (allowed, text) = env.check_http(&client, &api, 8080, "GET /admin", &[]);
-    assert!(!allowed && text.contains("egress of e2e-l7-egress-client"), "{text}");
+    assert!(
+        !allowed && text.contains("egress of e2e-l7-egress-client"),
+        "{text}"
+    );
     let (allowed, _) = env.check_http(&client, &api, 8080, "GET /v1/items", &[]);
     assert!(allowed);
     assert_eq!(env.http_counts(&client, Direction::Egress), (1, 1));
     // A peer bpfwall does not manage cannot enforce the rule: closed.
     let outside = env.outside_netns(71, &["198.18.77.7"]);
     env.netns_http_server(&outside, 8080);
-    env.assert_http_blocked_by(&client, "http://198.18.77.7:8080/v1/items", &client, Direction::Egress);
+    env.assert_http_blocked_by(
+        &client,
+        "http://198.18.77.7:8080/v1/items",
+        &client,
+        Direction::Egress,
+    );
     let status = env.status_text();
     assert!(status.contains("HttpPeerNotProxied"), "{status}");
 }
@@ -375,7 +546,10 @@ fn l7_egress_rules_are_enforced_at_the_server() {
 fn l7_a_sigkilled_daemon_fails_closed_and_comes_back() {
     let mut env = TestEnv::new("l7-kill");
     let a = env.article(
-        &["--label", "bpfwall.ingress=allow from id=app2 port 80/tcp http GET /(index\\.html)?"],
+        &[
+            "--label",
+            "bpfwall.ingress=allow from id=app2 port 80/tcp http GET /(index\\.html)?",
+        ],
         &[],
     );
     env.wait_proxy_ready(&a.app1);
@@ -388,22 +562,38 @@ fn l7_a_sigkilled_daemon_fails_closed_and_comes_back() {
     // While it is down: nothing reaches the port, allowed or not.
     for url in [&index, &restricted, &index] {
         let got = env.http_request(&a.app2, url, 3, &[]);
-        assert!(matches!(got, HttpOutcome::Failed(_)), "{url} while the daemon is down: {got:?}");
+        assert!(
+            matches!(got, HttpOutcome::Failed(_)),
+            "{url} while the daemon is down: {got:?}"
+        );
     }
     let started = Instant::now();
     env.start_daemon();
     let mut back = None;
     while started.elapsed() < Duration::from_secs(10) {
-        if matches!(env.http_request(&a.app2, &index, 2, &[]), HttpOutcome::Ok(_)) {
+        if matches!(
+            env.http_request(&a.app2, &index, 2, &[]),
+            HttpOutcome::Ok(_)
+        ) {
             back = Some(started.elapsed());
             break;
         }
     }
     let back = back.expect("service came back after the restart");
-    eprintln!("l7: served again {} ms after the daemon's start (its docker sync included)", back.as_millis());
-    assert_eq!(env.http_get(&a.app2, &restricted), HttpOutcome::Status(403), "never reachable after the restart");
+    eprintln!(
+        "l7: served again {} ms after the daemon's start (its docker sync included)",
+        back.as_millis()
+    );
+    assert_eq!(
+        env.http_get(&a.app2, &restricted),
+        HttpOutcome::Status(403),
+        "never reachable after the restart"
+    );
     let after = env.drops_by_reason();
     let moved = after.get("l7-proxy-unavailable").copied().unwrap_or(0)
         - before.get("l7-proxy-unavailable").copied().unwrap_or(0);
-    assert!(moved >= 3, "the sk_lookup program counted its drops: {before:?} -> {after:?}");
+    assert!(
+        moved >= 3,
+        "the sk_lookup program counted its drops: {before:?} -> {after:?}"
+    );
 }

@@ -367,6 +367,27 @@ impl L7Drops {
     }
 }
 
+#[cfg(feature = "testing")]
+impl Steering {
+    /// Runs the sk_lookup program once under BPF_PROG_TEST_RUN on a
+    /// `struct bpf_sk_lookup` (given and returned in `ctx`; the selected
+    /// socket's cookie comes back in its first 8 bytes). Its return value.
+    pub fn test_run(&mut self, ctx: &mut [u8]) -> std::io::Result<u32> {
+        let prog = self
+            .program()
+            .map_err(|e| std::io::Error::other(bpfwall_sys::error_chain(&e)))?;
+        let fd = prog
+            .fd()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        crate::syscall::prog_test_run_ctx(fd.as_fd(), ctx)
+    }
+
+    /// The L7 drops, read on the spot.
+    pub fn l7_drops(&self) -> Result<BTreeMap<L7DropReason, u64>, DatapathError> {
+        sum_l7_drops(&self.drops)
+    }
+}
+
 impl KernelDatapath {
     /// Host-wide L7 drops per reason, as the cgroup programs count them
     /// (step 10b) in the object's own copy of the map.

@@ -282,7 +282,8 @@ fn http_serve(mut conn: TcpStream) {
         let Ok(len) = read_head(&mut conn, &mut buf) else {
             return;
         };
-        let close = head_value(&buf[..len], "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let close =
+            head_value(&buf[..len], "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         buf.drain(..len);
         let answer: &[u8] = if close {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"

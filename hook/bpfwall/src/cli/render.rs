@@ -152,9 +152,14 @@ pub fn explanation(e: &labels_policy::query::Explanation) -> String {
             } else {
                 format!(" [now: {}]", r.matching_containers.join(", "))
             };
+            let http = if r.http.is_empty() {
+                String::new()
+            } else {
+                format!(" http {}", r.http.join(" | "))
+            };
             let _ = writeln!(
                 out,
-                "  {:<5} {}{} port {}   ({})",
+                "  {:<5} {}{} port {}{http}   ({})",
                 r.verdict, r.peers, who, r.ports, r.origin
             );
         }

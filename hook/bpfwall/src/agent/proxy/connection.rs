@@ -752,3 +752,76 @@ async fn still_admitted(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_on_their_hop() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "2"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[tokio::test]
+    async fn first_bytes_tell_http1_from_the_rest() {
+        async fn classify(bytes: &'static [u8]) -> Option<First> {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(bytes).await.unwrap();
+                s.shutdown().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            });
+            let (server, _) = listener.accept().await.unwrap();
+            let got = first_bytes(&server).await;
+            client.await.unwrap();
+            got
+        }
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n\r\n").await, Some(First::Http));
+        assert_eq!(
+            classify(b"PRI /x HTTP/1.1\r\n\r\n").await,
+            Some(First::Http)
+        );
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await,
+            Some(First::Http2)
+        );
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00").await, Some(First::Other));
+        assert_eq!(
+            classify(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAA").await,
+            Some(First::Other)
+        );
+        assert_eq!(classify(b"").await, None);
+    }
+}
