@@ -200,3 +200,115 @@ impl<'a> ConnectionRules<'a> {
         (side(&self.egress), side(&self.ingress))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::compile::PeerSet;
+    use crate::model::{HttpPattern, HttpRule, RuleOrigin};
+
+    const PEER: u32 = 7;
+
+    /// An entry for PEER: `http` is "" for an L3/L4 allow, else "METHOD PATH".
+    fn entry(verdict: Verdict, http: &str, index: usize) -> HttpEntry {
+        let http = http
+            .split_once(' ')
+            .map(|(m, p)| {
+                let pattern = |t: &str| (t != "*").then(|| HttpPattern::new(t).unwrap());
+                vec![HttpRule {
+                    method: pattern(m),
+                    path: pattern(p),
+                    ..HttpRule::default()
+                }]
+            })
+            .unwrap_or_default();
+        HttpEntry {
+            verdict,
+            peers: PeerSet {
+                any: false,
+                identities: BTreeSet::from([PEER]),
+            },
+            http,
+            origin: RuleOrigin {
+                source: "bpfwall.ingress".into(),
+                index,
+            },
+        }
+    }
+
+    fn side(entries: &[HttpEntry]) -> SideRules<'_> {
+        SideRules {
+            entries: entries.iter().collect(),
+        }
+    }
+
+    fn get(target: &str) -> HttpRequest {
+        HttpRequest::from_parts("GET", target, []).unwrap()
+    }
+
+    #[test]
+    fn what_restricts_a_side() {
+        let allow = entry(Verdict::Allow, "GET /public", 0);
+        let lift = entry(Verdict::Allow, "", 1);
+        let deny = entry(Verdict::Deny, "* /admin", 2);
+        assert!(
+            !side(&[]).restricts(),
+            "no rule for the peer: the datapath's"
+        );
+        assert!(side(std::slice::from_ref(&allow)).restricts());
+        assert!(!side(&[allow.clone(), lift.clone()]).restricts(), "lifted");
+        assert!(
+            side(&[allow, lift.clone(), deny.clone()]).restricts(),
+            "a deny is never lifted"
+        );
+        assert!(side(&[lift, deny]).restricts());
+    }
+
+    #[test]
+    fn deny_then_lift_then_allow_then_default() {
+        let entries = [
+            entry(Verdict::Allow, "GET /public(/.*)?", 0),
+            entry(Verdict::Deny, "* /admin(/.*)?", 1),
+            entry(Verdict::Allow, "GET /public/x", 2),
+        ];
+        let s = side(&entries);
+        assert_eq!(
+            s.decide(&get("/public/x")),
+            RequestVerdict::Allowed {
+                origin: "bpfwall.ingress[0]".into(),
+                http: Some("GET /public(/.*)?".into())
+            },
+            "the first matching rule in rule order is named"
+        );
+        assert_eq!(
+            s.decide(&get("/admin/a")),
+            RequestVerdict::Denied {
+                origin: "bpfwall.ingress[1]".into(),
+                http: "* /admin(/.*)?".into()
+            }
+        );
+        assert_eq!(
+            s.decide(&get("/restricted/")),
+            RequestVerdict::DeniedByDefault
+        );
+        let lifted = [
+            entry(Verdict::Allow, "GET /public", 0),
+            entry(Verdict::Allow, "", 1),
+            entry(Verdict::Deny, "* /admin", 2),
+        ];
+        let s = side(&lifted);
+        assert_eq!(
+            s.decide(&get("/restricted/")),
+            RequestVerdict::Allowed {
+                origin: "bpfwall.ingress[1]".into(),
+                http: None
+            },
+            "an L3/L4 allow lifts the http allows"
+        );
+        assert!(!s.decide(&get("/admin")).allowed(), "but not the http deny");
+        assert!(!s.decide(&get("/admin?x=1")).allowed(), "with a query too");
+    }
+}

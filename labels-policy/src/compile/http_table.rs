@@ -166,3 +166,163 @@ pub(crate) fn identity_table(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::model::LabelSet;
+    use crate::syntax::policy_from_labels;
+
+    const APP1: u32 = 1001;
+    const APP2: u32 = 1002;
+    const APP3: u32 = 1003;
+
+    fn labels(pairs: &[(&str, &str)]) -> LabelSet {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn identities() -> BTreeMap<u32, IdentityKind> {
+        [APP1, APP2, APP3]
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let name = format!("app{}", i + 1);
+                (id, IdentityKind::Containers(labels(&[("id", &name)])))
+            })
+            .collect()
+    }
+
+    type Table = BTreeMap<HttpKey, Vec<HttpEntry>>;
+
+    /// Compiles app1's labels: its HTTP table and the steered ports, with
+    /// `proxied` the identities the proxy reaches.
+    fn compile_app1(pairs: &[(&str, &str)], proxied: &[u32]) -> (Table, BTreeSet<(u32, u16)>) {
+        let policy = policy_from_labels(&labels(pairs));
+        assert!(policy.errors.is_empty(), "{:?}", policy.errors);
+        let ids = identities();
+        let index = SelectorIndex::new(&ids);
+        let rules: Vec<&Rule> = policy.rules.iter().collect();
+        let (mut table, mut steered) = (BTreeMap::new(), BTreeSet::new());
+        let proxied: BTreeSet<u32> = proxied.iter().copied().collect();
+        identity_table(
+            APP1,
+            &rules,
+            &index,
+            &ids,
+            &proxied,
+            &mut table,
+            &mut steered,
+        );
+        (table, steered)
+    }
+
+    fn key(direction: Direction, port: u16) -> HttpKey {
+        HttpKey {
+            identity: APP1,
+            direction,
+            port,
+        }
+    }
+
+    fn peers(ids: &[u32]) -> PeerSet {
+        PeerSet {
+            any: false,
+            identities: ids.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn an_ingress_http_rule_steers_its_port_and_collects_the_rules_there() {
+        let (table, steered) = compile_app1(
+            &[(
+                "bpfwall.ingress",
+                "allow from id=app2 port 80/tcp http GET /public(/.*)?; \
+                 allow from id=app3 port 1-1000/tcp; deny from id=app3 port 80/tcp; \
+                 allow from id=app3 port 80/udp; allow from id=app2 port 443/tcp; \
+                 deny from any port 80/tcp http * /admin",
+            )],
+            &[],
+        );
+        assert_eq!(steered, BTreeSet::from([(APP1, 80)]));
+        assert_eq!(
+            table.keys().copied().collect::<Vec<_>>(),
+            [key(Direction::Ingress, 80)]
+        );
+        let entries = &table[&key(Direction::Ingress, 80)];
+        // In rule order: the HTTP allow, the L3/L4 allow over a range that
+        // covers 80 (it lifts the HTTP rules for app3), the HTTP deny. The
+        // L3/L4 deny is the datapath's, UDP and port 443 are elsewhere.
+        let summary: Vec<(Verdict, PeerSet, usize, usize)> = entries
+            .iter()
+            .map(|e| (e.verdict, e.peers.clone(), e.http.len(), e.origin.index))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Verdict::Allow, peers(&[APP2]), 1, 0),
+                (Verdict::Allow, peers(&[APP3]), 0, 1),
+                (
+                    Verdict::Deny,
+                    PeerSet {
+                        any: true,
+                        identities: BTreeSet::new()
+                    },
+                    1,
+                    5
+                ),
+            ]
+        );
+        assert_eq!(entries[0].http[0].to_string(), "GET /public(/.*)?");
+    }
+
+    #[test]
+    fn egress_http_rules_steer_only_proxied_servers() {
+        let pairs = [(
+            "bpfwall.egress",
+            "allow to id=app2 port 8080/tcp http GET /v1/.*; allow to id=app3 port 8080/tcp http GET /v1/.*",
+        )];
+        let (table, steered) = compile_app1(&pairs, &[APP2]);
+        assert_eq!(
+            steered,
+            BTreeSet::from([(APP2, 8080)]),
+            "app3 is not proxied: its port is not steered, the rule admits nothing there"
+        );
+        let entries = &table[&key(Direction::Egress, 8080)];
+        assert_eq!(entries.len(), 2);
+        assert!(entries[1].peers.contains(APP3) && !entries[1].peers.contains(APP2));
+        // Nothing egress steers app1's own port.
+        assert!(!steered.iter().any(|(id, _)| *id == APP1));
+        let (_, steered) = compile_app1(&pairs, &[APP2, APP3]);
+        assert_eq!(steered, BTreeSet::from([(APP2, 8080), (APP3, 8080)]));
+    }
+
+    #[test]
+    fn without_http_rules_there_is_no_table_and_nothing_is_steered() {
+        let (table, steered) = compile_app1(
+            &[(
+                "bpfwall.ingress",
+                "allow from id=app2 port 80/tcp; deny from id=app3",
+            )],
+            &[APP1, APP2, APP3],
+        );
+        assert!(table.is_empty() && steered.is_empty());
+    }
+
+    #[test]
+    fn port_specs_cover_tcp_ports() {
+        let spec = |protocol, first, last| PortSpec {
+            protocol,
+            first,
+            last,
+        };
+        assert!(covers_tcp(&spec(Protocol::Tcp, 80, 80), 80));
+        assert!(covers_tcp(&spec(Protocol::Any, 1, 1000), 80));
+        assert!(!covers_tcp(&spec(Protocol::Tcp, 81, 90), 80));
+        assert!(!covers_tcp(&spec(Protocol::Udp, 80, 80), 80));
+        assert!(!covers_tcp(&spec(Protocol::Icmp, 0, 65535), 80));
+    }
+}
