@@ -341,6 +341,16 @@ fn l7_every_request_of_a_connection_and_what_is_not_http() {
     let answer = env.raw_tcp(&app2, &host, 8080, chunked, 30);
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     assert!(answer.ends_with(&format!("{want}\n")), "{answer} vs {want}");
+    // policy check says what these requests got.
+    for (port, request, want) in [
+        (80, "GET /big", true),
+        (80, "POST /cgi-bin/echo", true),
+        (8080, "POST /upload", true),
+        (80, "GET /restricted/", false),
+    ] {
+        let (allowed, text) = env.check_http(&app2, &app1, port, request, &[]);
+        assert_eq!(allowed, want, "policy check of {request} on {port}: {text}");
+    }
 }
 
 #[test]
@@ -440,6 +450,13 @@ fn l7_deny_wins_host_header_and_upgrade() {
         !answer.contains("echo:"),
         "a denied upgrade is no tunnel: {answer}"
     );
+    for (path, want) in [("/ws", true), ("/other", false)] {
+        let (allowed, text) = env.check_http(&app2, &app1, 8080, &format!("GET {path}"), &[]);
+        assert_eq!(
+            allowed, want,
+            "policy check of the upgrade to {path}: {text}"
+        );
+    }
 }
 
 const ARTICLE_HTTP: &str = r#"
@@ -553,11 +570,37 @@ fn l7_a_sigkilled_daemon_fails_closed_and_comes_back() {
         &[],
     );
     env.wait_proxy_ready(&a.app1);
+    // The server has a /restricted/ page: a request that gets around the
+    // proxy gets it.
+    env.exec_must(
+        &a.app1,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www/restricted && echo restricted > /www/restricted/index.html",
+        ],
+    );
     let index = format!("{}index.html", a.target);
     let restricted = format!("{}restricted/", a.target);
     assert!(matches!(env.http_get(&a.app2, &index), HttpOutcome::Ok(_)));
     assert_eq!(env.http_get(&a.app2, &restricted), HttpOutcome::Status(403));
     let before = env.drops_by_reason();
+    // Four loops in app2 ask for /restricted every 100 ms (at most 1 s
+    // each) from before the kill to after the restart: none may get it,
+    // nor any answer of the server's (only the proxy's 403, or nothing).
+    let prober = std::process::Command::new("docker")
+        .args(["exec", &a.app2.name, "sh", "-c"])
+        .arg(format!(
+            "for k in 1 2 3 4; do (while [ ! -e /tmp/l7-stop ]; do \
+               if out=$(timeout 1 wget -qO- {restricted} 2>&1); then echo leak; \
+               elif echo \"$out\" | grep -q 'HTTP/1.. 403'; then echo refused; \
+               elif echo \"$out\" | grep -q 'HTTP/'; then echo leak; else echo refused; fi; \
+               sleep 0.1; done) & sleep 0.03; done; wait"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     env.kill_daemon();
     // While it is down: nothing reaches the port, allowed or not.
     for url in [&index, &restricted, &index] {
@@ -589,6 +632,20 @@ fn l7_a_sigkilled_daemon_fails_closed_and_comes_back() {
         HttpOutcome::Status(403),
         "never reachable after the restart"
     );
+    std::thread::sleep(Duration::from_millis(300));
+    env.exec_must(&a.app2, &["touch", "/tmp/l7-stop"]);
+    let probes = prober.wait_with_output().unwrap();
+    let probes = String::from_utf8_lossy(&probes.stdout);
+    let leaks = probes.lines().filter(|l| *l == "leak").count();
+    let tries = probes.lines().count();
+    assert_eq!(
+        leaks, 0,
+        "/restricted was served {leaks} times in {tries} tries around the kill and restart"
+    );
+    assert!(tries >= 20, "the prober ran: {tries} tries");
+    eprintln!("l7: /restricted refused {tries} times around the kill and the restart");
+    let (allowed, _) = env.check_http(&a.app2, &a.app1, 80, "GET /restricted/", &[]);
+    assert!(!allowed, "policy check agrees after the restart");
     let after = env.drops_by_reason();
     let moved = after.get("l7-proxy-unavailable").copied().unwrap_or(0)
         - before.get("l7-proxy-unavailable").copied().unwrap_or(0);
