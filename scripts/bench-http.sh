@@ -6,15 +6,17 @@
 #   l7     bpfwall, the same with an http rule (GET /.*): every connection
 #          goes through the daemon's proxy, every request is decided.
 # Tests (bpfwall-loadgen, inside the containers): http (GETs on one
-# kept-alive connection: requests/s, p50, p99) and http-new (one GET per new
-# connection: requests/s, p50, p99). Each configuration is checked before it
+# kept-alive connection: requests/s, p50, p99), http-new (one GET per new
+# connection: requests/s, p50, p99) and http-bulk (16 MiB answers on one
+# kept-alive connection: MB/s, p50 and p99 of one answer). Each configuration is checked before it
 # is measured: the client gets through, a stranger does not (but with none).
 # Then the daemon's memory with CONTAINERS containers whose port is
 # http-policed (each gets its proxy socket, its netns link, its accept loop),
 # against the same containers under an L3/L4 policy.
 #
 #   RUNS=5 SECS=2 CONTAINERS=100 scripts/bench-http.sh
-# Prints a markdown report; raw runs go to $BENCH_OUT/http.csv. Removes what
+# Prints a markdown report; raw runs go to $BENCH_OUT/http.csv (per_second
+# is MB/s for http-bulk). Removes what
 # it created (containers, network, pins) on exit, also on failure.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,13 +27,13 @@ CONTAINERS=${CONTAINERS:-100}
 # (and so the proxy) runs where the kernel puts it.
 CPUS=${CPUS:-$(($(nproc) - 1))}
 CONFIGS=(none l3l4 l7)
-TESTS=(http http-new)
+TESTS=(http http-new http-bulk)
 out=${BENCH_OUT:-$top/target/bench}
 mkdir -p "$out"
 csv=$out/http.csv
 bin=$top/target/release/bpfwall
 loadgen=$top/target/x86_64-unknown-linux-gnu/release/bpfwall-loadgen
-image=bpfwall-test:latest
+image=${BPFWALL_TEST_IMAGE:-bpfwall-test:latest}
 net=bpfwall-bench-l7
 pfx=bpfwall-bench-l7
 pins=/sys/fs/bpf/bpfwall_v1_benchl7
@@ -79,10 +81,10 @@ sip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}
 policy() { # l3l4|l7 -> the server's policy file
     local rules=
     [ "$1" = l7 ] && rules='
-          rules:
-            http:
-              - method: GET
-                path: "/.*"'
+        rules:
+          http:
+            - method: GET
+              path: "/.*"'
     cat >"$work/policy/bench.yaml" <<EOF
 endpointSelector: {matchLabels: {id: server}}
 ingress:
@@ -132,7 +134,11 @@ start_config() {
 measure() { # config run test
     local line ps p50 p99
     line=$(docker exec "$pfx-client" /loadgen client --to "$sip:$port" --test "$3" --seconds "$SECS")
-    ps=$(sed -n 's/.*per_second=\([0-9.]*\).*/\1/p' <<<"$line")
+    if [ "$3" = http-bulk ]; then
+        ps=$(sed -n 's/.*mbyte_per_second=\([0-9.]*\).*/\1/p' <<<"$line")
+    else
+        ps=$(sed -n 's/.* per_second=\([0-9.]*\).*/\1/p' <<<"$line")
+    fi
     p50=$(sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p' <<<"$line")
     p99=$(sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p' <<<"$line")
     echo "$1,$2,$3,$ps,$p50,$p99" >>"$csv"
@@ -160,20 +166,48 @@ function med(list,   a, n, i, j, t) {
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
 END {
-    split("none l3l4 l7", cs, " "); split("http http-new", ts, " ")
-    printf "| test | config | requests/s | p50 µs | p99 µs |\n|---|---|---|---|---|\n"
-    for (ti = 1; ti <= 2; ti++) for (ci = 1; ci <= 3; ci++) {
+    split("none l3l4 l7", cs, " "); split("http http-new http-bulk", ts, " ")
+    split("requests/s requests/s MB/s", unit, " ")
+    printf "| test | config | rate | p50 µs | p99 µs |\n|---|---|---|---|---|\n"
+    for (ti = 1; ti <= 3; ti++) for (ci = 1; ci <= 3; ci++) {
         k = cs[ci] SUBSEP ts[ti]
         m = med(ps[k]); l = lo; h = hi; m50 = med(p50[k]); m99 = med(p99[k])
         rate[k] = m; lat[k] = m50
-        printf "| %s | %s | %.0f (%.0f-%.0f) | %.1f | %.1f |\n", ts[ti], cs[ci], m, l, h, m50, m99
+        printf "| %s | %s | %.0f (%.0f-%.0f) %s | %.1f | %.1f |\n", ts[ti], cs[ci], m, l, h, unit[ti], m50, m99
     }
-    printf "\n| test | l7 / l3l4 requests/s | l3l4 / none requests/s | l7 − l3l4 p50 µs |\n|---|---|---|---|\n"
-    for (ti = 1; ti <= 2; ti++) {
+    printf "\n| test | l7 / l3l4 rate | l7 / none rate | l3l4 / none rate | l7 − l3l4 p50 µs | l7 − none p50 µs |\n|---|---|---|---|---|---|\n"
+    for (ti = 1; ti <= 3; ti++) {
         a = rate["l7" SUBSEP ts[ti]]; b = rate["l3l4" SUBSEP ts[ti]]; n = rate["none" SUBSEP ts[ti]]
-        printf "| %s | %.2f | %.2f | %+.1f |\n", ts[ti], (b ? a / b : 0), (n ? b / n : 0), lat["l7" SUBSEP ts[ti]] - lat["l3l4" SUBSEP ts[ti]]
+        printf "| %s | %.2f | %.2f | %.2f | %+.1f | %+.1f |\n", ts[ti], (b ? a / b : 0), (n ? a / n : 0), (n ? b / n : 0), lat["l7" SUBSEP ts[ti]] - lat["l3l4" SUBSEP ts[ti]], lat["l7" SUBSEP ts[ti]] - lat["none" SUBSEP ts[ti]]
     }
 }' "$csv"
+
+# A SIGKILLed daemon: how long after its start do new connections to an
+# http-policed port get through again (its load, Docker's list, the
+# proxy's socket)? The client retries every 5 ms from inside its container.
+policy l7
+start_daemon
+for _ in $(seq 100); do status | grep -q '"ready": true' && break; sleep 0.1; done
+restart_ms=()
+for run in $(seq "$RUNS"); do
+    kill -9 "$daemon"
+    wait "$daemon" 2>/dev/null || true
+    daemon=
+    probe client && { log "served while the daemon is down"; exit 1; }
+    docker exec "$pfx-client" /loadgen client --to "$sip:$port" --test wait-http --seconds 20 >"$work/wait" &
+    waiter=$!
+    sleep 0.2
+    t0=$(date +%s%N)
+    start_daemon
+    wait "$waiter"
+    t1=$(sed -n 's/.*ok_unix_ns=\([0-9]*\).*/\1/p' "$work/wait")
+    restart_ms+=($(((t1 - t0) / 1000000)))
+done
+stop_bpfwall
+echo
+echo "### A SIGKILLed daemon: new connections served again after its start"
+echo
+echo "$(printf '%s\n' "${restart_ms[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "median %d ms (%d-%d) over %d restarts", a[int((NR + 1) / 2)], a[1], a[NR], NR }') (the client retries every 5 ms with a 50 ms connect timeout; until the new proxy socket is registered, the sk_lookup program finds no proxy socket and the connection is refused)"
 
 # Memory: CONTAINERS containers whose port 8080 is http-policed, then the
 # same containers under an L3/L4 policy.

@@ -18,7 +18,11 @@
 //! A connection whose first byte is `G` is HTTP/1.1: every `GET` gets a
 //! 2-byte answer, on the same connection unless it asked `Connection:
 //! close`. `--test http` sends small GETs on one kept-alive connection,
-//! `--test http-new` one GET per new connection (requests/s, p50, p99).
+//! `--test http-new` one GET per new connection (requests/s, p50, p99);
+//! `--test wait-http` tries a GET every 5 ms until one succeeds (at most
+//! `--seconds`) and prints when it did (`ok_unix_ns`). A `GET /bytes/N`
+//! gets N bytes: `--test http-bulk` asks for 16 MiB at a time on one
+//! kept-alive connection (MB/s, and p50/p99 of one answer).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -29,7 +33,7 @@ const STREAM_CHUNK: usize = 128 * 1024;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bpfwall-loadgen server [--port P]\n       bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|http|http-new|probe [--seconds S] [--timeout-ms T]"
+        "usage: bpfwall-loadgen server [--port P]\n       bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|http|http-new|http-bulk|wait-http|probe [--seconds S] [--timeout-ms T]"
     );
     ExitCode::from(2)
 }
@@ -65,6 +69,8 @@ fn main() -> ExitCode {
                 Some("stream") => stream(to, duration),
                 Some("http") => http_keepalive(to, duration),
                 Some("http-new") => http_new(to, duration),
+                Some("wait-http") => wait_http(to, duration),
+                Some("http-bulk") => http_bulk(to, duration),
                 Some("probe") => {
                     let Ok(ms) = flag(&args, "--timeout-ms").unwrap_or("1000").parse::<u64>()
                     else {
@@ -284,7 +290,14 @@ fn http_serve(mut conn: TcpStream) {
         };
         let close =
             head_value(&buf[..len], "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let size = bulk_size(&buf[..len]);
         buf.drain(..len);
+        if let Some(size) = size {
+            if http_send_bulk(&mut conn, size, close).is_err() || close {
+                return;
+            }
+            continue;
+        }
         let answer: &[u8] = if close {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
         } else {
@@ -294,6 +307,33 @@ fn http_serve(mut conn: TcpStream) {
             return;
         }
     }
+}
+
+/// N of a `GET /bytes/N` head.
+fn bulk_size(head: &[u8]) -> Option<u64> {
+    let line = head.split(|b| *b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    line.strip_prefix("GET /bytes/")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Answers `size` bytes of zeros.
+fn http_send_bulk(conn: &mut TcpStream, size: u64, close: bool) -> std::io::Result<()> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    conn.write_all(
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n{connection}\r\n").as_bytes(),
+    )?;
+    let chunk = vec![0u8; STREAM_CHUNK];
+    let mut left = size;
+    while left > 0 {
+        let n = usize::try_from(left.min(STREAM_CHUNK as u64)).unwrap_or(STREAM_CHUNK);
+        conn.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// Sends one GET and reads its answer whole.
@@ -359,5 +399,73 @@ fn http_new(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
         samples.push(elapsed_ns(t));
     }
     report("http-new", samples, start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn wait_http(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let request = b"GET /bench HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    let start = Instant::now();
+    let mut tries = 0u32;
+    while start.elapsed() < duration {
+        tries += 1;
+        let attempt = (|| -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(50))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let mut buf = Vec::new();
+            http_exchange(&mut s, request, &mut buf)
+        })();
+        if attempt.is_ok() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            println!("test=wait-http tries={tries} ok_unix_ns={now}");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(std::io::Error::other("no GET succeeded in time"))
+}
+
+const BULK: u64 = 16 << 20;
+
+fn http_bulk(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let request = format!("GET /bytes/{BULK} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let mut s = connect(to)?;
+    let mut head = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; STREAM_CHUNK];
+    let mut samples = Vec::new();
+    let mut bytes: u64 = 0;
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        s.write_all(request.as_bytes())?;
+        head.clear();
+        let len = read_head(&mut s, &mut head)?;
+        if !head.starts_with(b"HTTP/1.1 200") {
+            return Err(std::io::Error::other("not 200 OK"));
+        }
+        // What came after the head is body already.
+        let mut got = (head.len() - len) as u64;
+        while got < BULK {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            got += n as u64;
+        }
+        if got != BULK {
+            return Err(std::io::Error::other("more bytes than asked for"));
+        }
+        bytes += got;
+        samples.push(elapsed_ns(t));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = samples.len();
+    let (p50, p99) = percentiles(samples);
+    println!(
+        "test=http-bulk transactions={n} seconds={secs:.3} per_second={:.1} p50_us={p50:.1} p99_us={p99:.1} mbyte_per_second={:.1}",
+        n as f64 / secs,
+        bytes as f64 / secs / 1e6
+    );
     Ok(())
 }
