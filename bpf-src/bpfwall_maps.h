@@ -405,4 +405,111 @@ struct {
 	__type(value, __u64);
 } bpfwall_l7_drops_v1 SEC(".maps");
 
+/* ---- flow events, audit mode and metrics ------------------------------ */
+/*
+ * Audit: an endpoint with this flag (in a generation) lets through what its
+ * policy would drop (BPFWALL_DROP_POLICY_DENY and _POLICY_DEFAULT only) and
+ * reports it as an event of kind BPFWALL_EVENT_AUDIT. Every other drop
+ * (spoofed source, malformed, unknown endpoint, policy error, a flow
+ * revoked while enforcing) stays a drop: those are not policy the operator
+ * is trying out, and letting them pass would let a container forge or
+ * escape rather than be observed.
+ */
+#define BPFWALL_EP_AUDIT 0x20
+
+/* Event kinds (struct flow_event.kind). */
+#define BPFWALL_EVENT_ALLOWED 1 /* a new flow passed policy (or a direction without rules) */
+#define BPFWALL_EVENT_DENIED 2  /* a packet was dropped; reason says why */
+#define BPFWALL_EVENT_AUDIT 3   /* a new flow policy would drop passed: the endpoint audits */
+#define BPFWALL_EVENT_KINDS 4
+
+/*
+ * One event per new-flow decision and per drop, never per packet of an
+ * established flow. Events of one key (struct event_limit_key) are sent at
+ * most once per events_config.interval_ns: the ones in between are counted
+ * in the key's entry and carried, as `suppressed`, by the next one sent.
+ * A reservation that finds the ring full is counted in
+ * metrics_counters.events_lost (with what it carried).
+ */
+struct flow_event {
+	__u64 time_ns;         /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u32 endpoint_id;     /* 0: the packet met no endpoint */
+	__u32 local_identity;  /* the endpoint's identity in the packet's generation; 0: none */
+	__u32 peer_identity;   /* 0: not known (dropped before the addresses were read) */
+	__u32 policy_revision; /* the revision (so the generation) that decided */
+	__u32 suppressed;      /* events of this key not sent since the last one was */
+	__u8 kind;             /* BPFWALL_EVENT_* */
+	__u8 direction;        /* the decided direction (a flow's opening one) */
+	__u8 reason;           /* BPFWALL_DROP_*: why it was (DENIED) or would be (AUDIT) dropped */
+	__u8 protocol;
+	__u8 family;           /* BPFWALL_FAMILY_*; 0 when the IP header was unreadable */
+	__u8 tcp_flags;
+	__be16 dport_be;       /* the decided destination port (ICMP: type) */
+	__be16 local_port_be;
+	__be16 remote_port_be;
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+};
+
+struct event_limit_key {
+	__u32 endpoint_id;
+	__u32 peer_identity;
+	__be16 dport_be;
+	__u8 direction;
+	__u8 protocol;
+	__u8 kind;
+	__u8 reason;
+	__u8 pad[2];
+};
+
+struct event_limit_value {
+	__u64 last_sent_ns; /* bpf_ktime_get_ns() of the last event sent */
+	__u32 suppressed;   /* events counted since, not sent */
+	__u32 pad;
+};
+
+struct events_config {
+	__u32 enabled;      /* 0: no event is sent (counters go on) */
+	__u32 pad;
+	__u64 interval_ns;  /* at most one event per key per interval; 0: all */
+};
+
+/* Host-wide packet and decision counts, per CPU (summed by the daemon). */
+struct metrics_counters {
+	__u64 forwarded[2];                        /* packets passed, [BPFWALL_DIR_*] */
+	__u64 verdicts[BPFWALL_EVENT_KINDS][2];    /* policy decisions by kind (0 unused), direction */
+	__u64 drops[BPFWALL_DROP_REASON_MAX][2];   /* drops by reason and direction */
+	__u64 events_sent;
+	__u64 events_lost;                         /* events (and what they carried) the ring had no room for */
+};
+
+#define BPFWALL_EVENTS_RING_BYTES 1048576
+#define BPFWALL_EVENT_LIMIT_ENTRIES 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, BPFWALL_EVENTS_RING_BYTES);
+} bpfwall_events_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BPFWALL_EVENT_LIMIT_ENTRIES);
+	__type(key, struct event_limit_key);
+	__type(value, struct event_limit_value);
+} bpfwall_event_limit_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct events_config);
+} bpfwall_events_config_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct metrics_counters);
+} bpfwall_metrics_v1 SEC(".maps");
+
 #endif /* BPFWALL_MAPS_H */

@@ -101,7 +101,7 @@ static __always_inline int l7_lookup(struct bpf_sk_lookup *ctx)
 	struct endpoint_state state;
 	struct flow f = {};
 	struct bpf_sock *sk;
-	__u32 revision, g, slot, v6;
+	__u32 revision, g, slot, v6, peer = 0;
 	long err;
 
 	if (ctx->protocol != IPPROTO_TCP || ctx->ingress_ifindex == LOOPBACK_IFINDEX)
@@ -153,7 +153,7 @@ static __always_inline int l7_lookup(struct bpf_sk_lookup *ctx)
 	f.remote_port_be = ctx->remote_port;
 	if (!l7_steered(state.identity, f.dport_be, g))
 		return SK_PASS;
-	if (policy_decide(&state, BPFWALL_DIR_INGRESS, &f, g))
+	if (policy_decide(&state, BPFWALL_DIR_INGRESS, &f, g, &peer))
 		return SK_PASS;
 	slot = ep->endpoint_id * 2 + v6;
 	sk = bpf_map_lookup_elem(&bpfwall_l7_sockets_v1, &slot);

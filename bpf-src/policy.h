@@ -91,9 +91,10 @@ static __always_inline __u8 policy_lookup(__u32 local_identity, __u32 peer_ident
 	return verdict;
 }
 
-/* Steps 6 to 10 in generation g. Returns 0 to pass, or a BPFWALL_DROP_* reason. */
+/* Steps 6 to 10 in generation g. Returns 0 to pass, or a BPFWALL_DROP_* reason;
+ * *peer_out gets the peer's identity when it was looked up (else it stays). */
 static __always_inline __u32 policy_decide(const struct endpoint_state *ep, __u8 direction, const struct flow *f,
-					   __u32 g)
+					   __u32 g, __u32 *peer_out)
 {
 	__u32 enforce = direction == BPFWALL_DIR_INGRESS ? BPFWALL_EP_ENFORCE_INGRESS : BPFWALL_EP_ENFORCE_EGRESS;
 	__u32 error = direction == BPFWALL_DIR_INGRESS ? BPFWALL_EP_ERROR_INGRESS : BPFWALL_EP_ERROR_EGRESS;
@@ -105,6 +106,7 @@ static __always_inline __u32 policy_decide(const struct endpoint_state *ep, __u8
 	if (ep->flags & error)
 		return BPFWALL_DROP_POLICY_ERROR;
 	peer = ipcache_identity(f, g);
+	*peer_out = peer;
 	specific = policy_lookup(ep->identity, peer, direction, f, g);
 	wildcard = policy_lookup(ep->identity, BPFWALL_IDENTITY_ANY, direction, f, g);
 	if (specific == BPFWALL_VERDICT_DENY || wildcard == BPFWALL_VERDICT_DENY)

@@ -3,7 +3,9 @@
 # configurations: no filter, bpfwall, iptables rules in a chain jumped to
 # from DOCKER-USER, nftables with linear rules, nftables with a set; and,
 # when asked (CONFIGS="none bpf-empty bpfwall"), bpf-empty: a cgroup/skb
-# program that only returns 1 on both containers, the floor of the hook.
+# program that only returns 1 on both containers, the floor of the hook;
+# and bpfwall-noevents: bpfwall with --no-flow-events (the cost of the
+# flow events is bpfwall against it).
 # Tests (bpfwall-loadgen, inside the containers): TCP_RR (1-byte
 # request/response on one connection: transactions/s, p50, p99), TCP_CRR (a
 # new connection per request: connections/s) and TCP_STREAM (Gbit/s).
@@ -32,7 +34,7 @@ SECS=${SECS:-1}
 # Client and server share one core: on this 2-core VM, a cross-core wakeup
 # costs ~50 us and lands at random, which buries the filters' cost.
 CPUS=${CPUS:-$(($(nproc) - 1))}
-read -ra CONFIGS <<<"${CONFIGS:-none bpfwall iptables nft-linear nft-set}"
+read -ra CONFIGS <<<"${CONFIGS:-none bpfwall bpfwall-noevents iptables nft-linear nft-set}"
 TESTS=(rr crr stream)
 out=${BENCH_OUT:-$top/target/bench}
 mkdir -p "$out"
@@ -187,9 +189,11 @@ start_config() { # config n
             bpftool cgroup attach "$(cgroup_of "$pfx-$c")" egress pinned "$empty_pins/bench_empty_egress"
         done
         ;;
-    bpfwall)
+    bpfwall | bpfwall-noevents)
+        local events=()
+        [ "$1" = bpfwall ] || events=(--no-flow-events)
         "$bin" daemon --bpffs-root "$pins" --socket "$sock" --policy-dir "$d/policy" \
-            --manage-label "$pfx=1" 2>"$work/daemon.log" &
+            --state-dir "$work/state" --manage-label "$pfx=1" "${events[@]}" 2>"$work/daemon.log" &
         daemon=$!
         local ok=
         for _ in $(seq 100); do
@@ -219,7 +223,7 @@ start_config() { # config n
 stop_config() {
     case $1 in
     bpf-empty) stop_empty ;;
-    bpfwall) stop_bpfwall ;;
+    bpfwall | bpfwall-noevents) stop_bpfwall ;;
     iptables) stop_iptables ;;
     nft-linear | nft-set) stop_nft ;;
     esac
@@ -265,6 +269,7 @@ function med(list,   a, m, i, j, t) {
     return a[int((m + 1) / 2)]
 }
 function ratio(a, b) { return (b + 0 > 0) ? sprintf("%.2f", a / b) : "-" }
+function ratio4(a, b) { return (b + 0 > 0) ? sprintf("%.4f", a / b) : "-" }
 function cell(list, fmt,   x) { x = med(list); return sprintf(fmt " (" fmt "-" fmt ")", x, lo, hi) }
 END {
     nc = split(configs, cs, " ")
@@ -276,13 +281,13 @@ END {
     for (ti = 1; ti <= 3; ti++) {
         tt = ts[ti]; fmt = (tt == "stream") ? "%.2f" : "%.0f"
         printf "%s\n\n| N |", title[tt]; for (c = 1; c <= nc; c++) printf " %s |", cs[c]
-        printf " bpfwall / no filter | bpfwall / iptables | bpfwall / nft set |\n|---|"
-        for (c = 1; c <= nc + 3; c++) printf "---|"; printf "\n"
+        printf " bpfwall / no filter | bpfwall / iptables | bpfwall / nft set | events on / off |\n|---|"
+        for (c = 1; c <= nc + 4; c++) printf "---|"; printf "\n"
         for (i = 1; i <= nn; i++) {
             printf "| %d |", ns[i]
             delete m
             for (c = 1; c <= nc; c++) { k = ns[i] SUBSEP cs[c] SUBSEP tt; m[cs[c]] = med(vals[k]); printf " %s |", cell(vals[k], fmt) }
-            printf " %s | %s | %s |\n", ratio(m["bpfwall"], m["none"]), ratio(m["bpfwall"], m["iptables"]), ratio(m["bpfwall"], m["nft-set"])
+            printf " %s | %s | %s | %s |\n", ratio(m["bpfwall"], m["none"]), ratio(m["bpfwall"], m["iptables"]), ratio(m["bpfwall"], m["nft-set"]), ratio4(m["bpfwall"], m["bpfwall-noevents"])
         }
         printf "\n"
     }

@@ -42,6 +42,12 @@ requirements=(
     "iptables|iptables"
     "nftables|nft"
     "docker-compose|docker-compose"
+    # containerd's own containers and podman (their e2e tests run a
+    # containerd of their own and podman rootful; podman brings what its
+    # default network needs: Debian 12: CNI, 10.88.0.0/16).
+    "containerd|containerd"
+    "containerd|ctr"
+    "podman|podman"
 )
 
 present() {

@@ -14,6 +14,15 @@ cleanup() {
         [ -d "$d" ] && for id in $(runc --root "$d" list -q 2>/dev/null); do runc --root "$d" delete --force "$id" || true; done
     done
     docker ps -aq --filter label=bpfwall-e2e.test | xargs -r docker rm -f >/dev/null 2>&1 || true
+    # The containerd e2e tests' own containerds (never dockerd's) and their
+    # shims, mounts and directories; podman's e2e containers.
+    pkill -f 'containerd --config /run/ctrd-e2e/' 2>/dev/null || true
+    pkill -9 -f 'containerd-shim.* -address /run/ctrd-e2e/' 2>/dev/null || true
+    grep -o ' /run/ctrd-e2e/[^ ]*\| /var/lib/ctrd-e2e/[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf /run/ctrd-e2e /var/lib/ctrd-e2e
+    if command -v podman >/dev/null; then
+        podman ps -aq --filter label=bpfwall-e2e.test | xargs -r podman rm -f -t 0 >/dev/null 2>&1 || true
+    fi
     docker network ls -q --filter label=bpfwall-e2e.test | xargs -r docker network rm >/dev/null 2>&1 || true
     for ns in $(ip netns list 2>/dev/null | awk '/^bpfwall-e2e-/{print $1}'); do ip netns pids "$ns" | xargs -r kill -9; ip netns del "$ns" || true; done
     for l in $(ip -o link show 2>/dev/null | awk -F': ' '/ bpfwe-/{print $2}' | cut -d@ -f1); do ip link del "$l" 2>/dev/null || true; done

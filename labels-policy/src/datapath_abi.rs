@@ -38,8 +38,12 @@ pub const MAP_DROPS: &str = "bpfwall_drops_v2";
 pub const MAP_L7_ADDRESSES: &str = "bpfwall_l7_addresses_v1";
 pub const MAP_L7_SOCKETS: &str = "bpfwall_l7_sockets_v1";
 pub const MAP_L7_DROPS: &str = "bpfwall_l7_drops_v1";
+pub const MAP_EVENTS: &str = "bpfwall_events_v1";
+pub const MAP_EVENT_LIMIT: &str = "bpfwall_event_limit_v1";
+pub const MAP_EVENTS_CONFIG: &str = "bpfwall_events_config_v1";
+pub const MAP_METRICS: &str = "bpfwall_metrics_v1";
 /// Every map the objects define, for pinning.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 19] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE,
     MAP_IPCACHE_EXACT,
@@ -55,6 +59,10 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_L7_ADDRESSES,
     MAP_L7_SOCKETS,
     MAP_L7_DROPS,
+    MAP_EVENTS,
+    MAP_EVENT_LIMIT,
+    MAP_EVENTS_CONFIG,
+    MAP_METRICS,
 ];
 
 pub const PROG_INGRESS: &str = "bpfwall_ingress";
@@ -84,6 +92,14 @@ pub const EP_ENFORCE_EGRESS: u32 = 0x2;
 pub const EP_ERROR_INGRESS: u32 = 0x4;
 pub const EP_ERROR_EGRESS: u32 = 0x8;
 pub const EP_HOST_NETWORK: u32 = 0x10;
+pub const EP_AUDIT: u32 = 0x20;
+
+pub const EVENT_ALLOWED: u8 = 1;
+pub const EVENT_DENIED: u8 = 2;
+pub const EVENT_AUDIT: u8 = 3;
+pub const EVENT_KINDS: usize = 4;
+pub const EVENTS_RING_BYTES: u32 = 1_048_576;
+pub const EVENT_LIMIT_ENTRIES: u32 = 65536;
 
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
@@ -262,6 +278,13 @@ pub const DEFINES: &[(&str, u64)] = &[
         CT_LIFETIME_TCP_CLOSING_S,
     ),
     ("BPFWALL_CT_LIFETIME_OTHER_S", CT_LIFETIME_OTHER_S),
+    ("BPFWALL_EP_AUDIT", EP_AUDIT as u64),
+    ("BPFWALL_EVENT_ALLOWED", EVENT_ALLOWED as u64),
+    ("BPFWALL_EVENT_DENIED", EVENT_DENIED as u64),
+    ("BPFWALL_EVENT_AUDIT", EVENT_AUDIT as u64),
+    ("BPFWALL_EVENT_KINDS", EVENT_KINDS as u64),
+    ("BPFWALL_EVENTS_RING_BYTES", EVENTS_RING_BYTES as u64),
+    ("BPFWALL_EVENT_LIMIT_ENTRIES", EVENT_LIMIT_ENTRIES as u64),
     ("BPFWALL_MAX_ENDPOINTS", MAX_ENDPOINTS as u64),
     ("BPFWALL_IPCACHE_ENTRIES", IPCACHE_ENTRIES as u64),
     ("BPFWALL_POLICY_ENTRIES", POLICY_ENTRIES as u64),
@@ -454,9 +477,153 @@ pub fn l7_address_key(addr: std::net::IpAddr) -> L7AddressKey {
     key
 }
 
+/// Mirrors `struct flow_event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct FlowEvent {
+    pub time_ns: u64,
+    pub endpoint_id: u32,
+    pub local_identity: u32,
+    pub peer_identity: u32,
+    pub policy_revision: u32,
+    pub suppressed: u32,
+    pub kind: u8,
+    pub direction: u8,
+    pub reason: u8,
+    pub protocol: u8,
+    pub family: u8,
+    pub tcp_flags: u8,
+    pub dport_be: u16,
+    pub local_port_be: u16,
+    pub remote_port_be: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+impl FlowEvent {
+    /// Reads an event from the bytes of a ring buffer record (None when
+    /// they are too short: a record of another layout).
+    pub fn from_bytes(bytes: &[u8]) -> Option<FlowEvent> {
+        if bytes.len() < size_of::<FlowEvent>() {
+            return None;
+        }
+        let u16_at = |o: usize| u16::from_ne_bytes([bytes[o], bytes[o + 1]]);
+        let u32_at =
+            |o: usize| u32::from_ne_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let mut time = [0u8; 8];
+        time.copy_from_slice(&bytes[0..8]);
+        let mut local_addr = [0u8; 16];
+        local_addr.copy_from_slice(&bytes[40..56]);
+        let mut remote_addr = [0u8; 16];
+        remote_addr.copy_from_slice(&bytes[56..72]);
+        Some(FlowEvent {
+            time_ns: u64::from_ne_bytes(time),
+            endpoint_id: u32_at(8),
+            local_identity: u32_at(12),
+            peer_identity: u32_at(16),
+            policy_revision: u32_at(20),
+            suppressed: u32_at(24),
+            kind: bytes[28],
+            direction: bytes[29],
+            reason: bytes[30],
+            protocol: bytes[31],
+            family: bytes[32],
+            tcp_flags: bytes[33],
+            dport_be: u16_at(34),
+            local_port_be: u16_at(36),
+            remote_port_be: u16_at(38),
+            local_addr,
+            remote_addr,
+        })
+    }
+
+    /// The local address (None for an unreadable IP header).
+    pub fn local(&self) -> Option<std::net::IpAddr> {
+        addr_of(self.family, &self.local_addr)
+    }
+
+    /// The remote address (None for an unreadable IP header).
+    pub fn remote(&self) -> Option<std::net::IpAddr> {
+        addr_of(self.family, &self.remote_addr)
+    }
+}
+
+fn addr_of(family: u8, addr: &[u8; 16]) -> Option<std::net::IpAddr> {
+    match family {
+        FAMILY_IPV4 => Some(std::net::IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
+        FAMILY_IPV6 => Some(std::net::IpAddr::from(*addr)),
+        _ => None,
+    }
+}
+
+/// Mirrors `struct event_limit_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct EventLimitKey {
+    pub endpoint_id: u32,
+    pub peer_identity: u32,
+    pub dport_be: u16,
+    pub direction: u8,
+    pub protocol: u8,
+    pub kind: u8,
+    pub reason: u8,
+    pub pad: [u8; 2],
+}
+
+/// Mirrors `struct event_limit_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct EventLimitValue {
+    pub last_sent_ns: u64,
+    pub suppressed: u32,
+    pub pad: u32,
+}
+
+/// Mirrors `struct events_config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct EventsConfig {
+    pub enabled: u32,
+    pub pad: u32,
+    pub interval_ns: u64,
+}
+
+/// Mirrors `struct metrics_counters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct MetricsCounters {
+    pub forwarded: [u64; 2],
+    pub verdicts: [[u64; 2]; EVENT_KINDS],
+    pub drops: [[u64; 2]; DROP_REASON_MAX as usize],
+    pub events_sent: u64,
+    pub events_lost: u64,
+}
+
+impl MetricsCounters {
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, other: &MetricsCounters) {
+        for d in 0..2 {
+            self.forwarded[d] += other.forwarded[d];
+            for k in 0..EVENT_KINDS {
+                self.verdicts[k][d] += other.verdicts[k][d];
+            }
+            for r in 0..DROP_REASON_MAX as usize {
+                self.drops[r][d] += other.drops[r][d];
+            }
+        }
+        self.events_sent += other.events_sent;
+        self.events_lost += other.events_lost;
+    }
+}
+
 const _: () = {
     assert!(size_of::<L7AddressKey>() == 20);
     assert!(size_of::<L7AddressValue>() == 8);
+    assert!(size_of::<FlowEvent>() == 72);
+    assert!(size_of::<EventLimitKey>() == 16);
+    assert!(size_of::<EventLimitValue>() == 16);
+    assert!(size_of::<EventsConfig>() == 16);
+    assert!(size_of::<MetricsCounters>() == 240);
     assert!(size_of::<EndpointKey>() == 8);
     assert!(size_of::<EndpointState>() == 8);
     assert!(size_of::<EndpointInfo>() == 24);
@@ -542,6 +709,54 @@ pub fn layouts() -> Vec<StructLayout> {
         ),
         layout!("l7_address_key", L7AddressKey, [family, pad, addr]),
         layout!("l7_address_value", L7AddressValue, [cgroup_id]),
+        layout!(
+            "flow_event",
+            FlowEvent,
+            [
+                time_ns,
+                endpoint_id,
+                local_identity,
+                peer_identity,
+                policy_revision,
+                suppressed,
+                kind,
+                direction,
+                reason,
+                protocol,
+                family,
+                tcp_flags,
+                dport_be,
+                local_port_be,
+                remote_port_be,
+                local_addr,
+                remote_addr
+            ]
+        ),
+        layout!(
+            "event_limit_key",
+            EventLimitKey,
+            [
+                endpoint_id,
+                peer_identity,
+                dport_be,
+                direction,
+                protocol,
+                kind,
+                reason,
+                pad
+            ]
+        ),
+        layout!(
+            "event_limit_value",
+            EventLimitValue,
+            [last_sent_ns, suppressed, pad]
+        ),
+        layout!("events_config", EventsConfig, [enabled, pad, interval_ns]),
+        layout!(
+            "metrics_counters",
+            MetricsCounters,
+            [forwarded, verdicts, drops, events_sent, events_lost]
+        ),
     ]
 }
 

@@ -184,7 +184,8 @@ impl IdentityAllocator {
 /// Labels that name one instance rather than what a container is: never
 /// part of its identity unless the daemon is told otherwise. Compose's
 /// per-replica and per-run labels (so replicas of one service share an
-/// identity), and the OCI image annotations an image carries.
+/// identity), the OCI image annotations an image carries, and what
+/// containerd's clients record per container.
 pub const DEFAULT_EXCLUDED_LABELS: &[&str] = &[
     "com.docker.compose.container-number",
     "com.docker.compose.oneoff",
@@ -198,6 +199,11 @@ pub const DEFAULT_EXCLUDED_LABELS: &[&str] = &[
     "com.docker.compose.project.working_dir",
     "com.docker.compose.project.environment_file",
     "org.opencontainers.image.*",
+    // What containerd clients record per container: `ctr run` copies the
+    // image's stop signal (`io.containerd.image.config.stop-signal`),
+    // nerdctl its own bookkeeping (name, hostname, state directory...).
+    "io.containerd.*",
+    "nerdctl/*",
 ];
 
 /// Which of a container's labels make its identity.

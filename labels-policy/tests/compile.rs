@@ -243,3 +243,43 @@ proptest! {
         prop_assert_eq!(covered, u32::from(last) - u32::from(first) + 1);
     }
 }
+
+#[test]
+fn the_mode_label_sets_audit_and_a_bad_value_closes_both_directions() {
+    let rule = ("bpfwall.ingress", "allow from id=b port 80/tcp");
+    let c = compile_alone(&[
+        container(
+            "audited",
+            &[("id", "a"), ("bpfwall.mode", "audit"), rule],
+            "10.0.0.1",
+            Some(1),
+        ),
+        container(
+            "enforced",
+            &[("id", "e"), ("bpfwall.mode", "enforce"), rule],
+            "10.0.0.2",
+            Some(2),
+        ),
+        container(
+            "typo",
+            &[("id", "t"), ("bpfwall.mode", "audti"), rule],
+            "10.0.0.3",
+            Some(3),
+        ),
+        container("plain", &[("id", "p"), rule], "10.0.0.4", Some(4)),
+    ]);
+    let flags = |name: &str| c.containers.iter().find(|r| r.name == name).unwrap().flags;
+    assert_eq!(flags("audited"), abi::EP_ENFORCE_INGRESS | abi::EP_AUDIT);
+    assert_eq!(flags("enforced"), abi::EP_ENFORCE_INGRESS);
+    assert_eq!(flags("plain"), abi::EP_ENFORCE_INGRESS);
+    // A bad value: closed both ways (never audit), and the error names the label.
+    let typo = c.containers.iter().find(|r| r.name == "typo").unwrap();
+    assert_eq!(typo.flags & abi::EP_AUDIT, 0);
+    assert_ne!(typo.flags & abi::EP_ERROR_INGRESS, 0);
+    assert_ne!(typo.flags & abi::EP_ERROR_EGRESS, 0);
+    assert_eq!(typo.errors.len(), 1);
+    assert_eq!(
+        typo.errors[0].to_string(),
+        "label 'bpfwall.mode' column 1: expected 'audit' or 'enforce', found 'audti'"
+    );
+}

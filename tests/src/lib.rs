@@ -264,8 +264,20 @@ impl TestEnv {
             .spawn()
             .expect("start bpfwall daemon");
         self.daemon = Some(child);
+        // A docker socket that does not exist is a host without dockerd:
+        // the daemon must answer without it.
+        let no_docker = self.docker_socket.as_ref().is_some_and(|p| !p.exists());
         self.wait_for("the daemon to answer and list docker", |env| {
-            env.try_status().is_some_and(|s| s["docker_synced"] == true)
+            env.try_status().is_some_and(|s| {
+                s["docker_synced"] == true
+                    || (no_docker
+                        && s["sources"].as_array().is_some_and(|v| {
+                            v.iter().any(|x| {
+                                x["source"] == "docker"
+                                    && x["state"].as_str().is_some_and(|t| t.starts_with("off"))
+                            })
+                        }))
+            })
         });
     }
 
@@ -1439,4 +1451,643 @@ impl TestEnv {
             _ => panic!("policy check failed: {text}"),
         }
     }
+}
+
+// ---- containerd and podman (issue 13): a containerd of the test's own, ctr
+// containers in network namespaces of the test's own on a Docker bridge of
+// the test's own (so Docker and ctr containers talk without NAT), podman ---
+
+/// The containerd namespace the tests' ctr containers live in.
+pub const CTR_NAMESPACE: &str = "default";
+
+/// The test image's name in containerd after `ctr images import`.
+pub fn ctr_image() -> String {
+    let (repo, tag) = IMAGE.split_once(':').unwrap_or((IMAGE, "latest"));
+    if repo.contains('/') {
+        format!("{repo}:{tag}")
+    } else {
+        format!("docker.io/library/{repo}:{tag}")
+    }
+}
+
+/// A containerd of a test's own: its own socket, root and state
+/// directories under /run/ctrd-e2e/<name> and /var/lib/ctrd-e2e/<name>,
+/// with the test image imported (from `docker save`: no registry). Its
+/// shims get `BPFWALL_SOCKET` (the test daemon's socket), so
+/// `ctr run --runc-binary <bpfwall-runc>` talks to the test's daemon.
+/// Dropping it (also on a failed test) kills its containers, stops it and
+/// its shims, and removes its directories; dockerd's containerd is never
+/// touched.
+#[derive(Debug)]
+pub struct Containerd {
+    /// The name it was made for.
+    pub name: String,
+    /// /run/ctrd-e2e/<name>.
+    pub dir: PathBuf,
+    root: PathBuf,
+    bpfwall_socket: PathBuf,
+    child: Option<Child>,
+    exec_ids: std::sync::atomic::AtomicU32,
+}
+
+impl Containerd {
+    /// Starts a containerd for `name` whose shims tell `bpfwall-runc` to
+    /// talk to `bpfwall_socket`; imports the test image.
+    pub fn start(name: &str, bpfwall_socket: &Path) -> Containerd {
+        let dir = PathBuf::from(format!("/run/ctrd-e2e/{name}"));
+        let root = PathBuf::from(format!("/var/lib/ctrd-e2e/{name}"));
+        let mut c = Containerd {
+            name: name.to_string(),
+            dir: dir.clone(),
+            root: root.clone(),
+            bpfwall_socket: bpfwall_socket.to_path_buf(),
+            child: None,
+            exec_ids: Default::default(),
+        };
+        // What an earlier, killed run left.
+        c.cleanup();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+"#,
+                root = root.join("root").display(),
+                state = dir.join("state").display(),
+                sock = c.socket().display(),
+            ),
+        )
+        .unwrap();
+        c.start_process();
+        let tar = dir.join("image.tar");
+        must(docker().args(["save", "-o"]).arg(&tar).arg(IMAGE));
+        must(c.ctr().args(["images", "import"]).arg(&tar));
+        let _ = std::fs::remove_file(&tar);
+        c
+    }
+
+    /// runc's state directory for this containerd's containers (`ctr run
+    /// --runc-root`; runc's default is one for every containerd).
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.join("runc")
+    }
+
+    /// Its API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    /// Starts the containerd process (again) and waits for its socket.
+    pub fn start_process(&mut self) {
+        assert!(self.child.is_none(), "containerd already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .env("BPFWALL_SOCKET", &self.bpfwall_socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start containerd (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if run(self.ctr().arg("version")).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "containerd did not answer on {}\n{}",
+            self.socket().display(),
+            std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the containerd process (SIGTERM), as a restart does: its
+    /// containers keep running under their shims.
+    pub fn stop_process(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// `ctr` on this containerd, in the tests' namespace.
+    pub fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a").arg(self.socket()).args(["-n", CTR_NAMESPACE]);
+        cmd
+    }
+
+    /// `ctr run -d` of a container `<test>-<role>` (runc keeps every
+    /// containerd's containers under one root per namespace: ids must be
+    /// the test's own) with the test label of `env`, `--label` for each of
+    /// `labels`, in network namespace `netns` (a path), running `cmd`.
+    /// Panics if it fails.
+    pub fn run_detached(
+        &self,
+        env: &TestEnv,
+        role: &str,
+        labels: &[&str],
+        netns: &str,
+        cmd: &[&str],
+    ) -> Container {
+        let id = format!("{}-{role}", env.name);
+        let id = id.as_str();
+        let mut c = self.ctr();
+        c.args(["run", "-d", "--runc-root"])
+            .arg(self.runc_root())
+            .arg("--label")
+            .arg(format!("{TEST_LABEL}={}", env.name));
+        for l in labels {
+            c.args(["--label", l]);
+        }
+        c.arg("--with-ns")
+            .arg(format!("network:{netns}"))
+            .arg(ctr_image())
+            .arg(id)
+            .args(cmd);
+        let out = run(&mut c);
+        assert!(
+            out.status.success(),
+            "ctr run {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Container {
+            name: format!("{CTR_NAMESPACE}/{id}"),
+        }
+    }
+
+    /// Runs `cmd` in a ctr container (`ctr task exec`); its output.
+    pub fn exec(&self, c: &Container, cmd: &[&str]) -> Output {
+        let id = c.name.rsplit('/').next().unwrap_or(&c.name);
+        let n = self
+            .exec_ids
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        run(self
+            .ctr()
+            .args(["task", "exec", "--exec-id"])
+            .arg(format!("e2e-{n}"))
+            .arg(id)
+            .args(cmd))
+    }
+
+    /// An HTTP GET from a ctr container.
+    pub fn http(&self, from: &Container, url: &str, seconds: u32) -> bool {
+        self.exec(
+            from,
+            &[
+                "timeout",
+                &seconds.to_string(),
+                "wget",
+                "-q",
+                "-O",
+                "/dev/null",
+                url,
+            ],
+        )
+        .status
+        .success()
+    }
+
+    /// Kills a ctr container's task and deletes it.
+    pub fn remove(&self, c: &Container) {
+        let id = c.name.rsplit('/').next().unwrap_or(&c.name).to_string();
+        let _ = run(self.ctr().args(["task", "kill", "-s", "KILL", &id]));
+        for _ in 0..50 {
+            if run(self.ctr().args(["task", "delete", &id]))
+                .status
+                .success()
+                || !run(self.ctr().args(["task", "ls", "-q"]))
+                    .stdout
+                    .split(|b| *b == b'\n')
+                    .any(|l| l == id.as_bytes())
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = run(self.ctr().args(["container", "delete", &id]));
+    }
+
+    fn cleanup(&mut self) {
+        if self.child.is_none() && self.socket().exists() {
+            // An earlier run's containerd may still answer: stop it by pid.
+            let out = run(Command::new("pgrep").arg("-f").arg(format!(
+                "containerd --config {}",
+                self.dir.join("config.toml").display()
+            )));
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        if self.child.is_some() {
+            let ids = run(self.ctr().args(["container", "ls", "-q"]));
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                self.remove(&Container {
+                    name: format!("{CTR_NAMESPACE}/{id}"),
+                });
+            }
+        }
+        self.stop_process();
+        // Shims of this containerd (by its socket) and their containers.
+        let out = run(Command::new("pgrep").arg("-f").arg(format!(
+            "containerd-shim.*-address {}",
+            self.socket().display()
+        )));
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // Mounts left under its directories (rootfs of killed tasks).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| {
+                p.starts_with(&*self.dir.to_string_lossy())
+                    || p.starts_with(&*self.root.to_string_lossy())
+            })
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = run(Command::new("umount").args(["-l", p]));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.root);
+        // The parents, once no test's containerd is left in them.
+        for dir in [&self.dir, &self.root] {
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- containerd log of {} ----\n{}",
+                self.name,
+                std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+            );
+        }
+        self.cleanup();
+    }
+}
+
+impl TestEnv {
+    /// A Docker network of the test's own with an explicit subnet
+    /// `10.213.<index>.0/24` whose Docker addresses stay below .128; the
+    /// rest is for namespaces made by [`TestEnv::bridge_netns`]. Returns
+    /// the network's name.
+    pub fn shared_bridge(&mut self, index: u8) -> String {
+        self.network_with(
+            "shared",
+            &[
+                "--subnet",
+                &format!("10.213.{index}.0/24"),
+                "--ip-range",
+                &format!("10.213.{index}.0/25"),
+                "--gateway",
+                &format!("10.213.{index}.1"),
+            ],
+        )
+    }
+
+    /// A network namespace of the test's own plugged into a Docker
+    /// network's bridge (a veth, `eth0` inside) with `address`/24 and the
+    /// bridge's gateway as default route: what a ctr container joins with
+    /// `--with-ns network:<path>`. Returns the namespace's path.
+    pub fn bridge_netns(&mut self, network: &str, role: &str, address: &str) -> String {
+        let id = must(docker().args(["network", "inspect", "-f", "{{.Id}}", network]));
+        let bridge = format!("br-{}", &id[..12]);
+        let gateway = must(docker().args([
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+            network,
+        ]));
+        let name = format!("bpfwall-e2e-{}-{role}", self.name);
+        // Interface names are at most 15 bytes: a short hash of the namespace.
+        let tag = name
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let host_if = format!("ctrd{:08x}", tag);
+        let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        let _ = run(Command::new("ip").args(["link", "del", &host_if]));
+        must(Command::new("ip").args(["netns", "add", &name]));
+        self.netns.push(name.clone());
+        must(Command::new("ip").args([
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name,
+        ]));
+        self.links.push(host_if.clone());
+        must(Command::new("ip").args(["link", "set", &host_if, "master", &bridge, "up"]));
+        let in_ns =
+            |args: &[&str]| must(Command::new("ip").args(["netns", "exec", &name]).args(args));
+        in_ns(&["ip", "link", "set", "lo", "up"]);
+        in_ns(&["ip", "addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        in_ns(&["ip", "link", "set", "eth0", "up"]);
+        in_ns(&["ip", "route", "add", "default", "via", &gateway]);
+        format!("/var/run/netns/{name}")
+    }
+}
+
+/// podman, rootful, with the flags these machines need (runc refuses
+/// podman's default rlimits here).
+pub const PODMAN_ULIMITS: &[&str] = &[
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// The test image's name in podman after `podman load`.
+pub fn podman_image() -> String {
+    if IMAGE.contains('/') {
+        IMAGE.to_string()
+    } else {
+        format!("localhost/{IMAGE}")
+    }
+}
+
+/// podman for one test: the test image loaded (from `docker save`), and
+/// every podman container with the test's label removed when dropped
+/// (also on a failed test).
+#[derive(Debug)]
+pub struct Podman {
+    /// The test's name (its label value).
+    pub name: String,
+    /// The hooks directory the test's podman commands read (`--hooks-dir`).
+    pub hooks_dir: PathBuf,
+}
+
+impl Podman {
+    /// Loads the test image into podman; `hooks_dir` is the directory its
+    /// commands read hooks from (it need not exist).
+    pub fn new(name: &str, hooks_dir: &Path) -> Podman {
+        let p = Podman {
+            name: name.to_string(),
+            hooks_dir: hooks_dir.to_path_buf(),
+        };
+        p.remove_all();
+        let tar = PathBuf::from(format!("/run/bpfwall-e2e/{name}-image.tar"));
+        must(docker().args(["save", "-o"]).arg(&tar).arg(IMAGE));
+        must(Command::new("podman").arg("load").arg("-i").arg(&tar));
+        let _ = std::fs::remove_file(&tar);
+        p
+    }
+
+    /// `podman --hooks-dir <the test's> ...`.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--hooks-dir").arg(&self.hooks_dir);
+        c
+    }
+
+    /// `podman run OPTIONS IMAGE CMD` with the test label and the ulimits.
+    pub fn run(&self, options: &[&str], cmd: &[&str]) -> Output {
+        run(self
+            .cmd()
+            .args(["run", "--label"])
+            .arg(format!("{TEST_LABEL}={}", self.name))
+            .args(PODMAN_ULIMITS)
+            .args(options)
+            .arg(podman_image())
+            .args(cmd))
+    }
+
+    /// A container's address on podman's network.
+    pub fn ip(&self, name: &str) -> String {
+        must(Command::new("podman").args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", name]))
+    }
+
+    fn remove_all(&self) {
+        let ids = run(Command::new("podman")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label={TEST_LABEL}={}", self.name)));
+        let ids = String::from_utf8_lossy(&ids.stdout).to_string();
+        if !ids.trim().is_empty() {
+            let _ = run(Command::new("podman")
+                .args(["rm", "-f", "-t", "0"])
+                .args(ids.split_whitespace()));
+        }
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        self.remove_all();
+    }
+}
+
+impl TestEnv {
+    /// A host without dockerd: the daemon is given a docker socket that
+    /// does not exist, and `daemon_args` (e.g. `--containerd-socket`).
+    pub fn without_dockerd(name: &str, daemon_args: &[&str]) -> TestEnv {
+        let absent = PathBuf::from(format!("/run/bpfwall-e2e/{name}-no-dockerd.sock"));
+        let _ = std::fs::remove_file(&absent);
+        Self::build(name, Some(&absent), daemon_args)
+    }
+}
+
+// ---- Flow events, metrics, advise (the flows issue) --------------------
+
+/// A running `bpfwall monitor --json` whose records are collected on a
+/// thread of their own. Dropping it kills the monitor.
+#[derive(Debug)]
+pub struct Monitor {
+    child: Child,
+    records: Arc<Mutex<Vec<Value>>>,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// Every JSON record so far (the first line, the daemon's answer, left out).
+    pub fn records(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Every line printed so far (human output).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits up to `limit` for a record that satisfies `cond`; returns it.
+    pub fn wait_for(&self, limit: Duration, cond: impl Fn(&Value) -> bool) -> Option<Value> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(r) = self.records().into_iter().find(&cond) {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl TestEnv {
+    /// Starts `bpfwall monitor ARGS --socket <this env's>` and waits until it
+    /// streams (its first record or a moment after it connected).
+    pub fn monitor(&self, args: &[&str]) -> Monitor {
+        use std::io::BufRead as _;
+        let mut child = Command::new(bpfwall_bin())
+            .arg("monitor")
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bpfwall monitor");
+        let stdout = child.stdout.take().unwrap();
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (r, l) = (records.clone(), lines.clone());
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    r.lock().unwrap().push(v);
+                }
+                l.lock().unwrap().push(line);
+            }
+        });
+        // The daemon subscribes the monitor before it answers; give the
+        // connection a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        Monitor {
+            child,
+            records,
+            lines,
+            reader: Some(reader),
+        }
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.1 from `addr`; the body.
+pub fn scrape_metrics(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("connect to the metrics address {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// Parses the Prometheus (OpenMetrics) text format strictly enough for a
+/// test: every line is a comment (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`)
+/// or `name{label="value",...} number`; the text ends with `# EOF`.
+/// Returns each sample's `name{labels}` (as written) and value.
+pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last().copied(),
+        Some("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    for line in lines {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let kind = comment.split_whitespace().next().unwrap_or("");
+            assert!(
+                ["HELP", "TYPE", "UNIT", "EOF"].contains(&kind),
+                "unknown comment: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in: {line}"
+        );
+        if name_end < series.len() {
+            let labels = &series[name_end..];
+            assert!(labels.ends_with('}'), "labels not closed: {line}");
+            for pair in labels[1..labels.len() - 1]
+                .split(',')
+                .filter(|p| !p.is_empty())
+            {
+                let (k, v) = pair
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("bad label in {line}"));
+                assert!(
+                    !k.is_empty() && v.starts_with('"') && v.ends_with('"'),
+                    "bad label in {line}"
+                );
+            }
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        out.insert(series.to_string(), v);
+    }
+    out
+}
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -235,3 +235,51 @@ fn replicas_of_a_compose_service_share_one_identity() {
         env.assert_http_blocked_by(&stranger, &url, &replica, Direction::Ingress);
     }
 }
+
+/// `--network container:X`: the joiner sends from X's address, which peers
+/// see as X (never as the joiner, whatever the order of their ids), while
+/// the joiner's own policy polices its own sockets.
+#[test]
+fn a_container_in_anothers_namespace_is_seen_as_the_owner() {
+    let env = TestEnv::new("joined");
+    let owner = env.start_attached("owner", &["--label", "id=jowner"], HTTPD);
+    let joiner = env.start_attached(
+        "joiner",
+        &[
+            "--network",
+            &format!("container:{}", owner.name),
+            "--label",
+            "id=jjoiner",
+            "--label",
+            "bpfwall.egress=allow to id=jserver port 80/tcp",
+        ],
+        SLEEP,
+    );
+    // The server admits the owner's identity only.
+    let server = env.start_attached(
+        "server",
+        &[
+            "--label",
+            "id=jserver",
+            "--label",
+            "bpfwall.ingress=allow from id=jowner port 80/tcp",
+        ],
+        HTTPD,
+    );
+    let other = env.start_attached("other", &["--label", "id=jother"], HTTPD);
+    let joiner_status = env.endpoint(&joiner).unwrap();
+    assert_eq!(
+        joiner_status["network"],
+        format!("joined {}", owner.name),
+        "{joiner_status}"
+    );
+    // From the joiner, the server sees the owner's address: admitted.
+    env.assert_http_allowed(&joiner, &format!("http://{}/", env.ip(&server)));
+    // The joiner's own egress still polices its sockets.
+    env.assert_http_blocked_by(
+        &joiner,
+        &format!("http://{}/", env.ip(&other)),
+        &joiner,
+        Direction::Egress,
+    );
+}

@@ -25,6 +25,8 @@ pub struct MapSizes {
     pub policy: Option<u32>,
     /// Entries of the conntrack map.
     pub conntrack: Option<u32>,
+    /// Bytes of the flow event ring (a power of two, at least a page).
+    pub events_ring: Option<u32>,
 }
 
 /// The loaded datapath.
@@ -91,6 +93,9 @@ impl KernelDatapath {
         }
         if let Some(n) = sizes.conntrack {
             loader.map_max_entries(abi::MAP_CT, n);
+        }
+        if let Some(n) = sizes.events_ring {
+            loader.map_max_entries(abi::MAP_EVENTS, n);
         }
         let mut ebpf = loader
             .load(OBJECT)

@@ -56,6 +56,7 @@ pub use generations::MapContents;
 pub use kernel::{AdoptReport, KernelDatapath, MapSizes};
 pub use links::LinkPin;
 pub use maps::conntrack::{Collected, CtShares};
+pub use maps::events::{EventReader, EventSettings, MetricsReader};
 pub use maps::{diff, Diff};
 pub use seam::{ConntrackCollector, CounterReader, Datapath, StageError};
 

@@ -9,9 +9,9 @@
 use aya::maps::lpm_trie::Key;
 use aya::Pod;
 use labels_policy::datapath_abi::{
-    CtConfig, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, IpcacheKey,
-    IpcacheValue, L7AddressKey, L7AddressValue, PolicyKey, PolicyRevision, PolicyValue, SourceKey,
-    SourceValue,
+    CtConfig, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, EventsConfig,
+    IpcacheKey, IpcacheValue, L7AddressKey, L7AddressValue, MetricsCounters, PolicyKey,
+    PolicyRevision, PolicyValue, SourceKey, SourceValue,
 };
 
 /// A mirror struct as an aya map key or value.
@@ -51,6 +51,10 @@ unsafe impl Pod for P<CtConfig> {}
 unsafe impl Pod for P<L7AddressKey> {}
 // SAFETY: as above.
 unsafe impl Pod for P<L7AddressValue> {}
+// SAFETY: as above.
+unsafe impl Pod for P<EventsConfig> {}
+// SAFETY: as above.
+unsafe impl Pod for P<MetricsCounters> {}
 
 /// `struct ipcache_key` after its prefixlen.
 pub type IpcacheData = [u8; 20];

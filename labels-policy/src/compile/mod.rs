@@ -177,6 +177,7 @@ pub struct Compiled {
 struct IdentityPolicy {
     rules: Vec<Rule>,
     errors: Vec<LabelError>,
+    audit: bool,
 }
 
 impl IdentityPolicy {
@@ -191,6 +192,7 @@ impl IdentityPolicy {
         IdentityPolicy {
             rules,
             errors: from_labels.errors,
+            audit: from_labels.audit,
         }
     }
 
@@ -209,6 +211,11 @@ impl IdentityPolicy {
                     Direction::Egress => abi::EP_ERROR_EGRESS,
                 };
             }
+        }
+        // A bad mode label is an error like any other (both directions
+        // closed), and never audit.
+        if self.audit && self.errors.is_empty() {
+            flags |= abi::EP_AUDIT;
         }
         flags
     }

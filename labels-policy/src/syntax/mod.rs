@@ -26,6 +26,11 @@ use crate::model::{Direction, LabelSet, Rule};
 /// Every policy label key starts with this.
 pub const LABEL_PREFIX: &str = "bpfwall.";
 
+/// The label that puts a container in audit mode (`audit`) or keeps it
+/// enforcing (`enforce`, the default): in audit mode what its policy would
+/// drop is reported and passes.
+pub const MODE_LABEL: &str = "bpfwall.mode";
+
 /// The policy a container's own labels declare.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabelPolicy {
@@ -33,6 +38,8 @@ pub struct LabelPolicy {
     pub rules: Vec<Rule>,
     /// Labels that failed to parse. Their directions are closed.
     pub errors: Vec<LabelError>,
+    /// `bpfwall.mode=audit`: policy drops are reported and pass.
+    pub audit: bool,
 }
 
 impl LabelPolicy {
@@ -51,7 +58,7 @@ fn label_direction(key: &str) -> Option<Result<Direction, LabelError>> {
         Some((head, name)) => (head, Some(name)),
         None => (rest, None),
     };
-    if key == POLICY_LABEL {
+    if key == POLICY_LABEL || key == MODE_LABEL {
         return None;
     }
     let direction = match head {
@@ -62,7 +69,7 @@ fn label_direction(key: &str) -> Option<Result<Direction, LabelError>> {
                 label: key.to_string(),
                 column: 1,
                 message: format!(
-                    "expected a label key bpfwall.ingress, bpfwall.egress, bpfwall.ingress.<name>, bpfwall.egress.<name> or bpfwall.policy, found '{key}'"
+                    "expected a label key bpfwall.ingress, bpfwall.egress, bpfwall.ingress.<name>, bpfwall.egress.<name>, bpfwall.policy or bpfwall.mode, found '{key}'"
                 ),
                 closes: Direction::ALL.to_vec(),
             }))
@@ -84,6 +91,19 @@ fn label_direction(key: &str) -> Option<Result<Direction, LabelError>> {
 pub fn policy_from_labels(labels: &LabelSet) -> LabelPolicy {
     let mut out = LabelPolicy::default();
     for (key, value) in labels {
+        if key == MODE_LABEL {
+            match value.trim() {
+                "audit" => out.audit = true,
+                "enforce" => {}
+                other => out.errors.push(LabelError {
+                    label: key.clone(),
+                    column: 1,
+                    message: format!("expected 'audit' or 'enforce', found '{other}'"),
+                    closes: Direction::ALL.to_vec(),
+                }),
+            }
+            continue;
+        }
         if key == POLICY_LABEL {
             match cilium::parse_policy_label(value) {
                 Ok(mut rules) => out.rules.append(&mut rules),

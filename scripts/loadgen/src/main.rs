@@ -5,7 +5,14 @@
 //! ```text
 //! bpfwall-loadgen server [--port 5201]
 //! bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|probe [--seconds S]
+//! bpfwall-loadgen synflood --to IP:PORT --rate N [--seconds S] [--ports K]
 //! ```
+//!
+//! `synflood` sends TCP SYNs built by hand on a raw socket (CAP_NET_RAW,
+//! which a container has by default) from the container's own address, N a
+//! second, from K source ports in turn (default 64: every SYN is a new flow
+//! to bpfwall, which decides every SYN, while the host's connection
+//! tracking holds only K entries). It prints `sent=` and `per_second=`.
 //!
 //! The first byte of every connection names the test: `R` (request/response:
 //! the server echoes every byte), `C` (connect/request/response: the server
@@ -33,7 +40,7 @@ const STREAM_CHUNK: usize = 128 * 1024;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bpfwall-loadgen server [--port P]\n       bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|http|http-new|http-bulk|wait-http|probe [--seconds S] [--timeout-ms T]"
+        "usage: bpfwall-loadgen server [--port P]\n       bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|http|http-new|http-bulk|wait-http|probe [--seconds S] [--timeout-ms T]\n       bpfwall-loadgen synflood --to IP:PORT [--rate N] [--seconds S] [--ports K]"
     );
     ExitCode::from(2)
 }
@@ -54,6 +61,19 @@ fn main() -> ExitCode {
                 Err(_) => return usage(),
             };
             server(port)
+        }
+        Some("synflood") => {
+            let Some(to) = flag(&args, "--to").and_then(|s| s.parse::<SocketAddr>().ok()) else {
+                return usage();
+            };
+            let (Ok(rate), Ok(seconds), Ok(ports)) = (
+                flag(&args, "--rate").unwrap_or("100000").parse::<u64>(),
+                flag(&args, "--seconds").unwrap_or("10").parse::<f64>(),
+                flag(&args, "--ports").unwrap_or("64").parse::<u16>(),
+            ) else {
+                return usage();
+            };
+            synflood(to, rate, Duration::from_secs_f64(seconds), ports.max(1))
         }
         Some("client") => {
             let Some(to) = flag(&args, "--to").and_then(|s| s.parse::<SocketAddr>().ok()) else {
@@ -238,6 +258,105 @@ fn stream(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
     println!(
         "test=stream bytes={bytes} seconds={secs:.3} gbit_per_second={:.3}",
         bytes as f64 * 8.0 / secs / 1e9
+    );
+    Ok(())
+}
+
+/// The Internet checksum of `data` (with `sum` carried in).
+fn checksum(mut sum: u32, data: &[u8]) -> u16 {
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn synflood(to: SocketAddr, rate: u64, duration: Duration, ports: u16) -> std::io::Result<()> {
+    let SocketAddr::V4(dst) = to else {
+        return Err(std::io::Error::other("synflood: IPv4 only"));
+    };
+    // The address the kernel would use towards dst: the container's own.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    probe.connect(to)?;
+    let std::net::IpAddr::V4(src) = probe.local_addr()?.ip() else {
+        return Err(std::io::Error::other("synflood: no IPv4 source"));
+    };
+    // SAFETY: a plain socket(2) call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
+    let mut pkt = [0u8; 40];
+    // IPv4: version/IHL, total length, DF, TTL 64, TCP; the kernel fills
+    // the id and the header checksum.
+    pkt[0] = 0x45;
+    pkt[2..4].copy_from_slice(&40u16.to_be_bytes());
+    pkt[6] = 0x40;
+    pkt[8] = 64;
+    pkt[9] = 6;
+    pkt[12..16].copy_from_slice(&src.octets());
+    pkt[16..20].copy_from_slice(&dst.ip().octets());
+    pkt[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    pkt[32] = 5 << 4; // data offset
+    pkt[33] = 0x02; // SYN
+    pkt[34..36].copy_from_slice(&64240u16.to_be_bytes());
+    // Pseudo-header sum (addresses, protocol, TCP length).
+    let mut pseudo = 0u32;
+    for w in [src.octets(), dst.ip().octets()] {
+        pseudo += u32::from(u16::from_be_bytes([w[0], w[1]]))
+            + u32::from(u16::from_be_bytes([w[2], w[3]]));
+    }
+    pseudo += 6 + 20;
+    let (mut sent, mut failed) = (0u64, 0u64);
+    let start = Instant::now();
+    // Paced in slices of a millisecond.
+    let per_slice = (rate / 1000).max(1);
+    let mut slice = 0u64;
+    while start.elapsed() < duration {
+        for _ in 0..per_slice {
+            let i = sent + failed;
+            let sport = 1024 + (i % u64::from(ports)) as u16;
+            pkt[20..22].copy_from_slice(&sport.to_be_bytes());
+            pkt[24..28].copy_from_slice(&(i as u32).to_be_bytes());
+            pkt[36..38].copy_from_slice(&[0, 0]);
+            let sum = checksum(pseudo, &pkt[20..40]);
+            pkt[36..38].copy_from_slice(&sum.to_be_bytes());
+            // SAFETY: pkt and sa outlive the call; lengths are theirs.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if n < 0 {
+                failed += 1;
+            } else {
+                sent += 1;
+            }
+        }
+        slice += 1;
+        let due = Duration::from_millis(slice);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    // SAFETY: fd is ours and open.
+    unsafe { libc::close(fd) };
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "test=synflood sent={sent} failed={failed} seconds={secs:.3} per_second={:.0}",
+        sent as f64 / secs
     );
     Ok(())
 }

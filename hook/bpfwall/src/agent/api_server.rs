@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, watch};
 
+use super::flows::FlowHub;
 use super::policy_watch::PolicyDirStatus;
 use super::reconcile_loop::Input;
 use super::snapshot::Snapshot;
@@ -58,6 +59,11 @@ pub struct Server {
     pub inputs: Sender<Input>,
     /// The HTTP proxy's counters and state, when it runs.
     pub proxy: Option<Arc<super::proxy::ProxyStats>>,
+    /// The flow stream and the edge record (None: the event ring could
+    /// not be opened).
+    pub flows: Option<FlowHub>,
+    /// Whether the datapath sends flow events.
+    pub events_enabled: bool,
 }
 
 impl Server {
@@ -84,19 +90,82 @@ impl Server {
     async fn answer_one(&self, stream: UnixStream) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
-        BufReader::new(read).read_line(&mut line).await?;
+        let mut reader = BufReader::new(read);
+        reader.read_line(&mut line).await?;
         let answer = match serde_json::from_str::<Request>(&line) {
             Err(e) => Answer::error(DaemonError::BadRequest {
                 reason: e.to_string(),
             }),
+            Ok(Request::Monitor(filter)) => return self.monitor(filter, reader, write).await,
             Ok(request) => self.answer(request).await,
         };
-        let mut text = serde_json::to_string(&answer).unwrap_or_else(|e| {
-            format!("{{\"answer\":\"error\",\"error\":{{\"kind\":\"internal\",\"reason\":\"cannot encode the answer\"}},\"message\":\"{e}\"}}")
-        });
-        text.push('\n');
-        write.write_all(text.as_bytes()).await?;
+        write_line(&mut write, &answer).await?;
         write.shutdown().await
+    }
+
+    /// Streams flow records that pass `filter` until the client goes away
+    /// (a write fails). A client that reads too slowly loses records, and
+    /// is told how many in a lost-events record of its own.
+    async fn monitor(
+        &self,
+        filter: crate::api::flow::MonitorFilter,
+        mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+        mut write: tokio::net::unix::OwnedWriteHalf,
+    ) -> std::io::Result<()> {
+        use crate::api::flow::MonitorRecord;
+        use tokio::sync::broadcast::error::RecvError;
+        if let Err(reason) = filter.validate() {
+            write_line(
+                &mut write,
+                &Answer::error(DaemonError::BadRequest { reason }),
+            )
+            .await?;
+            return write.shutdown().await;
+        }
+        let Some(flows) = &self.flows else {
+            let answer = Answer::error(DaemonError::Internal {
+                reason: "the flow event ring could not be opened (see the daemon's log)".into(),
+            });
+            write_line(&mut write, &answer).await?;
+            return write.shutdown().await;
+        };
+        let mut records = flows.records.subscribe();
+        write_line(
+            &mut write,
+            &Answer::Monitoring {
+                events_enabled: self.events_enabled,
+            },
+        )
+        .await?;
+        let mut ignored = String::new();
+        loop {
+            let received = tokio::select! {
+                r = records.recv() => r,
+                // The client never sends more: end of file (or an error)
+                // means it went away.
+                n = reader.read_line(&mut ignored) => match n {
+                    Ok(0) | Err(_) => return Ok(()),
+                    Ok(_) => {
+                        ignored.clear();
+                        continue;
+                    }
+                },
+            };
+            let record = match received {
+                Ok(r) => r,
+                Err(RecvError::Lagged(n)) => std::sync::Arc::new(MonitorRecord::LostEvents {
+                    time_unix_ns: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+                    count: n,
+                    source: "monitor".into(),
+                }),
+                Err(RecvError::Closed) => return write.shutdown().await,
+            };
+            if filter.admits(&record) {
+                write_line(&mut write, record.as_ref()).await?;
+            }
+        }
     }
 
     async fn answer(&self, request: Request) -> Answer {
@@ -123,6 +192,20 @@ impl Server {
                 .check(&from, &to, protocol, port, http.as_ref())
                 .map(Answer::Check),
             Request::Explain { container } => snapshot.explain(&container).map(Answer::Explain),
+            Request::Monitor(_) => Err(DaemonError::BadRequest {
+                reason: "monitor is a stream: it is answered on a connection of its own".into(),
+            }),
+            Request::Advise { container } => self.advise(&snapshot, &container),
+            Request::Edges => match &self.flows {
+                Some(f) => f
+                    .edges
+                    .lock()
+                    .map(|e| Answer::Edges(e.list()))
+                    .map_err(|_| DaemonError::Internal {
+                        reason: "the edge record's lock is poisoned".into(),
+                    }),
+                None => Ok(Answer::Edges(Default::default())),
+            },
             Request::Enforce(request) => {
                 let (reply, answer) = oneshot::channel();
                 let busy = || DaemonError::DaemonBusy {
@@ -140,4 +223,37 @@ impl Server {
         };
         result.unwrap_or_else(Answer::error)
     }
+
+    fn advise(&self, snapshot: &Snapshot, container: &str) -> Result<Answer, DaemonError> {
+        let input = snapshot.container_input(container)?;
+        let local = super::flows::describe::workload_labels(&input.labels);
+        let edges = match &self.flows {
+            Some(f) => {
+                f.edges
+                    .lock()
+                    .map(|e| e.list().edges)
+                    .map_err(|_| DaemonError::Internal {
+                        reason: "the edge record's lock is poisoned".into(),
+                    })?
+            }
+            None => Vec::new(),
+        };
+        Ok(Answer::Advice(super::flows::advise::advise(
+            &input.name,
+            &local,
+            &edges,
+        )))
+    }
+}
+
+/// Writes one JSON value and a newline.
+async fn write_line<T: serde::Serialize>(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    value: &T,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(value).unwrap_or_else(|e| {
+        format!("{{\"answer\":\"error\",\"error\":{{\"kind\":\"internal\",\"reason\":\"cannot encode the answer\"}},\"message\":\"{e}\"}}")
+    });
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
 }

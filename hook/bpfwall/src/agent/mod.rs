@@ -13,10 +13,15 @@
 //! - [`host`]: what the reconciler reads of the host, behind a trait;
 //! - [`instance_lock`]: one daemon per pin root;
 //! - [`proxy`]: the HTTP proxy (L7 policy), following the snapshots.
+//! - [`flows`]: the datapath's flow events (monitor, the edge record,
+//!   advise), and [`metrics`]: Prometheus.
 
 pub mod api_server;
+pub mod flows;
+pub mod hook_store;
 pub mod host;
 pub mod instance_lock;
+pub mod metrics;
 pub mod policy_store;
 pub mod policy_watch;
 pub mod proxy;
@@ -40,13 +45,15 @@ use self::policy_watch::PolicyDir;
 use self::reconcile_loop::Input;
 use self::reconciler::{Reconciler, ReconcilerConfig};
 use self::snapshot::Snapshot;
-use crate::runtime::{docker, RuntimeEvent};
+use crate::runtime::{containerd, docker, RuntimeEvent, Source};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     /// dockerd's socket.
     pub docker_socket: String,
+    /// containerd's socket (absent: the containerd source is off until it appears).
+    pub containerd_socket: String,
     /// Pin root on bpffs.
     pub pin_root: PathBuf,
     /// The API socket.
@@ -59,8 +66,23 @@ pub struct DaemonConfig {
     /// Host-wide policy files.
     pub policy_dir: PathBuf,
     /// What the daemon keeps across restarts (the last good version of
-    /// each policy file).
+    /// each policy file, the edge record).
     pub state_dir: PathBuf,
+    /// Flow events and metrics.
+    pub observe: ObserveConfig,
+}
+
+/// How the daemon reports what it sees.
+#[derive(Debug, Clone)]
+pub struct ObserveConfig {
+    /// How the datapath sends flow events.
+    pub events: bpfwall_datapath::EventSettings,
+    /// Where to serve Prometheus metrics (None: nowhere).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve them on a non-loopback address too.
+    pub metrics_allow_remote: bool,
+    /// Series per container.
+    pub metrics_per_container: bool,
 }
 
 /// The policy directory is read this often (changes apply within a second).
@@ -121,6 +143,30 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             tracing::error!(error = %error_chain(&e), "cannot open conntrack for collection: expired entries stay")
         }
     }
+    // Flow events and metrics: readers of their own, opened before the
+    // reconciler takes the datapath.
+    if let Err(e) = datapath.set_event_settings(config.observe.events) {
+        tracing::error!(error = %error_chain(&e), "cannot set the flow event settings");
+    }
+    let events = datapath
+        .open_events()
+        .map_err(|e| tracing::error!(error = %error_chain(&e), "cannot open the flow event ring: no monitor, no edges"))
+        .ok();
+    let datapath_metrics = datapath
+        .open_metrics()
+        .map_err(
+            |e| tracing::error!(error = %error_chain(&e), "cannot open the datapath's metrics"),
+        )
+        .ok()
+        .map(Arc::new);
+    let metrics_listener = match config.observe.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr, config.observe.metrics_allow_remote).await?),
+        None => None,
+    };
+    let edge_record = flows::edges::EdgeRecord::open(&config.state_dir)
+        .context("reading the edge record in the state directory (--state-dir)")?;
+    let reconcile_stats = metrics::ReconcileStats::default();
+
     let counters = match datapath.counter_reader() {
         Ok(reader) => Some(Arc::from(reader)),
         Err(e) => {
@@ -129,6 +175,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         }
     };
     let mut reconciler = Reconciler::new(datapath, SystemHost::new(), config.reconciler.clone());
+    let flow_hub = events.as_ref().map(|_| flows::FlowHub::new(edge_record));
+    reconciler.expect_sources(&Source::STREAMING);
 
     // The versions saved by the last run are in force until the directory
     // says otherwise; without them the daemon does not start (a broken file
@@ -137,6 +185,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         .context("opening the state directory (--state-dir)")?;
     let mut policy_dir = PolicyDir::open(&config.policy_dir, store)
         .context("reading the saved last good policy versions")?;
+    // Containers only the OCI hook reported (podman's), saved by an earlier run.
+    reconciler.set_hook_store(
+        hook_store::HookStore::open(&config.state_dir)
+            .context("opening the hook containers' records (--state-dir)")?,
+    );
     policy_dir.poll();
     reconciler.set_host_policies(policy_dir.policies());
     let (files_tx, files_rx) = watch::channel(policy_dir.status());
@@ -146,12 +199,16 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(Snapshot::default()));
     let reconcile_thread = std::thread::Builder::new()
         .name("reconcile".into())
-        .spawn(move || reconcile_loop::run(reconciler, inputs_rx, snapshots_tx))
+        .spawn({
+            let stats = reconcile_stats.clone();
+            move || reconcile_loop::run(reconciler, inputs_rx, snapshots_tx, stats)
+        })
         .context("cannot start the reconcile thread")?;
 
-    // The Docker source, forwarded to the loop.
+    // The runtime sources (Docker, containerd), forwarded to the loop.
     let (events_tx, mut events_rx) = mpsc::channel::<RuntimeEvent>(4096);
-    tokio::spawn(docker::run(config.docker_socket.clone(), events_tx));
+    tokio::spawn(docker::run(config.docker_socket.clone(), events_tx.clone()));
+    tokio::spawn(containerd::run(config.containerd_socket.clone(), events_tx));
     let forward = inputs_tx.clone();
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
@@ -197,6 +254,29 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         }
     };
 
+    // Flow events: read, described, streamed and learned on a task of
+    // their own; metrics on another.
+    if let (Some(reader), Some(hub)) = (events, &flow_hub) {
+        tokio::spawn(flows::run(
+            reader,
+            datapath_metrics.clone(),
+            snapshots_rx.clone(),
+            hub.clone(),
+        ));
+    }
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics::MetricsSource {
+                snapshots: snapshots_rx.clone(),
+                counters: counters.clone(),
+                datapath: datapath_metrics,
+                reconcile: reconcile_stats,
+                per_container: config.observe.metrics_per_container,
+            },
+        ));
+    }
+
     let server = api_server::Server {
         pin_root: config.pin_root.display().to_string(),
         snapshots: snapshots_rx,
@@ -204,10 +284,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         counters,
         inputs: inputs_tx,
         proxy: proxy_stats,
+        flows: flow_hub.clone(),
+        events_enabled: config.observe.events.enabled,
     };
     tokio::spawn(server.serve(listener));
 
-    tracing::info!(pin_root = %config.pin_root.display(), api = %config.api_socket.display(), docker = config.docker_socket,
+    tracing::info!(pin_root = %config.pin_root.display(), api = %config.api_socket.display(), docker = config.docker_socket, containerd = config.containerd_socket,
         policy_dir = %config.policy_dir.display(), state_dir = %config.state_dir.display(), "bpfwall daemon running");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -216,6 +298,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; pinned programs keep enforcing");
     let _ = std::fs::remove_file(&config.api_socket);
+    if let Some(hub) = &flow_hub {
+        if let Ok(Err(e)) = hub.edges.lock().map(|mut e| e.save_if_changed()) {
+            tracing::warn!(error = %error_chain(&e), "cannot save the edge record");
+        }
+    }
     // Held to here: the socket is gone before another daemon may start.
     drop(lock);
     // The loop ends when its inputs do; the runtime's shutdown drops the

@@ -15,6 +15,7 @@ use labels_policy::HostPolicy;
 use tokio::sync::{oneshot, watch};
 
 use super::host::Host;
+use super::metrics::ReconcileStats;
 use super::reconciler::Reconciler;
 use super::snapshot::Snapshot;
 use crate::api::{DaemonError, EnforceRequest};
@@ -49,7 +50,9 @@ pub fn run<D: Datapath, H: Host>(
     mut reconciler: Reconciler<D, H>,
     inputs: Receiver<Input>,
     snapshots: watch::Sender<Arc<Snapshot>>,
+    stats: ReconcileStats,
 ) {
+    let mut revision = 0;
     let mut next_periodic = Instant::now() + PERIODIC;
     let mut next_prune = Instant::now() + HOOK_PRUNE;
     loop {
@@ -90,11 +93,10 @@ pub fn run<D: Datapath, H: Host>(
                     Input::Enforce { request, reply } => {
                         let span = tracing::info_span!("oci_hook", container = %request.name, pid = request.pid);
                         let _guard = span.enter();
-                        let id = request.id.clone();
                         match reconciler.admit(request) {
-                            Ok(()) => {
+                            Ok(key) => {
                                 dirty = true;
-                                hooks.push((id, reply));
+                                hooks.push((key, reply));
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "refused a container start");
@@ -114,12 +116,23 @@ pub fn run<D: Datapath, H: Host>(
             dirty = true;
             next_periodic = now + PERIODIC;
         }
+        let started = Instant::now();
         if dirty {
             reconciler.reconcile();
         }
+        let snapshot = reconciler.snapshot();
+        if dirty {
+            if snapshot.last_error.is_some() {
+                stats.errors.inc();
+            }
+            if snapshot.policy_revision != revision {
+                stats.apply_seconds.observe(started.elapsed().as_secs_f64());
+            }
+        }
+        revision = snapshot.policy_revision;
         // Published before the hooks hear back: whoever is told a container
         // is policed finds it in `status`.
-        snapshots.send_replace(Arc::new(reconciler.snapshot()));
+        snapshots.send_replace(Arc::new(snapshot));
         for (id, reply) in hooks {
             let answer = reconciler.admitted(&id);
             match &answer {

@@ -15,7 +15,7 @@ use super::policy_watch::PolicyDirStatus;
 use crate::api::{
     DaemonError, DirectionStatus, EndpointStatus, FlowEndArg, HttpCheck, MapStatus, Status,
 };
-use crate::runtime::ContainerRecord;
+use crate::runtime::{ContainerRecord, Runtime};
 
 /// One managed container as the reconciler last saw it.
 #[derive(Debug, Clone)]
@@ -32,6 +32,9 @@ pub struct ContainerView {
     pub policed_since_unix_us: Option<u64>,
     /// Whose network namespace it is in ("own", "host", "joined NAME").
     pub network: String,
+    /// Its addresses as the last compile had them (what the runtime said
+    /// and what was read in its network namespace).
+    pub addresses: Vec<IpAddr>,
     /// Directions closed because a map was full, and which map.
     pub closed: BTreeMap<labels_policy::Direction, &'static str>,
 }
@@ -54,8 +57,10 @@ pub struct Snapshot {
     /// Is the Docker source in sync: connected, and its list since it
     /// connected taken in by this snapshot's reconcile?
     pub docker_synced: bool,
-    /// Has Docker been listed at least once?
+    /// Has every source that is on listed its containers at least once?
     pub synced: bool,
+    /// Each streaming source's state.
+    pub sources: Vec<crate::api::SourceStatus>,
     /// Entries and capacity of every compiled map, by name.
     pub maps: BTreeMap<&'static str, (usize, usize)>,
     /// Changes that had to close directions because a map was full.
@@ -67,6 +72,43 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// The last reconcile's error.
     pub last_error: Option<String>,
+    /// The policy revision this snapshot's compile was put in force at
+    /// (0: none by this daemon yet); flow events name theirs.
+    pub policy_revision: u32,
+    /// Every managed container audits (daemon flag `--audit`).
+    pub audit_all: bool,
+}
+
+/// The id `status` shows: a 64-digit hex id (Docker's, podman's) shortened
+/// to 12 as `docker ps` does; any other (containerd's, chosen by people) whole.
+fn short_id(record: &ContainerRecord) -> String {
+    let id = if record.runtime_id.is_empty() {
+        &record.id
+    } else {
+        &record.runtime_id
+    };
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        id[..12].to_string()
+    } else {
+        id.clone()
+    }
+}
+
+/// How an error names a container: Docker's by name, as always; others
+/// with their runtime, namespace and id.
+pub fn describe(record: &ContainerRecord) -> String {
+    match record.runtime {
+        Runtime::Docker => format!("container '{}'", record.name),
+        Runtime::Containerd => format!(
+            "containerd container '{}' (namespace {}, id {})",
+            record.name, record.namespace, record.runtime_id
+        ),
+        other => format!(
+            "{other} container '{}' (id {})",
+            record.name,
+            short_id(record)
+        ),
+    }
 }
 
 impl Snapshot {
@@ -99,6 +141,11 @@ impl Snapshot {
                 prefix: name.to_string(),
             }),
         }
+    }
+
+    /// A container of the last compile, by name or id prefix.
+    pub fn container_input(&self, name: &str) -> Result<&ContainerInput, DaemonError> {
+        self.find(name).map(|i| &self.inputs[i])
     }
 
     fn flow_end(&self, end: &FlowEndArg) -> Result<FlowEnd, DaemonError> {
@@ -245,7 +292,7 @@ impl Snapshot {
                 .map(|r| {
                     r.errors
                         .iter()
-                        .map(|e| format!("container '{}': {e}", c.record.name))
+                        .map(|e| format!("{}: {e}", describe(&c.record)))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -253,12 +300,19 @@ impl Snapshot {
                 errors.push(p.clone());
             }
             endpoints.push(EndpointStatus {
-                id: c.id.chars().take(12).collect(),
+                mode: if flags & abi::EP_AUDIT != 0 {
+                    "audit".into()
+                } else {
+                    "enforce".into()
+                },
+                id: short_id(&c.record),
                 name: c.record.name.clone(),
+                runtime: c.record.runtime.to_string(),
+                namespace: c.record.namespace.clone(),
                 identity: report.map_or(0, |r| r.identity),
                 attached: c.endpoint_id.is_some() && c.problem.is_none(),
                 policed_since_unix_us: c.policed_since_unix_us,
-                addresses: c.record.addresses.iter().map(ToString::to_string).collect(),
+                addresses: c.addresses.iter().map(ToString::to_string).collect(),
                 network: c.network.clone(),
                 conntrack_entries: match (counters_reader, c.endpoint_id) {
                     (Some(reader), Some(ep)) => reader.conntrack_used(ep).unwrap_or(0),
@@ -295,6 +349,7 @@ impl Snapshot {
             pin_root: pin_root.to_string(),
             docker_connected: self.docker_connected,
             docker_synced: self.docker_synced,
+            sources: self.sources.clone(),
             endpoints,
             drops,
             proxy_closed: BTreeMap::new(),
@@ -329,6 +384,7 @@ impl Snapshot {
             last_error: self.last_error.clone(),
             policy_files: policy_files.files,
             policy_dir_errors: policy_files.errors,
+            audit_all: self.audit_all,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The daemon's local API, both sides: one JSON request line in, one JSON
-//! answer line out, over a unix socket only root can reach. The CLI, the
+//! answer line out, over a unix socket only root can reach (`monitor` is
+//! the one stream: its answer is followed by one [`flow::MonitorRecord`] a
+//! line until the client goes away). The CLI, the
 //! OCI hook, the benchmarks and the tests are its clients; errors travel as
 //! a [`DaemonError`] with a kind, so clients match on the kind and never on
 //! the text.
 
+pub mod flow;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -15,7 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 pub use status::{
-    DirectionStatus, EndpointStatus, FileStatus, MapStatus, ProxyState, Status, VersionInForce,
+    DirectionStatus, EndpointStatus, FileStatus, MapStatus, ProxyState, SourceStatus, Status,
+    VersionInForce,
 };
 
 /// Where the daemon listens unless told otherwise.
@@ -50,6 +54,16 @@ pub enum Request {
     /// From the OCI hook: police this container before it runs; answer
     /// once its programs are attached and its policy is in the maps.
     Enforce(EnforceRequest),
+    /// Stream flow records: answered with `monitoring` (or an error), then
+    /// one [`flow::MonitorRecord`] a line until the client goes away.
+    Monitor(flow::MonitorFilter),
+    /// The least allow policy for what a container was seen doing.
+    Advise {
+        /// Its name or id.
+        container: String,
+    },
+    /// Every learned edge (`bpfwall map`).
+    Edges,
 }
 
 /// What the OCI hook knows of a container being created.
@@ -73,6 +87,12 @@ pub struct EnforceRequest {
     /// The container whose network namespace it joined, if any.
     #[serde(default)]
     pub joins: Option<String>,
+    /// Which runtime runs it (None from a hook of an older bpfwall: oci).
+    #[serde(default)]
+    pub runtime: Option<crate::runtime::Runtime>,
+    /// Its containerd namespace (`moby` for Docker's).
+    #[serde(default)]
+    pub namespace: String,
 }
 
 /// An HTTP request to check.
@@ -119,6 +139,15 @@ pub enum Answer {
         /// The same in words.
         message: String,
     },
+    /// A monitor is on: flow records follow, one a line.
+    Monitoring {
+        /// Whether the datapath sends events (`--no-flow-events` turns them off).
+        events_enabled: bool,
+    },
+    /// See [`flow::Advice`].
+    Advice(flow::Advice),
+    /// See [`flow::EdgeList`].
+    Edges(flow::EdgeList),
 }
 
 impl Answer {

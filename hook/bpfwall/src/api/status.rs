@@ -51,8 +51,14 @@ pub struct MapStatus {
 pub struct EndpointStatus {
     /// Short container id.
     pub id: String,
-    /// Container name.
+    /// Container name (containerd: `<namespace>/<id>`).
     pub name: String,
+    /// Which runtime runs it: docker, containerd, podman or oci.
+    #[serde(default)]
+    pub runtime: String,
+    /// Its containerd namespace (`moby` for Docker's; empty for podman).
+    #[serde(default)]
+    pub namespace: String,
     /// Its identity.
     pub identity: u32,
     /// Programs attached and policy in the maps.
@@ -84,6 +90,11 @@ pub struct EndpointStatus {
     /// Its HTTP proxy, when ports of it are http-policed.
     #[serde(default)]
     pub proxy: Option<ProxyState>,
+    /// "enforce", or "audit": what its policy would drop is reported
+    /// (verdict audit) and passes (label `bpfwall.mode=audit`, or the
+    /// daemon's `--audit`).
+    #[serde(default)]
+    pub mode: String,
 }
 
 /// The daemon's state.
@@ -100,6 +111,10 @@ pub struct Status {
     /// are still withdrawn).
     #[serde(default)]
     pub docker_synced: bool,
+    /// Every runtime source (docker, containerd): synced, connecting,
+    /// disconnected, or off (its socket is absent) and why.
+    #[serde(default)]
+    pub sources: Vec<SourceStatus>,
     /// Managed containers.
     pub endpoints: Vec<EndpointStatus>,
     /// Drops per named reason, host-wide (the L7 reasons start `l7-`).
@@ -128,6 +143,9 @@ pub struct Status {
     /// versions; each names its path.
     #[serde(default)]
     pub policy_dir_errors: Vec<String>,
+    /// The daemon audits every managed container (`--audit`).
+    #[serde(default)]
+    pub audit_all: bool,
 }
 
 /// One host-wide policy file.
@@ -167,4 +185,18 @@ pub enum VersionInForce {
     /// Nothing: the file never parsed.
     #[default]
     Nothing,
+}
+
+/// One runtime source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// docker or containerd.
+    pub source: String,
+    /// Connected, and its list since it connected is in the maps.
+    pub synced: bool,
+    /// In words: "synced", "connecting", "connected, listing",
+    /// "disconnected (reconnecting)", "disconnected: <why> (watching for
+    /// it)" (listed before, gone now), or "off: <why> (watching for it)"
+    /// (never seen: holds nothing up).
+    pub state: String,
 }

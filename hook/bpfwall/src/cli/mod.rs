@@ -3,8 +3,13 @@
 //! is done in `crate::agent` (the daemon), `crate::runtime` and the
 //! daemon's API.
 
+mod advise;
+mod hooks;
+pub mod monitor;
+mod observe;
 mod policy;
 pub mod render;
+pub mod service_map;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +81,7 @@ impl PolicingArgs {
             identity_labels,
             ct_per_endpoint: self.conntrack_per_endpoint,
             ct_guaranteed: self.conntrack_guaranteed,
+            audit: false,
         }
     }
 
@@ -83,6 +89,7 @@ impl PolicingArgs {
         bpfwall_datapath::MapSizes {
             policy: self.policy_map_entries,
             conntrack: self.conntrack_entries,
+            events_ring: None,
         }
     }
 }
@@ -94,6 +101,11 @@ enum Command {
         /// dockerd's API socket.
         #[arg(long, default_value = "/var/run/docker.sock")]
         docker_socket: String,
+        /// containerd's API socket: containers of every namespace but
+        /// Docker's (`moby`). Absent: the containerd source is off, said in
+        /// the log and in `status`, and watched for.
+        #[arg(long, default_value = crate::runtime::containerd::DEFAULT_SOCKET)]
+        containerd_socket: String,
         /// Where maps and links are pinned (on bpffs).
         #[arg(long, default_value = DEFAULT_PIN_ROOT)]
         bpffs_root: PathBuf,
@@ -113,6 +125,8 @@ enum Command {
         state_dir: PathBuf,
         #[command(flatten)]
         policing: PolicingArgs,
+        #[command(flatten)]
+        observe: observe::ObserveArgs,
     },
     /// Validate, check and explain policy.
     #[command(subcommand)]
@@ -134,10 +148,29 @@ enum Command {
         /// Docker's data root (container labels are read from it).
         #[arg(long, default_value = "/var/lib/docker")]
         docker_root: PathBuf,
+        /// The socket of the containerd that creates the container (added by
+        /// bpfwall-runc under a containerd shim): labels are read from it.
+        #[arg(long, requires = "containerd_namespace")]
+        containerd_socket: Option<String>,
+        /// The container's containerd namespace.
+        #[arg(long, requires = "containerd_socket")]
+        containerd_namespace: Option<String>,
+        /// podman runs the hook (from the hooks.d file): labels are read
+        /// from podman's database.
+        #[arg(long)]
+        podman: bool,
+        /// podman's graph root (its database and images).
+        #[arg(long, default_value = crate::runtime::podman::DEFAULT_GRAPH_ROOT)]
+        podman_root: PathBuf,
         /// Let the container start when the daemon is unreachable or refuses.
         #[arg(long)]
         fail_open: bool,
     },
+    /// Install the OCI hook for podman (a hooks.d file): every podman
+    /// container is policed from its first instruction.
+    InstallHook(hooks::InstallHookArgs),
+    /// Remove exactly what install-hook wrote.
+    UninstallHook(hooks::UninstallHookArgs),
     /// Register bpfwall-runc with Docker (daemon.json) and reload dockerd.
     InstallRuntime {
         /// The runtime's name (`docker run --runtime NAME`).
@@ -176,6 +209,57 @@ enum Command {
         /// dockerd's API socket (to see the reload take effect).
         #[arg(long, default_value = "/var/run/docker.sock")]
         docker_socket: String,
+    },
+    /// Live flows: time, verdict, direction, source -> destination, port, rule or drop reason.
+    Monitor {
+        /// Only flows of this container (a name), or of containers with
+        /// these labels (KEY=VALUE[,KEY=VALUE]), at either end.
+        #[arg(long, value_name = "NAME|SELECTOR")]
+        container: Option<String>,
+        /// Only allowed, dropped or audit flows.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// Only ingress or egress.
+        #[arg(long)]
+        direction: Option<String>,
+        /// Only this destination port (ICMP: type).
+        #[arg(long)]
+        port: Option<u16>,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The least allow policy for what a container was seen doing.
+    Advise {
+        /// The container (name or id).
+        container: String,
+        /// labels (--label flags), compose (an override file) or cilium (a policy file).
+        #[arg(long, value_enum, default_value = "labels")]
+        format: advise::Format,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Who talks to whom, as learned from traffic: a list, an SVG or DOT.
+    Map {
+        /// Write the graph as SVG to this file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Write the graph as DOT to this file.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
+        /// Print the edges as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's API socket.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Detach everything and remove all pins (uninstall). Refused while a daemon runs on them.
     Teardown {
@@ -260,21 +344,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Daemon {
             docker_socket,
+            containerd_socket,
             bpffs_root,
             socket,
             manage_label,
             policy_dir,
             state_dir,
             policing,
+            observe,
         } => {
+            let observe_config = observe.config()?;
+            let mut reconciler = policing.reconciler(parse_manage(&manage_label)?);
+            reconciler.audit = observe.audit;
             agent::run(DaemonConfig {
                 docker_socket,
+                containerd_socket,
                 pin_root: bpffs_root,
                 api_socket: socket,
-                reconciler: policing.reconciler(parse_manage(&manage_label)?),
-                map_sizes: policing.map_sizes(),
+                reconciler,
+                map_sizes: bpfwall_datapath::MapSizes {
+                    events_ring: observe.flow_event_ring_bytes,
+                    ..policing.map_sizes()
+                },
                 policy_dir,
                 state_dir,
+                observe: observe_config,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -361,8 +455,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::OciHook {
             socket,
             docker_root,
+            containerd_socket,
+            containerd_namespace,
+            podman,
+            podman_root,
             fail_open,
-        } => Ok(crate::runtime::oci_hook::run(&socket, &docker_root, fail_open).await),
+        } => {
+            let sources = crate::runtime::oci_hook::LabelSources {
+                docker_root,
+                containerd: containerd_socket.zip(containerd_namespace),
+                podman: podman.then(|| crate::runtime::podman::PodmanStore::new(&podman_root)),
+            };
+            Ok(crate::runtime::oci_hook::run(&socket, &sources, fail_open).await)
+        }
+        Command::InstallHook(args) => hooks::install(args),
+        Command::UninstallHook(args) => hooks::uninstall(args),
         Command::InstallRuntime {
             name,
             default,
@@ -404,6 +511,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Monitor {
+            container,
+            verdict,
+            direction,
+            port,
+            json,
+            socket,
+        } => {
+            let filter = crate::api::flow::MonitorFilter {
+                container,
+                verdict,
+                direction,
+                port,
+            };
+            monitor::run(&socket, filter, json).await
+        }
+        Command::Advise {
+            container,
+            format,
+            json,
+            socket,
+        } => observe::advise(&socket, container, format, json).await,
+        Command::Map {
+            svg,
+            dot,
+            json,
+            socket,
+        } => observe::map(&socket, svg, dot, json).await,
         Command::Teardown { bpffs_root } => {
             // Never under a running daemon: hold its lock while removing.
             let _lock = crate::agent::instance_lock::InstanceLock::acquire(

@@ -17,11 +17,32 @@ pub fn status(s: &Status) -> String {
         match (s.docker_connected, s.docker_synced) {
             (true, true) => "connected, synced",
             (true, false) => "connected, NOT SYNCED yet",
+            (false, _)
+                if s.sources
+                    .iter()
+                    .any(|src| src.source == "docker" && src.state.starts_with("off")) =>
+            {
+                "off"
+            }
             (false, _) => "DISCONNECTED, NOT SYNCED",
         },
         s.pin_root
     );
-    if !s.docker_synced {
+    for source in &s.sources {
+        if source.synced {
+            let _ = writeln!(out, "{}: {}", source.source, source.state);
+        } else if source.state.starts_with("off") {
+            // Absent runtimes are said, not shouted: nothing of theirs runs.
+            let _ = writeln!(out, "{}: {}", source.source, source.state);
+        } else {
+            let _ = writeln!(
+                out,
+                "NOT SYNCED with {}: {}; containers it starts meanwhile are not policed until it is (unless started with bpfwall-runc or the OCI hook)",
+                source.source, source.state
+            );
+        }
+    }
+    if s.sources.is_empty() && !s.docker_synced {
         let _ = writeln!(
             out,
             "NOT SYNCED with docker: containers started meanwhile are not policed until it is (unless started with bpfwall-runc)"
@@ -29,6 +50,12 @@ pub fn status(s: &Status) -> String {
     }
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last reconcile FAILED: {e}");
+    }
+    if s.audit_all {
+        let _ = writeln!(
+            out,
+            "AUDIT MODE (--audit): policy drops are reported and pass, for every container"
+        );
     }
     for w in &s.warnings {
         let _ = writeln!(out, "warning: {w}");
@@ -68,6 +95,24 @@ pub fn status(s: &Status) -> String {
             if ep.attached { "" } else { " NOT ATTACHED" },
             ep.addresses.join(", ")
         );
+        if ep.mode == "audit" {
+            let _ = writeln!(
+                out,
+                "  mode    AUDIT: what its policy would drop is reported and passes"
+            );
+        }
+        if !ep.runtime.is_empty() {
+            let _ = writeln!(
+                out,
+                "  runtime {}{}",
+                ep.runtime,
+                if ep.namespace.is_empty() {
+                    String::new()
+                } else {
+                    format!(", namespace {}", ep.namespace)
+                }
+            );
+        }
         for (k, v) in &ep.labels {
             let _ = writeln!(out, "  label {k}={v}");
         }

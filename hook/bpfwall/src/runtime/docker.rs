@@ -20,7 +20,8 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{ContainerRecord, RuntimeEvent, Source};
+use super::socket_watch::wait_for_socket;
+use super::{ContainerRecord, Runtime, RuntimeEvent, Source, DOCKER_NAMESPACE};
 use bpfwall_sys::error_chain;
 
 /// Errors talking to dockerd.
@@ -91,8 +92,12 @@ pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerRecord
     }
     addresses.sort();
     addresses.dedup();
+    let id = info.id.unwrap_or_else(|| id.to_string());
     Ok(Some(ContainerRecord {
-        id: info.id.unwrap_or_else(|| id.to_string()),
+        runtime: Runtime::Docker,
+        namespace: DOCKER_NAMESPACE.to_string(),
+        runtime_id: id.clone(),
+        id,
         name: info
             .name
             .unwrap_or_default()
@@ -167,8 +172,6 @@ fn classify(event: &bollard::models::EventMessage) -> Option<(bool, String)> {
     }
 }
 
-/// While dockerd is away, its socket is tried this often.
-const SOCKET_POLL: Duration = Duration::from_millis(50);
 /// After a failure of dockerd's API (its socket answered), the first wait...
 const API_RETRY_FIRST: Duration = Duration::from_millis(50);
 /// ...doubling up to this.
@@ -183,21 +186,26 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(1);
 pub async fn run(socket: String, tx: mpsc::Sender<RuntimeEvent>) {
     let mut api_retry = API_RETRY_FIRST;
     loop {
-        wait_for_socket(&socket).await;
+        if !wait_for_socket(Source::Docker, &socket, &tx).await {
+            return;
+        }
         let started = tokio::time::Instant::now();
         let mut listed = false;
-        match follow(&socket, &tx, &mut listed).await {
+        let result = follow(&socket, &tx, &mut listed).await;
+        match &result {
             Ok(()) => tracing::warn!(socket, "docker event stream ended"),
-            Err(e) => tracing::warn!(socket, error = %error_chain(&e), "lost docker"),
+            Err(e) => tracing::warn!(socket, error = %error_chain(e), "lost docker"),
         }
         if tx.is_closed() {
             return;
         }
-        if tx
-            .send(RuntimeEvent::Disconnected(Source::Docker))
-            .await
-            .is_err()
-        {
+        // A session that never listed leaves the source off (its runtime
+        // answers, but not as it should): the first reconcile does not wait.
+        let event = match (&result, listed) {
+            (Err(e), false) => RuntimeEvent::Unavailable(Source::Docker, error_chain(e)),
+            _ => RuntimeEvent::Disconnected(Source::Docker),
+        };
+        if tx.send(event).await.is_err() {
             return;
         }
         if listed && started.elapsed() >= HEALTHY_SESSION {
@@ -207,22 +215,6 @@ pub async fn run(socket: String, tx: mpsc::Sender<RuntimeEvent>) {
             tokio::time::sleep(api_retry).await;
             api_retry = (api_retry * 2).min(API_RETRY_MAX);
         }
-    }
-}
-
-/// Returns once a connect() to dockerd's socket succeeds.
-async fn wait_for_socket(socket: &str) {
-    let mut said = false;
-    loop {
-        match tokio::net::UnixStream::connect(socket).await {
-            Ok(_) => return,
-            Err(e) if !said => {
-                tracing::info!(socket, error = %e, "waiting for dockerd's socket");
-                said = true;
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(SOCKET_POLL).await;
     }
 }
 

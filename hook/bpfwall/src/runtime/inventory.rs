@@ -16,6 +16,14 @@
 //! [`Inventory::prune_dead`] without waiting for the runtime, so its
 //! identity and addresses leave the maps and are never inherited by a
 //! container that reuses the address.
+//!
+//! **The first reconcile** waits until every streaming source the daemon
+//! runs ([`Inventory::expect`]) has either listed its containers or found
+//! its runtime absent ([`RuntimeEvent::Unavailable`]: no socket, or nothing
+//! that answers as it should): [`Inventory::ready`]. A source that is off
+//! does not hold the host up (a containerd-only host has no dockerd at
+//! all); what it may own is kept closed instead of opened, see
+//! [`Inventory::may_forget_unreported`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +48,10 @@ pub struct Inventory {
     connected: BTreeSet<Source>,
     /// Sources whose list since they (re)connected has been taken in.
     in_sync: BTreeSet<Source>,
+    /// The streaming sources the daemon runs.
+    expected: BTreeSet<Source>,
+    /// Sources whose runtime is not there now, and why.
+    off: BTreeMap<Source, String>,
 }
 
 /// Is the record's init process still running, and still the same
@@ -53,9 +65,46 @@ fn same_process(record: &ContainerRecord, process_start: &impl Fn(u32) -> Option
 }
 
 impl Inventory {
-    /// An empty inventory.
+    /// An empty inventory that waits for Docker's list.
     pub fn new() -> Self {
-        Self::default()
+        Self::expecting(&[Source::Docker])
+    }
+
+    /// An empty inventory that waits for each of these sources to list its
+    /// containers or to report its runtime absent.
+    pub fn expecting(sources: &[Source]) -> Self {
+        Inventory {
+            expected: sources.iter().copied().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// True once every expected source has listed its containers at least
+    /// once or found its runtime absent: from then on a reconcile knows
+    /// every peer that can be known, and never waits again.
+    pub fn ready(&self) -> bool {
+        self.expected
+            .iter()
+            .all(|s| self.synced.contains(s) || self.off.contains_key(s))
+    }
+
+    /// May a container with this key that no source reports now be
+    /// forgotten (its links removed)? Only once the source that could own
+    /// it has listed since the daemon started: until then it may be a
+    /// container of a runtime that is late or away, and its links are kept
+    /// (its packets meet no endpoint: closed, never opened). Containers only
+    /// the hook reports (no source lists them) are forgotten when their
+    /// process is.
+    pub fn may_forget_unreported(&self, key: &str) -> bool {
+        match super::key_source(key) {
+            Some(source) => self.synced.contains(&source),
+            None => true,
+        }
+    }
+
+    /// Why a source is off, if it is.
+    pub fn off_reason(&self, source: Source) -> Option<&str> {
+        self.off.get(&source).map(String::as_str)
     }
 
     /// Takes in a source's event. `process_start(pid)` is the start time of
@@ -68,6 +117,7 @@ impl Inventory {
     ) -> bool {
         match event {
             RuntimeEvent::Resync(source, records) => {
+                self.off.remove(&source);
                 self.synced.insert(source);
                 self.connected.insert(source);
                 self.in_sync.insert(source);
@@ -95,6 +145,7 @@ impl Inventory {
             RuntimeEvent::Remove(_, id) => self.entries.remove(&id).is_some(),
             RuntimeEvent::Connected(source) => {
                 // Not in sync until its list is in.
+                self.off.remove(&source);
                 self.connected.insert(source);
                 self.in_sync.remove(&source);
                 false
@@ -105,6 +156,14 @@ impl Inventory {
                 self.connected.remove(&source);
                 self.in_sync.remove(&source);
                 false
+            }
+            RuntimeEvent::Unavailable(source, reason) => {
+                // Like a disconnect; and the first reconcile need not wait.
+                let was_ready = self.ready();
+                self.connected.remove(&source);
+                self.in_sync.remove(&source);
+                self.off.insert(source, reason);
+                self.ready() && !was_ready
             }
         }
     }
@@ -300,6 +359,52 @@ mod tests {
         assert!(inv.prune_dead(processes(&[(4, 400)])));
         let ids: Vec<&str> = inv.entries().keys().map(String::as_str).collect();
         assert_eq!(ids, ["unknown-start"]);
+    }
+
+    #[test]
+    fn ready_once_every_source_listed_or_is_off() {
+        let mut inv = Inventory::expecting(&Source::STREAMING);
+        assert!(!inv.ready());
+        // containerd's socket is absent: it does not hold the host up.
+        assert!(!inv.apply(
+            RuntimeEvent::Unavailable(Source::Containerd, "no socket at /x".into()),
+            processes(&[])
+        ));
+        assert!(!inv.ready(), "docker has not listed yet");
+        inv.apply(
+            RuntimeEvent::Resync(Source::Docker, Vec::new()),
+            processes(&[]),
+        );
+        assert!(inv.ready());
+        assert_eq!(inv.off_reason(Source::Containerd), Some("no socket at /x"));
+
+        // A containerd-only host: docker off, containerd listed.
+        let mut inv = Inventory::expecting(&Source::STREAMING);
+        inv.apply(
+            RuntimeEvent::Resync(Source::Containerd, Vec::new()),
+            processes(&[]),
+        );
+        assert!(!inv.ready());
+        assert!(
+            inv.apply(
+                RuntimeEvent::Unavailable(Source::Docker, "no socket".into()),
+                processes(&[])
+            ),
+            "the source that made the daemon ready asks for a reconcile"
+        );
+        assert!(inv.ready());
+        // Docker's containers that no source reports are kept (closed)
+        // until Docker has listed; containerd's are forgotten.
+        assert!(!inv.may_forget_unreported("0123abcd"));
+        assert!(inv.may_forget_unreported("containerd:default:web"));
+        assert!(inv.may_forget_unreported("podman:0123"));
+        inv.apply(RuntimeEvent::Connected(Source::Docker), processes(&[]));
+        assert_eq!(inv.off_reason(Source::Docker), None);
+        inv.apply(
+            RuntimeEvent::Resync(Source::Docker, Vec::new()),
+            processes(&[]),
+        );
+        assert!(inv.may_forget_unreported("0123abcd"));
     }
 
     #[test]

@@ -7,7 +7,15 @@
 //! Its own settings come as leading `--bpfwall-*` arguments (Docker's
 //! `runtimeArgs` in daemon.json), which it removes before exec'ing runc:
 //! `--bpfwall-socket=PATH`, `--bpfwall-fail-open`, `--bpfwall-runc=PATH`,
-//! `--bpfwall-docker-root=PATH`.
+//! `--bpfwall-docker-root=PATH`. containerd's `ctr run --runc-binary`
+//! passes no arguments: there the settings not given come from the
+//! environment containerd gives its shims (`BPFWALL_SOCKET`,
+//! `BPFWALL_RUNC`, `BPFWALL_FAIL_OPEN=1`), else the defaults.
+//!
+//! Run by a containerd shim (its parent's command line is
+//! `containerd-shim-runc-v2 -namespace NS ... -address SOCKET`), the hook
+//! it adds is told that containerd's socket and the container's namespace,
+//! so it reads the container's labels from containerd itself.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -30,6 +38,9 @@ pub struct WrapperSettings {
     pub runc: String,
     /// Docker's data root, where the hook reads container labels.
     pub docker_root: String,
+    /// The containerd that runs the wrapper (its shim's parent): its
+    /// socket and the container's namespace.
+    pub containerd: Option<(String, String)>,
 }
 
 /// Errors of the wrapper.
@@ -60,11 +71,13 @@ pub enum WrapperError {
 
 /// Splits the wrapper's own leading arguments from runc's.
 pub fn split_args(args: &[String]) -> (WrapperSettings, Vec<String>) {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut settings = WrapperSettings {
-        socket: crate::api::DEFAULT_SOCKET.to_string(),
-        fail_open: false,
-        runc: "runc".to_string(),
+        socket: env("BPFWALL_SOCKET").unwrap_or_else(|| crate::api::DEFAULT_SOCKET.to_string()),
+        fail_open: env("BPFWALL_FAIL_OPEN").is_some_and(|v| v == "1"),
+        runc: env("BPFWALL_RUNC").unwrap_or_else(|| "runc".to_string()),
         docker_root: "/var/lib/docker".to_string(),
+        containerd: None,
     };
     let mut rest = Vec::new();
     for a in args {
@@ -128,10 +141,50 @@ pub fn hook_entry(exe: &Path, settings: &WrapperSettings) -> Value {
         "--docker-root".to_string(),
         settings.docker_root.clone(),
     ];
+    if let Some((socket, namespace)) = &settings.containerd {
+        args.extend([
+            "--containerd-socket".to_string(),
+            socket.clone(),
+            "--containerd-namespace".to_string(),
+            namespace.clone(),
+        ]);
+    }
     if settings.fail_open {
         args.push("--fail-open".to_string());
     }
     json!({ "path": exe.display().to_string(), "args": args, "timeout": 30 })
+}
+
+/// The containerd shim's `-namespace` and `-address` from its command line
+/// (the shim runs runc, so the wrapper's parent), if the parent is one.
+pub fn containerd_shim_origin(parent_cmdline: &[String]) -> Option<(String, String)> {
+    let value = |flag: &str| {
+        parent_cmdline
+            .iter()
+            .position(|a| a == flag || a == &format!("-{flag}"))
+            .and_then(|i| parent_cmdline.get(i + 1))
+            .cloned()
+    };
+    let is_shim = parent_cmdline
+        .first()
+        .is_some_and(|a| a.contains("containerd-shim"));
+    if !is_shim {
+        return None;
+    }
+    Some((value("-address")?, value("-namespace")?))
+}
+
+/// The wrapper's parent's command line.
+fn parent_cmdline() -> Vec<String> {
+    let path = format!("/proc/{}/cmdline", std::os::unix::process::parent_id());
+    std::fs::read(path)
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Adds the hook to a bundle's config.json (atomically), once.
@@ -176,8 +229,9 @@ pub fn add_hook(bundle: &Path, exe: &Path, settings: &WrapperSettings) -> Result
 /// The wrapper's main: patch the bundle if this is a create, then exec runc.
 /// Returns only on failure.
 pub fn run(args: &[String]) -> WrapperError {
-    let (settings, runc_args) = split_args(args);
+    let (mut settings, runc_args) = split_args(args);
     if let Some(bundle) = bundle_of(&runc_args) {
+        settings.containerd = containerd_shim_origin(&parent_cmdline());
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
         if let Err(e) = add_hook(&bundle, &exe, &settings) {
             return e;
@@ -226,6 +280,34 @@ mod tests {
             None
         );
         assert_eq!(bundle_of(&v(&["--version"])), None);
+    }
+
+    #[test]
+    fn knows_a_containerd_shim_by_its_command_line() {
+        let shim = v(&[
+            "/usr/bin/containerd-shim-runc-v2",
+            "-namespace",
+            "default",
+            "-id",
+            "web",
+            "-address",
+            "/run/containerd/containerd.sock",
+        ]);
+        assert_eq!(
+            containerd_shim_origin(&shim),
+            Some((
+                "/run/containerd/containerd.sock".to_string(),
+                "default".to_string()
+            ))
+        );
+        assert_eq!(
+            containerd_shim_origin(&v(&["/usr/bin/conmon", "-namespace", "x", "-address", "y"])),
+            None
+        );
+        assert_eq!(
+            containerd_shim_origin(&v(&["containerd-shim-runc-v2", "-namespace", "x"])),
+            None
+        );
     }
 
     #[test]

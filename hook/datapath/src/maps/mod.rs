@@ -1,7 +1,8 @@
 //! Typed access to the datapath's maps, one module per map family:
 //! [`endpoints`], [`ipcache`], [`policy`] (each family a hash of exact
 //! entries beside an LPM trie where it has one), [`sources`],
-//! [`conntrack`], [`counters`] and [`revision`]. This module opens them and
+//! [`conntrack`], [`counters`], [`revision`] and [`events`] (the flow
+//! events, their settings and the host-wide metrics). This module opens them and
 //! reads what the compiled families hold, as stored (both generations:
 //! `crate::generations`); the order in which a change is written is the
 //! reconciler's and `crate::kernel`'s, not this module's.
@@ -9,6 +10,7 @@
 pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
+pub mod events;
 pub mod ipcache;
 pub mod policy;
 pub mod revision;

@@ -244,6 +244,8 @@ impl Bench {
             pid_start_time: bpfwall_sys::process::start_time(pid).ok(),
             image_labels: Default::default(),
             joins: None,
+            runtime: None,
+            namespace: String::new(),
         });
         let t0 = Instant::now();
         let answer = self.call(&request)?;

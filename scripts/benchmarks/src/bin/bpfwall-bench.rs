@@ -6,7 +6,10 @@
 //! per packet: the empty baseline program, a reply (conntrack), a new flow
 //! allowed by policy (a SYN: the policy lookup), a packet of an established
 //! flow in its own direction (conntrack at the current policy revision) and
-//! a new flow denied (default deny). The
+//! a new flow denied (default deny); the last three again with flow events
+//! on (the default rate limit, one event per key and second: the steady
+//! state of many flows of one kind), where every other case runs with
+//! them off (`--no-flow-events`). The
 //! configurations alternate within every run; each point is --runs runs of
 //! --repeat packets. Prints a markdown table; --csv writes every raw run.
 
@@ -45,12 +48,15 @@ struct Args {
     csv: Option<std::path::PathBuf>,
 }
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 8] = [
     "empty program",
     "reply (conntrack)",
     "new flow allowed (policy)",
     "established (conntrack)",
     "new flow denied",
+    "new flow allowed, events on",
+    "established, events on",
+    "new flow denied, events on",
 ];
 
 fn peer_addr(k: usize) -> IpAddr {
@@ -207,10 +213,19 @@ fn main() -> anyhow::Result<()> {
             ipv4_packet(peer, local, abi::IPPROTO_TCP, 40000, 80, TCP_SYN),
             ipv4_packet(peer, local, abi::IPPROTO_TCP, 40000, 80, TCP_ACK),
             ipv4_packet(stranger, local, abi::IPPROTO_TCP, 40000, 80, TCP_SYN),
+            ipv4_packet(peer, local, abi::IPPROTO_TCP, 40000, 80, TCP_SYN),
+            ipv4_packet(peer, local, abi::IPPROTO_TCP, 40000, 80, TCP_ACK),
+            ipv4_packet(stranger, local, abi::IPPROTO_TCP, 40000, 80, TCP_SYN),
         ];
-        let expected = [1u32, 1, 1, 1, 0];
+        let expected = [1u32, 1, 1, 1, 0, 1, 1, 0];
+        let mut events = dp.open_events()?;
         for run in 0..args.runs {
             for (i, case) in CASES.iter().enumerate() {
+                dp.set_event_settings(bpfwall_datapath::EventSettings {
+                    enabled: case.ends_with("events on"),
+                    ..bpfwall_datapath::EventSettings::default()
+                })?;
+                events.drain(|_| {});
                 let opts = TestRunOptions {
                     data_in: Some(&packets[i]),
                     ctx_in: Some(&ctx),

@@ -20,6 +20,7 @@
 //! It reaches the kernel only through [`Datapath`] and the host only
 //! through [`Host`], so all of this is unit-tested with fakes (tests.rs).
 
+mod audit;
 mod capacity;
 mod endpoint_ids;
 #[cfg(test)]
@@ -45,7 +46,7 @@ use super::host::{CgroupPlace, Host};
 use super::snapshot::{ContainerView, Snapshot};
 use crate::api::{DaemonError, EnforceRequest, LabelProblem};
 use crate::runtime::inventory::Inventory;
-use crate::runtime::{ContainerRecord, RuntimeEvent, Source};
+use crate::runtime::{container_key, ContainerRecord, Runtime, RuntimeEvent, Source};
 
 fn unix_micros() -> u64 {
     std::time::SystemTime::now()
@@ -81,6 +82,9 @@ pub struct ReconcilerConfig {
     pub ct_per_endpoint: u32,
     /// Conntrack entries every endpoint may take, however full the map.
     pub ct_guaranteed: u32,
+    /// Audit every managed container (daemon flag `--audit`): policy drops
+    /// are reported and pass.
+    pub audit: bool,
 }
 
 impl Default for ReconcilerConfig {
@@ -90,6 +94,7 @@ impl Default for ReconcilerConfig {
             identity_labels: IdentityLabels::default(),
             ct_per_endpoint: 65_536,
             ct_guaranteed: 1024,
+            audit: false,
         }
     }
 }
@@ -142,6 +147,12 @@ pub struct Reconciler<D, H> {
     links: Option<std::collections::BTreeSet<bpfwall_datapath::LinkPin>>,
     /// Whose namespace each container is in, as of the last reconcile.
     networks: BTreeMap<String, (Network, Vec<IpAddr>)>,
+    /// The policy revision of the last flip (0: none by this daemon).
+    revision: u32,
+    /// The containers only the hook reported, saved for a restarted daemon.
+    hook_store: Option<super::hook_store::HookStore>,
+    /// Owners of the links pinned when this daemon first read them.
+    inherited_links: Option<std::collections::BTreeSet<String>>,
 }
 
 impl<D: Datapath, H: Host> Reconciler<D, H> {
@@ -177,6 +188,9 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             pending_forget: Default::default(),
             links: None,
             networks: BTreeMap::new(),
+            revision: 0,
+            hook_store: None,
+            inherited_links: None,
         }
     }
 
@@ -188,7 +202,11 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
     /// Records what a runtime source said. Returns true when a reconcile is due.
     pub fn handle(&mut self, event: RuntimeEvent) -> bool {
         let host = &self.host;
-        self.inventory.apply(event, |pid| host.start_time(pid))
+        let changed = self.inventory.apply(event, |pid| host.start_time(pid));
+        if changed {
+            self.forget_gone_hook_containers();
+        }
+        changed
     }
 
     /// Forgets containers whose process is gone and whose exit no runtime
@@ -197,7 +215,11 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
     /// if any went.
     pub fn prune_dead_hook_containers(&mut self) -> bool {
         let host = &self.host;
-        self.inventory.prune_dead(|pid| host.start_time(pid))
+        let pruned = self.inventory.prune_dead(|pid| host.start_time(pid));
+        if pruned {
+            self.forget_gone_hook_containers();
+        }
+        pruned
     }
 
     /// Replaces the host-wide policies (from the policy directory).
@@ -205,10 +227,18 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         self.host_policies = policies;
     }
 
-    /// True once Docker's containers have been listed: only then can a
+    /// The streaming sources the daemon runs: the first reconcile waits
+    /// until each has listed its containers or found its runtime absent
+    /// (`Inventory::ready`). Called before any event.
+    pub fn expect_sources(&mut self, sources: &[Source]) {
+        self.inventory = Inventory::expecting(sources);
+    }
+
+    /// True once every source that is on has listed its containers (a
+    /// source whose runtime is absent does not count): only then can a
     /// reconcile know every peer.
     pub fn synced(&self) -> bool {
-        self.inventory.synced(Source::Docker)
+        self.inventory.ready()
     }
 
     fn managed(&self, record: &ContainerRecord) -> bool {
@@ -474,6 +504,10 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             },
             &mut self.allocator,
         )?;
+        let mut compiled = compiled;
+        if self.config.audit {
+            audit::audit_everything(&mut compiled);
+        }
         for w in &compiled.warnings {
             tracing::warn!(warning = ?w, "compile warning");
         }
@@ -550,6 +584,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         self.apply_links(true)?;
         if staged {
             let revision = self.datapath.flip()?;
+            self.revision = revision;
             tracing::debug!(revision, "flipped to the new generation");
         }
         self.apply_links(false)?;
@@ -612,6 +647,17 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         if self.links.is_none() {
             self.links = Some(self.datapath.links()?.into_iter().collect());
         }
+        // The links an earlier daemon left (read once): only those can
+        // belong to a container of a runtime this daemon has not heard from.
+        if self.inherited_links.is_none() {
+            self.inherited_links = Some(
+                self.links
+                    .iter()
+                    .flatten()
+                    .map(|pin| pin.owner.clone())
+                    .collect(),
+            );
+        }
         let mut existing: BTreeMap<String, Vec<bpfwall_datapath::LinkPin>> = BTreeMap::new();
         for pin in self.links.iter().flatten() {
             existing
@@ -661,6 +707,18 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             return Ok(());
         }
         for (owner, pins) in &existing {
+            // A container an earlier daemon policed that no source reports
+            // may belong to a runtime that has not listed yet: its links
+            // stay (closed, never opened).
+            if self.inventory.get(owner).is_none()
+                && !self.inventory.may_forget_unreported(owner)
+                && self
+                    .inherited_links
+                    .as_ref()
+                    .is_some_and(|owners| owners.contains(owner))
+            {
+                continue;
+            }
             for pin in pins {
                 if desired.get(owner).is_some_and(|p| p.id == pin.cgroup_id) {
                     continue;
@@ -677,13 +735,64 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
     }
 
     /// For the OCI hook, before the reconcile that polices the container:
-    /// take in a container that is being created. Err when it cannot be.
-    pub fn admit(&mut self, request: EnforceRequest) -> Result<(), DaemonError> {
+    /// take in a container that is being created. Returns its key
+    /// (`runtime::container_key`); Err when it cannot be taken in.
+    pub fn admit(&mut self, request: EnforceRequest) -> Result<String, DaemonError> {
         if !self.synced() {
             return Err(DaemonError::DaemonBusy {
-                reason: "it has not listed Docker's containers yet".into(),
+                reason: "it has not listed the containers of every runtime that answers yet".into(),
             });
         }
+        let saved = request.clone();
+        let key = self.take_in_hook_container(request)?;
+        // No source lists a podman container (or one of a runc config
+        // written by hand): saved, so a restarted daemon knows it.
+        if matches!(saved.runtime, None | Some(Runtime::Podman | Runtime::Oci)) {
+            if let Some(store) = &mut self.hook_store {
+                if let Err(e) = store.save(&key, &saved) {
+                    tracing::error!(container = %saved.name, error = %error_chain(&e),
+                        "cannot save the hook container: a restarted daemon would not know it");
+                }
+            }
+        }
+        Ok(key)
+    }
+
+    /// Takes back the containers only the hook reported that an earlier
+    /// daemon saved, those whose process still runs; forgets the rest.
+    pub fn set_hook_store(&mut self, mut store: super::hook_store::HookStore) {
+        let mut taken = 0;
+        for (key, request) in store.load() {
+            let name = request.name.clone();
+            match self.take_in_hook_container(request) {
+                Ok(_) => taken += 1,
+                Err(e) => {
+                    tracing::info!(container = %name, key, reason = %e, "a saved hook container is gone")
+                }
+            }
+        }
+        if taken > 0 {
+            tracing::info!(
+                containers = taken,
+                "took back the containers only the hook reported"
+            );
+        }
+        let inventory = &self.inventory;
+        store.retain(|key| inventory.get(key).is_some());
+        self.hook_store = Some(store);
+    }
+
+    /// Forgets the saved hook containers that are gone.
+    fn forget_gone_hook_containers(&mut self) {
+        let inventory = &self.inventory;
+        if let Some(store) = &mut self.hook_store {
+            store.retain(|key| inventory.get(key).is_some());
+        }
+    }
+
+    /// Puts a container the hook reported into the inventory, once its pid
+    /// is checked and its addresses read. Returns its key.
+    fn take_in_hook_container(&mut self, request: EnforceRequest) -> Result<String, DaemonError> {
         let not_policed = |reason: String| DaemonError::NotPoliced {
             container: request.name.clone(),
             reason,
@@ -704,9 +813,14 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                 error_chain(&e)
             ))
         })?;
+        let runtime = request.runtime.unwrap_or(Runtime::Oci);
+        let key = container_key(runtime, &request.namespace, &request.id);
         let record = ContainerRecord {
-            id: request.id,
+            id: key.clone(),
             name: request.name,
+            runtime,
+            namespace: request.namespace,
+            runtime_id: request.id,
             labels: request.labels.into_iter().collect(),
             addresses,
             pid: request.pid,
@@ -715,7 +829,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             joins: request.joins,
         };
         self.inventory.report(Source::OciHook, record);
-        Ok(())
+        Ok(key)
     }
 
     /// For the OCI hook, after the reconcile: is the container policed (or
@@ -814,6 +928,9 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
                     problem: self.problems.get(id).cloned(),
                     policed_since_unix_us: self.policed_since.get(id).copied(),
                     network,
+                    addresses: networks
+                        .get(id)
+                        .map_or_else(|| e.record.addresses.clone(), |(_, a)| a.clone()),
                     closed: self
                         .closures
                         .iter()
@@ -831,13 +948,48 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             containers,
             docker_connected: self.inventory.connected(Source::Docker),
             docker_synced: self.inventory.in_sync(Source::Docker),
+            sources: self.source_states(),
             synced: self.synced(),
             maps: self.datapath.fill(),
             map_full_events: self.map_full_events,
             conntrack_capacity: self.datapath.conntrack_capacity() as usize,
             warnings: self.excluded_selector_keys(),
             last_error: self.last_error.clone(),
+            policy_revision: self.revision,
+            audit_all: self.config.audit,
         }
+    }
+
+    /// Each streaming source's state, for `status`.
+    fn source_states(&self) -> Vec<crate::api::SourceStatus> {
+        Source::STREAMING
+            .iter()
+            .map(|&source| {
+                let inv = &self.inventory;
+                // "off" is a runtime never seen; one seen before and gone
+                // is disconnected (its containers may still run).
+                let state = if inv.in_sync(source) {
+                    "synced".to_string()
+                } else if let Some(reason) = inv.off_reason(source) {
+                    if inv.synced(source) {
+                        format!("disconnected: {reason} (watching for it)")
+                    } else {
+                        format!("off: {reason} (watching for it)")
+                    }
+                } else if inv.connected(source) {
+                    "connected, listing".to_string()
+                } else if inv.synced(source) {
+                    "disconnected (reconnecting)".to_string()
+                } else {
+                    "connecting".to_string()
+                };
+                crate::api::SourceStatus {
+                    source: source.to_string(),
+                    synced: inv.in_sync(source),
+                    state,
+                }
+            })
+            .collect()
     }
 
     /// Rules that select peers by a label left out of identities: they

@@ -459,6 +459,8 @@ fn hook_request(name: &str, pid: u32, labels: &[(&str, &str)]) -> EnforceRequest
         pid_start_time: Some(u64::from(pid)),
         image_labels: Default::default(),
         joins: None,
+        runtime: None,
+        namespace: String::new(),
     }
 }
 
@@ -642,5 +644,96 @@ fn a_rule_on_a_label_left_out_of_identities_is_named_in_status() {
             .contains("bpfwall.ingress[0] selects on label 'com.docker.compose.container-number'")),
         "{:?}",
         status.warnings
+    );
+}
+
+#[test]
+fn a_late_runtime_never_opens_its_containers_and_an_absent_one_holds_nothing_up() {
+    use bpfwall_datapath::LinkPin;
+    // An earlier daemon left links for a Docker container and a containerd
+    // one; this daemon runs both sources.
+    let w = World::new();
+    let (datapath, host) = (w.datapath.clone(), w.host.clone());
+    let mut reconciler =
+        Reconciler::new(datapath.clone(), host.clone(), ReconcilerConfig::default());
+    reconciler.expect_sources(&Source::STREAMING);
+    for (owner, cgroup) in [("0123abcd", 700), ("containerd:default:web", 701)] {
+        for direction in Direction::ALL {
+            datapath.state().links.insert(LinkPin {
+                owner: owner.into(),
+                cgroup_id: cgroup,
+                direction,
+            });
+        }
+    }
+    // containerd lists (nothing); docker has not said a word: no reconcile.
+    reconciler.handle(RuntimeEvent::Resync(Source::Containerd, Vec::new()));
+    assert!(!reconciler.synced());
+    assert!(
+        reconciler.admit(hook_request("early", 60, &[])).is_err(),
+        "the hook waits for every runtime that answers"
+    );
+    // Docker's socket is absent: the host goes on without it.
+    reconciler.handle(RuntimeEvent::Unavailable(
+        Source::Docker,
+        "no socket at /x".into(),
+    ));
+    assert!(reconciler.synced());
+    reconciler.reconcile();
+    reconciler.finish();
+    let owners: BTreeSet<String> = datapath
+        .state()
+        .links
+        .iter()
+        .map(|l| l.owner.clone())
+        .collect();
+    assert_eq!(
+        owners,
+        BTreeSet::from(["0123abcd".to_string()]),
+        "the containerd container containerd no longer lists is gone; docker's stays closed until docker lists"
+    );
+    // Docker comes and lists nothing: its container is gone too.
+    reconciler.handle(RuntimeEvent::Connected(Source::Docker));
+    reconciler.handle(RuntimeEvent::Resync(Source::Docker, Vec::new()));
+    reconciler.reconcile();
+    reconciler.finish();
+    assert!(datapath.state().links.is_empty());
+
+    // A containerd container this daemon attached itself (through the
+    // hook, containerd's source never listing) goes with its process: only
+    // what an earlier daemon left waits for its source.
+    let mut fresh = Reconciler::new(datapath.clone(), host.clone(), ReconcilerConfig::default());
+    fresh.expect_sources(&Source::STREAMING);
+    fresh.handle(RuntimeEvent::Resync(Source::Docker, Vec::new()));
+    fresh.handle(RuntimeEvent::Unavailable(
+        Source::Containerd,
+        "no socket".into(),
+    ));
+    fresh.reconcile();
+    fresh.finish();
+    host.spawn(80, 800);
+    let mut request = hook_request("ctr", 80, &[]);
+    request.runtime = Some(crate::runtime::Runtime::Containerd);
+    request.namespace = "default".into();
+    let key = fresh.admit(request).unwrap();
+    assert_eq!(key, "containerd:default:ctr-0123456789");
+    fresh.reconcile();
+    fresh.finish();
+    assert_eq!(datapath.state().links.len(), 2);
+    host.state().alive.remove(&80);
+    host.state().cgroups.remove(&80);
+    assert!(fresh.prune_dead_hook_containers());
+    fresh.reconcile();
+    fresh.finish();
+    assert!(
+        datapath.state().links.is_empty(),
+        "{:?}",
+        datapath.state().links
+    );
+    let snapshot = reconciler.snapshot();
+    assert!(
+        snapshot.sources.iter().all(|s| s.synced),
+        "{:?}",
+        snapshot.sources
     );
 }
