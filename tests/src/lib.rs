@@ -1506,8 +1506,8 @@ impl Containerd {
         };
         // What an earlier, killed run left.
         c.cleanup();
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::create_dir_all(&root).unwrap();
+        create_dir_beside_cleanups(&dir);
+        create_dir_beside_cleanups(&root);
         std::fs::write(
             dir.join("config.toml"),
             format!(
@@ -1752,6 +1752,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
             }
         }
     }
+}
+
+/// `create_dir_all` while another test's containerd may remove the shared
+/// parent it found empty (its cleanup): between making the parent and the
+/// directory the parent can go, so try again.
+fn create_dir_beside_cleanups(dir: &Path) {
+    for _ in 0..50 {
+        match std::fs::create_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("create {}: {e}", dir.display()),
+        }
+    }
+    panic!("create {}: its parent kept going away", dir.display());
 }
 
 impl Drop for Containerd {
