@@ -401,6 +401,74 @@ struct {
 	__type(value, __u64);
 } bpfwall_netgate_drops_v1 SEC(".maps");
 
+/* ---- L7: connections steered to bpfwall's HTTP proxy ------------------ */
+/*
+ * A port of a container that HTTP rules police is served by bpfwall's
+ * proxy, a listening socket the daemon opens in the container's network
+ * namespace. Which (local identity, TCP port) is steered there is policy,
+ * so it lives in the policy map with its generations: an exact entry with
+ * peer BPFWALL_IDENTITY_PROXY (an identity no address has, so no packet's
+ * lookup ever meets it), direction ingress, protocol TCP and the port,
+ * whose verdict is BPFWALL_VERDICT_PROXY.
+ *
+ * The sk_lookup program (bpfwall_sk_lookup.c, attached to each such
+ * namespace) finds the container by the packet's local address
+ * (bpfwall_l7_addresses_v1), makes the L3/L4 decision of policy.h for it,
+ * and hands a connection the policy lets through to the proxy socket in
+ * bpfwall_l7_sockets_v1; with no socket there (no daemon) it drops
+ * (BPFWALL_L7_DROP_NO_PROXY), never passes. A new flow that reaches the
+ * container's own socket on a steered port did not come through the proxy:
+ * the cgroup program drops it (BPFWALL_L7_DROP_BYPASS). The proxy's own
+ * connection to the server runs over the namespace's loopback, which
+ * neither program steers nor polices.
+ */
+#define BPFWALL_IDENTITY_PROXY 3
+#define BPFWALL_VERDICT_PROXY 3
+
+/* L7 drop reasons, indices into bpfwall_l7_drops_v1 (from 16: apart from
+ * BPFWALL_DROP_*, whose map is sized to them). */
+#define BPFWALL_L7_DROP_NO_PROXY 16   /* steered, and no proxy socket: the daemon is down */
+#define BPFWALL_L7_DROP_ASSIGN 17     /* the kernel refused the proxy socket */
+#define BPFWALL_L7_DROP_BYPASS 18     /* a new flow to a steered port reached the container's own socket */
+#define BPFWALL_L7_DROP_REASON_MAX 19
+
+/* Proxy sockets: slot 2 * endpoint id for IPv4, 2 * endpoint id + 1 for IPv6. */
+#define BPFWALL_L7_SOCKET_SLOTS 32768
+#define BPFWALL_L7_ADDRESS_ENTRIES 65536
+
+/* An address of a container whose ports the proxy may serve. */
+struct l7_address_key {
+	__u8 family; /* BPFWALL_FAMILY_* */
+	__u8 pad[3];
+	__u8 addr[16]; /* network order; IPv4 in addr[0..4], rest zero */
+};
+
+struct l7_address_value {
+	__u64 cgroup_id; /* the container's endpoint (bpfwall_endpoints_v2 key) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFWALL_L7_ADDRESS_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l7_address_key);
+	__type(value, struct l7_address_value);
+} bpfwall_l7_addresses_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, BPFWALL_L7_SOCKET_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} bpfwall_l7_sockets_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFWALL_L7_DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} bpfwall_l7_drops_v1 SEC(".maps");
+
 /* ---- flow events, audit mode and metrics ------------------------------ */
 /*
  * Audit: an endpoint with this flag (in a generation) lets through what its

@@ -12,6 +12,7 @@
 #include "conntrack.h"
 #include "policy.h"
 #include "events.h"
+#include "l7.h"
 
 #define LOOPBACK_IFINDEX 1
 #define PASS 1
@@ -28,7 +29,7 @@ static __always_inline int bpfwall_filter(struct __sk_buff *skb, __u8 direction)
 	struct ct_key ct;
 	struct flow f, origin;
 	__u64 now;
-	__u32 reason = 0, revision, g, peer = 0;
+	__u32 reason = 0, revision, g, peer = 0, bypass;
 	__u8 event = 0, decided = direction;
 	int parsed;
 
@@ -80,6 +81,15 @@ static __always_inline int bpfwall_filter(struct __sk_buff *skb, __u8 direction)
 		reason = policy_decide(&state, decided, &origin, g, &peer);
 		if (reason && audit_lets_pass(&state, reason))
 			event = BPFWALL_EVENT_AUDIT;
+		/* Step 10b, also where audit lets a flow through: audit never
+		 * opens a way around the proxy. */
+		if (!reason || event) {
+			bypass = l7_bypass(&state, decided, &origin, g);
+			if (bypass) {
+				reason = bypass;
+				event = 0;
+			}
+		}
 		metrics_verdict(reason && !event ? BPFWALL_EVENT_DENIED : event ? event : BPFWALL_EVENT_ALLOWED, decided);
 		ct_redecided(entry, &f, direction, now, revision, !reason || event);
 		/* Reported as the decision it is: the opening direction and port. */
@@ -91,6 +101,11 @@ static __always_inline int bpfwall_filter(struct __sk_buff *skb, __u8 direction)
 		break;
 	}
 	reason = policy_decide(&state, direction, &f, g, &peer);               /* steps 6 to 10 */
+	if (!reason || audit_lets_pass(&state, reason)) {
+		bypass = l7_bypass(&state, direction, &f, g);                  /* step 10b */
+		if (bypass)
+			reason = bypass; /* never one audit lets pass */
+	}
 	if (reason && !audit_lets_pass(&state, reason)) {
 		metrics_verdict(BPFWALL_EVENT_DENIED, direction);
 		goto dropped;
@@ -107,6 +122,7 @@ passed:
 	return PASS;
 dropped:
 	count_drop(reason);
+	count_l7_drop(reason);
 	metrics_drop(reason, direction);
 	if (ep)
 		count_endpoint(ep, direction, 0, skb->len);

@@ -29,6 +29,9 @@
  *   8     a deny entry matches, for this peer or any peer  drop POLICY_DENY
  *   9     an allow entry matches, this peer or any peer    pass, tracked
  *   10    otherwise                                        drop POLICY_DEFAULT
+ *   10b   passed by 6-9, a new inbound TCP flow to a port      drop L7_DROP_BYPASS
+ *         steered to the HTTP proxy (l7.h): it went around
+ *         the proxy
  *
  * Every lookup reads the generation the packet started with (the lowest
  * bit of the policy revision, read once per packet): see bpfwall_maps.h.

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the local test image (there is no registry): a rootfs with
-# busybox-static and the tools of tests/image/ (udp_echo, rawpkt), imported
-# with `docker import`.
+# busybox-static and the tools of tests/image/ (udp_echo, rawpkt,
+# http_upgrade), imported with `docker import`.
 # Rebuilt only when its inputs change (their hash is an image label).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 image=${BPFWALL_TEST_IMAGE:-bpfwall-test:latest}
 busybox=$(command -v busybox)
-tools=(udp_echo rawpkt)
+tools=(udp_echo rawpkt http_upgrade)
 hash=$(for tool in "${tools[@]}"; do cat "$top/tests/image/$tool.c"; done |
     cat "$busybox" - "$0" | sha256sum | cut -c1-16)
 if [ "$(docker image inspect -f '{{index .Config.Labels "org.bpfwall.test-image-hash"}}' "$image" 2>/dev/null)" = "$hash" ]; then

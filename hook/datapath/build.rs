@@ -1,6 +1,8 @@
 //! Compiles the C datapath in bpf-src/ with clang into $OUT_DIR/bpfwall.o
-//! (the network plugin's gate into $OUT_DIR/bpfwall_netgate.o, and the
-//! benchmarks' empty baseline into $OUT_DIR/bench_empty.o).
+//! (the cgroup/skb programs), $OUT_DIR/bpfwall_netgate.o (the network
+//! plugin's gate), $OUT_DIR/bpfwall_l7.o (the sk_lookup program of the
+//! HTTP proxy) and the benchmarks' empty baseline into
+//! $OUT_DIR/bench_empty.o.
 
 #![allow(
     clippy::expect_used,
@@ -39,6 +41,7 @@ fn main() {
     for (source, object) in [
         ("bpfwall_cgroup_skb.c", "bpfwall.o"),
         ("bpfwall_network_gate.c", "bpfwall_netgate.o"),
+        ("bpfwall_sk_lookup.c", "bpfwall_l7.o"),
         ("bench_empty.c", "bench_empty.o"),
     ] {
         let mut cmd = Command::new(&clang);

@@ -37,12 +37,15 @@ pub const MAP_COUNTERS: &str = "bpfwall_counters_v2";
 pub const MAP_DROPS: &str = "bpfwall_drops_v2";
 pub const MAP_NETGATE: &str = "bpfwall_netgate_v1";
 pub const MAP_NETGATE_DROPS: &str = "bpfwall_netgate_drops_v1";
+pub const MAP_L7_ADDRESSES: &str = "bpfwall_l7_addresses_v1";
+pub const MAP_L7_SOCKETS: &str = "bpfwall_l7_sockets_v1";
+pub const MAP_L7_DROPS: &str = "bpfwall_l7_drops_v1";
 pub const MAP_EVENTS: &str = "bpfwall_events_v1";
 pub const MAP_EVENT_LIMIT: &str = "bpfwall_event_limit_v1";
 pub const MAP_EVENTS_CONFIG: &str = "bpfwall_events_config_v1";
 pub const MAP_METRICS: &str = "bpfwall_metrics_v1";
-/// Every map the object defines, for pinning.
-pub const ALL_MAPS: [&str; 18] = [
+/// Every map the objects define, for pinning.
+pub const ALL_MAPS: [&str; 21] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE,
     MAP_IPCACHE_EXACT,
@@ -57,6 +60,9 @@ pub const ALL_MAPS: [&str; 18] = [
     MAP_DROPS,
     MAP_NETGATE,
     MAP_NETGATE_DROPS,
+    MAP_L7_ADDRESSES,
+    MAP_L7_SOCKETS,
+    MAP_L7_DROPS,
     MAP_EVENTS,
     MAP_EVENT_LIMIT,
     MAP_EVENTS_CONFIG,
@@ -65,10 +71,15 @@ pub const ALL_MAPS: [&str; 18] = [
 
 pub const PROG_INGRESS: &str = "bpfwall_ingress";
 pub const PROG_EGRESS: &str = "bpfwall_egress";
+/// The sk_lookup program of `bpf-src/bpfwall_sk_lookup.c`.
+pub const PROG_L7_LOOKUP: &str = "bpfwall_l7_lookup";
 
 pub const IDENTITY_ANY: u32 = 0;
 pub const IDENTITY_HOST: u32 = 1;
 pub const IDENTITY_WORLD: u32 = 2;
+/// `BPFWALL_IDENTITY_PROXY`: the peer of policy entries that say a (local
+/// identity, TCP port) goes through bpfwall's HTTP proxy; no address has it.
+pub const IDENTITY_PROXY: u32 = 3;
 pub const IDENTITY_FIRST_CONTAINER: u32 = 256;
 pub const IDENTITY_FIRST_CIDR: u32 = 0x0100_0000;
 
@@ -77,6 +88,8 @@ pub const DIR_EGRESS: u8 = 1;
 
 pub const VERDICT_ALLOW: u8 = 1;
 pub const VERDICT_DENY: u8 = 2;
+/// `BPFWALL_VERDICT_PROXY`: the value of an `IDENTITY_PROXY` entry.
+pub const VERDICT_PROXY: u8 = 3;
 
 pub const EP_ENFORCE_INGRESS: u32 = 0x1;
 pub const EP_ENFORCE_EGRESS: u32 = 0x2;
@@ -162,6 +175,44 @@ impl DropReason {
             DropReason::ExtHeaders => "ipv6-extension-headers",
             DropReason::FlowRevoked => "flow-revoked",
         }
+    }
+}
+
+/// Why a connection to a port steered to the HTTP proxy was dropped
+/// (`BPFWALL_L7_DROP_*`), indices into `bpfwall_l7_drops_v1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum L7DropReason {
+    NoProxy = 16,
+    Assign = 17,
+    Bypass = 18,
+}
+
+/// `BPFWALL_L7_DROP_REASON_MAX`.
+pub const L7_DROP_REASON_MAX: u32 = 19;
+pub const L7_SOCKET_SLOTS: u32 = 32768;
+pub const L7_ADDRESS_ENTRIES: u32 = 65536;
+
+impl L7DropReason {
+    /// Every reason, in index order.
+    pub const ALL: [L7DropReason; 3] = [
+        L7DropReason::NoProxy,
+        L7DropReason::Assign,
+        L7DropReason::Bypass,
+    ];
+
+    /// The name operators see in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            L7DropReason::NoProxy => "l7-proxy-unavailable",
+            L7DropReason::Assign => "l7-proxy-refused",
+            L7DropReason::Bypass => "l7-proxy-bypass",
+        }
+    }
+
+    /// The proxy socket slot of an endpoint and family.
+    pub fn socket_slot(endpoint_id: u32, v6: bool) -> u32 {
+        endpoint_id * 2 + u32::from(v6)
     }
 }
 
@@ -271,6 +322,14 @@ pub const DEFINES: &[(&str, u64)] = &[
         NETGATE_DROP_REASON_MAX as u64,
     ),
     ("BPFWALL_NETGATE_ENTRIES", NETGATE_ENTRIES as u64),
+    ("BPFWALL_IDENTITY_PROXY", IDENTITY_PROXY as u64),
+    ("BPFWALL_VERDICT_PROXY", VERDICT_PROXY as u64),
+    ("BPFWALL_L7_DROP_NO_PROXY", L7DropReason::NoProxy as u64),
+    ("BPFWALL_L7_DROP_ASSIGN", L7DropReason::Assign as u64),
+    ("BPFWALL_L7_DROP_BYPASS", L7DropReason::Bypass as u64),
+    ("BPFWALL_L7_DROP_REASON_MAX", L7_DROP_REASON_MAX as u64),
+    ("BPFWALL_L7_SOCKET_SLOTS", L7_SOCKET_SLOTS as u64),
+    ("BPFWALL_L7_ADDRESS_ENTRIES", L7_ADDRESS_ENTRIES as u64),
 ];
 
 /// Mirrors `struct endpoint_key`.
@@ -418,6 +477,38 @@ impl EndpointCounters {
     }
 }
 
+/// Mirrors `struct l7_address_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct L7AddressKey {
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// Mirrors `struct l7_address_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct L7AddressValue {
+    pub cgroup_id: u64,
+}
+
+/// The key of a container address in `bpfwall_l7_addresses_v1`.
+pub fn l7_address_key(addr: std::net::IpAddr) -> L7AddressKey {
+    let mut key = L7AddressKey::default();
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            key.family = FAMILY_IPV4;
+            key.addr[..4].copy_from_slice(&a.octets());
+        }
+        std::net::IpAddr::V6(a) => {
+            key.family = FAMILY_IPV6;
+            key.addr.copy_from_slice(&a.octets());
+        }
+    }
+    key
+}
+
 /// Mirrors `struct flow_event`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -558,6 +649,8 @@ impl MetricsCounters {
 }
 
 const _: () = {
+    assert!(size_of::<L7AddressKey>() == 20);
+    assert!(size_of::<L7AddressValue>() == 8);
     assert!(size_of::<FlowEvent>() == 72);
     assert!(size_of::<EventLimitKey>() == 16);
     assert!(size_of::<EventLimitValue>() == 16);
@@ -663,6 +756,8 @@ pub fn layouts() -> Vec<StructLayout> {
                 subnet6
             ]
         ),
+        layout!("l7_address_key", L7AddressKey, [family, pad, addr]),
+        layout!("l7_address_value", L7AddressValue, [cgroup_id]),
         layout!(
             "flow_event",
             FlowEvent,

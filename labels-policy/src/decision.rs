@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 
 use crate::compile::{datapath_direction, key_covers, Compiled, Endpoint};
-use crate::datapath_abi::{self as abi, DropReason, PolicyKey};
+use crate::datapath_abi::{self as abi, DropReason, L7DropReason, PolicyKey};
 use crate::model::Direction;
 
 /// What happens to a packet.
@@ -26,6 +26,9 @@ pub enum Decision {
     Pass,
     /// It is dropped, for this reason.
     Drop(DropReason),
+    /// It is dropped for a reason of the HTTP proxy's (step 10b: a new
+    /// inbound flow to a steered port that went around the proxy).
+    DropL7(L7DropReason),
 }
 
 /// What conntrack holds for the packet's flow at this endpoint.
@@ -120,7 +123,7 @@ pub fn source_is_own(compiled: &Compiled, endpoint: &Endpoint, local: IpAddr) ->
         .contains(&abi::source_key(endpoint.endpoint_id, local))
 }
 
-/// Steps 2 to 10 of the decision table for an endpoint found in step 4
+/// Steps 2 to 10b of the decision table for an endpoint found in step 4
 /// (step 1, non-IP, and step 3, unreadable headers, happen before a packet
 /// has this shape). A conntrack state is one at the current revision (a
 /// flow decided at an older one is decided again, like a new one).
@@ -144,7 +147,7 @@ pub fn decide(compiled: &Compiled, endpoint: &Endpoint, packet: &Packet, ct: CtS
         Direction::Egress => (abi::EP_ENFORCE_EGRESS, abi::EP_ERROR_EGRESS),
     };
     if endpoint.flags & (enforce | error) == 0 {
-        return Decision::Pass;
+        return l7_bypass(compiled, endpoint, packet);
     }
     if endpoint.flags & error != 0 {
         return Decision::Drop(DropReason::PolicyError);
@@ -170,8 +173,34 @@ pub fn decide(compiled: &Compiled, endpoint: &Endpoint, packet: &Packet, ct: CtS
     if specific == Some(abi::VERDICT_DENY) || wildcard == Some(abi::VERDICT_DENY) {
         return Decision::Drop(DropReason::PolicyDeny);
     }
-    if specific.is_some() || wildcard.is_some() {
-        return Decision::Pass;
+    if specific.is_none() && wildcard.is_none() {
+        return Decision::Drop(DropReason::PolicyDefault);
     }
-    Decision::Drop(DropReason::PolicyDefault)
+    l7_bypass(compiled, endpoint, packet)
+}
+
+/// Step 10b: is (identity, TCP port) steered to the proxy in the compiled
+/// policy (the entry under `IDENTITY_PROXY`)?
+pub fn l7_steered(compiled: &Compiled, identity: u32, port: u16) -> bool {
+    compiled.policy.get(&PolicyKey {
+        prefixlen: abi::POLICY_PREFIX_FULL,
+        local_identity: identity,
+        peer_identity: abi::IDENTITY_PROXY,
+        direction: abi::DIR_INGRESS,
+        protocol: abi::IPPROTO_TCP,
+        dport_be: port.to_be(),
+    }) == Some(&abi::VERDICT_PROXY)
+}
+
+/// Step 10b for a packet policy lets through: a new inbound TCP flow to a
+/// steered port meets the container's own program only if it went around
+/// the proxy.
+fn l7_bypass(compiled: &Compiled, endpoint: &Endpoint, packet: &Packet) -> Decision {
+    if packet.direction == Direction::Ingress
+        && packet.protocol == abi::IPPROTO_TCP
+        && l7_steered(compiled, endpoint.identity, packet.dport)
+    {
+        return Decision::DropL7(L7DropReason::Bypass);
+    }
+    Decision::Pass
 }

@@ -11,6 +11,8 @@
 //!   policies). Imports nothing of the crate.
 //! - [`datapath_abi`]: the Rust mirror of `bpf-src/bpfwall_maps.h`. Imports
 //!   nothing of the crate.
+//! - [`http`]: HTTP requests as policy reads them (normal form of a
+//!   target) and whether an HTTP rule matches one. Imports `model`.
 //! - [`syntax`]: the label language, Cilium's format, and the one dispatch
 //!   that says which of them reads a label. Imports `model`.
 //! - [`identity`]: identities, their allocation, and which peer selects
@@ -19,6 +21,8 @@
 //!   `syntax`, `identity`, `model`, `datapath_abi`.
 //! - [`decision`]: the datapath's decision over compiled maps, a port of the
 //!   C program. Imports `compile`, `model`, `datapath_abi`.
+//! - [`http_decision`]: the proxy's decision on HTTP requests over the
+//!   compiled HTTP table. Imports `compile`, `http`, `model`.
 //! - [`attribution`]: which rule decides a flow, read from the rules.
 //!   Imports `identity`, `model`, `datapath_abi`.
 //! - [`query`]: `check` and `explain` for the daemon. Imports all of the
@@ -45,6 +49,8 @@ pub mod attribution;
 pub mod compile;
 pub mod datapath_abi;
 pub mod decision;
+pub mod http;
+pub mod http_decision;
 pub mod identity;
 pub mod model;
 pub mod query;
@@ -55,6 +61,7 @@ pub mod testing;
 pub use compile::{compile, Attachment, CompileInput, Compiled, ContainerInput, ContainerReport};
 pub use identity::{IdentityAllocator, IdentityKind};
 pub use model::{
-    Direction, HostPolicy, LabelSet, Peer, PortSpec, Protocol, Rule, RuleOrigin, Selector, Verdict,
+    Direction, HeaderMatch, HostPolicy, HttpPattern, HttpRule, LabelSet, Peer, PortSpec, Protocol,
+    Rule, RuleOrigin, Selector, Verdict,
 };
 pub use syntax::{parse_rules, policy_from_labels, LabelError, LabelPolicy};

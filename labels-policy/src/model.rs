@@ -264,8 +264,170 @@ impl fmt::Display for RuleOrigin {
     }
 }
 
+/// Where a pattern of an HTTP rule does not compile: the character offset
+/// in its text and what is wrong there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PatternError {
+    /// Character offset in the pattern's text, from 0.
+    pub offset: usize,
+    /// What is wrong, in a few words.
+    pub message: String,
+}
+
+/// The most memory one compiled pattern may take (the `regex` crate's size
+/// limit): a label must not make the daemon grow without bound.
+pub const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// A regular expression of an HTTP rule, matched against the *whole* string
+/// (anchored at both ends), in the `regex` crate's syntax (RE2's, as
+/// Cilium's proxy reads them), with the text it was written as. Equal,
+/// ordered and hashed by that text.
+#[derive(Clone)]
+pub struct HttpPattern {
+    text: String,
+    regex: regex::Regex,
+}
+
+impl HttpPattern {
+    /// Compiles `text`. The text must be a regular expression by itself (so
+    /// `a)|(b` cannot escape the anchors); the error gives the character
+    /// offset in `text` where it goes wrong.
+    pub fn new(text: &str) -> Result<HttpPattern, PatternError> {
+        let char_offset = |byte: usize| text[..byte.min(text.len())].chars().count();
+        if let Err(e) = regex_syntax::ast::parse::Parser::new().parse(text) {
+            return Err(PatternError {
+                offset: char_offset(e.span().start.offset),
+                message: e.kind().to_string(),
+            });
+        }
+        if let Err(e) = regex_syntax::Parser::new().parse(text) {
+            let (offset, message) = match &e {
+                regex_syntax::Error::Parse(a) => (a.span().start.offset, a.kind().to_string()),
+                regex_syntax::Error::Translate(t) => (t.span().start.offset, t.kind().to_string()),
+                other => (0, other.to_string()),
+            };
+            return Err(PatternError {
+                offset: char_offset(offset),
+                message,
+            });
+        }
+        let regex = regex::RegexBuilder::new(&format!("^(?:{text})$"))
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map_err(|e| PatternError {
+                offset: 0,
+                message: match e {
+                    regex::Error::CompiledTooBig(limit) => {
+                        format!("the pattern compiles to more than {limit} bytes")
+                    }
+                    other => other.to_string(),
+                },
+            })?;
+        Ok(HttpPattern {
+            text: text.to_string(),
+            regex,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Does the pattern match all of `s`?
+    pub fn is_match(&self, s: &str) -> bool {
+        self.regex.is_match(s)
+    }
+}
+
+impl fmt::Debug for HttpPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text)
+    }
+}
+
+impl fmt::Display for HttpPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl PartialEq for HttpPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for HttpPattern {}
+
+impl PartialOrd for HttpPattern {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HttpPattern {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl std::hash::Hash for HttpPattern {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+/// A header an HTTP rule requires: present, or present with exactly this
+/// value. Names compare without regard to case.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeaderMatch {
+    /// The header's name, lower-cased.
+    pub name: String,
+    /// The exact value, or None for "present".
+    pub value: Option<String>,
+}
+
+impl fmt::Display for HeaderMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}={v}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// One HTTP rule: a request matches when every part it names matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HttpRule {
+    /// The method, or None for any.
+    pub method: Option<HttpPattern>,
+    /// The request target (path and query, as sent), or None for any.
+    pub path: Option<HttpPattern>,
+    /// The Host header (lower-cased, port included if sent), or None for any.
+    pub host: Option<HttpPattern>,
+    /// Headers that must be present (all of them).
+    pub headers: Vec<HeaderMatch>,
+}
+
+impl fmt::Display for HttpRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let any = |p: &Option<HttpPattern>| p.as_ref().map_or("*".to_string(), |p| p.to_string());
+        write!(f, "{} {}", any(&self.method), any(&self.path))?;
+        if let Some(h) = &self.host {
+            write!(f, " host {h}")?;
+        }
+        for h in &self.headers {
+            write!(f, " header {h}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One rule: a verdict for traffic in one direction with any of `peers` on
-/// any of `ports`.
+/// any of `ports`; with `http` rules, a verdict on the HTTP requests of
+/// those connections (their ports are then single TCP ports).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rule {
     /// Ingress or egress.
@@ -276,8 +438,20 @@ pub struct Rule {
     pub peers: Vec<Peer>,
     /// The ports (any of them); empty means all traffic.
     pub ports: Vec<PortSpec>,
+    /// HTTP rules (any of them): empty for an L3/L4 rule. An allow with
+    /// http rules admits the connection and then only the requests one of
+    /// them matches; a deny with http rules refuses the requests one of them
+    /// matches (a bpfwall extension) and does nothing at L3/L4.
+    pub http: Vec<HttpRule>,
     /// Where the rule was written.
     pub origin: RuleOrigin,
+}
+
+impl Rule {
+    /// Is this an L7 (HTTP) rule?
+    pub fn is_http(&self) -> bool {
+        !self.http.is_empty()
+    }
 }
 
 impl fmt::Display for Rule {
@@ -291,6 +465,10 @@ impl fmt::Display for Rule {
         if !self.ports.is_empty() {
             let ports: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
             write!(f, " port {}", ports.join(","))?;
+        }
+        if !self.http.is_empty() {
+            let http: Vec<String> = self.http.iter().map(ToString::to_string).collect();
+            write!(f, " http {}", http.join(" | "))?;
         }
         Ok(())
     }

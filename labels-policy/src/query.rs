@@ -15,10 +15,12 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::attribution::{evaluate_rules, RuleVerdict};
-use crate::compile::{Compiled, ContainerInput};
-use crate::datapath_abi::{self as abi, DropReason, EndpointKey};
+use crate::attribution::{evaluate_http, evaluate_rules_for, RuleVerdict};
+use crate::compile::{Compiled, ContainerInput, HttpKey};
+use crate::datapath_abi::{self as abi, DropReason, EndpointKey, L7DropReason};
 use crate::decision::{decide, ipcache_identity, CtState, Decision, Packet};
+use crate::http::HttpRequest;
+use crate::http_decision::{RequestVerdict, SideRules};
 use crate::identity::IdentityKind;
 use crate::model::{Direction, Peer, Rule};
 
@@ -44,6 +46,10 @@ pub struct SideVerdict {
     pub reason: String,
     /// The deciding rule's origin (label or file, and index), if any.
     pub rule: Option<String>,
+    /// With an HTTP request: this side's HTTP verdict, when its HTTP rules
+    /// restrict the connection (None: they do not, or none was asked).
+    #[serde(default)]
+    pub http: Option<RequestVerdict>,
 }
 
 /// The answer to a check.
@@ -75,6 +81,18 @@ pub enum CheckError {
     /// A container has no address and the host has none either.
     #[error("no address to use for {0}")]
     NoAddress(String),
+    /// The HTTP table and the rules disagree: a compiler bug.
+    #[error("internal disagreement on http for {container} {direction}: table says {table}, rules say {rules}")]
+    HttpDisagreement {
+        /// The container.
+        container: String,
+        /// The direction.
+        direction: Direction,
+        /// The table's verdict (debug text).
+        table: String,
+        /// The rules' verdict (debug text).
+        rules: String,
+    },
 }
 
 fn address_of(
@@ -115,6 +133,7 @@ fn side(
         allowed: true,
         reason: String::new(),
         rule: None,
+        http: None,
     };
     let Some(endpoint) = c.attachment.and_then(|a| {
         compiled.endpoints.get(&EndpointKey {
@@ -133,7 +152,14 @@ fn side(
         tcp_syn: protocol == abi::IPPROTO_TCP,
         loopback: false,
     };
-    let decision = decide(compiled, endpoint, &packet, CtState::None);
+    // A connection to a port steered to the HTTP proxy never meets the
+    // container's own program (which drops one that went around the
+    // proxy): the proxy's sk_lookup step lets it through on the same
+    // decision, and the proxy decides its requests.
+    let decision = match decide(compiled, endpoint, &packet, CtState::None) {
+        Decision::DropL7(L7DropReason::Bypass) => Decision::Pass,
+        other => other,
+    };
     let remote_kind = compiled
         .identities
         .get(&ipcache_identity(compiled, remote))
@@ -143,7 +169,10 @@ fn side(
         Direction::Ingress => &report.ingress_rules,
         Direction::Egress => &report.egress_rules,
     };
-    let verdict = match evaluate_rules(rules, direction, &remote_kind, protocol, port) {
+    let remote_identity = ipcache_identity(compiled, remote);
+    let proxied = compiled.proxied.contains(&remote_identity);
+    let verdict = match evaluate_rules_for(rules, direction, &remote_kind, proxied, protocol, port)
+    {
         // No rule, but its network's default is deny.
         RuleVerdict::Unenforced if report.default_deny => RuleVerdict::DefaultDeny,
         v => v,
@@ -188,6 +217,90 @@ fn side(
         _ => return Err(disagree()),
     }
     Ok(out)
+}
+
+/// One side's HTTP verdict, from the table and from the rules, held
+/// against each other.
+fn http_side(
+    compiled: &Compiled,
+    containers: &[ContainerInput],
+    index: usize,
+    direction: Direction,
+    remote: IpAddr,
+    port: u16,
+    request: &HttpRequest,
+) -> Result<Option<RequestVerdict>, CheckError> {
+    let report = &compiled.containers[index];
+    let remote_identity = ipcache_identity(compiled, remote);
+    let remote_kind = compiled
+        .identities
+        .get(&remote_identity)
+        .cloned()
+        .unwrap_or(IdentityKind::World);
+    let rules = match direction {
+        Direction::Ingress => &report.ingress_rules,
+        Direction::Egress => &report.egress_rules,
+    };
+    let table = SideRules::of(
+        compiled,
+        HttpKey {
+            identity: report.identity,
+            direction,
+            port,
+        },
+        remote_identity,
+    )
+    .filter(SideRules::restricts)
+    .map(|s| s.decide(request));
+    let from_rules = evaluate_http(rules, direction, &remote_kind, port, request);
+    if table != from_rules {
+        return Err(CheckError::HttpDisagreement {
+            container: containers[index].name.clone(),
+            direction,
+            table: format!("{table:?}"),
+            rules: format!("{from_rules:?}"),
+        });
+    }
+    Ok(table)
+}
+
+/// [`check`] for a TCP connection that carries `request`: the L3/L4 check,
+/// then, on each side that lets the connection through, the HTTP verdict
+/// the proxy gives the request (the sender's egress rules are enforced by
+/// the receiver's proxy).
+pub fn check_http(
+    compiled: &Compiled,
+    containers: &[ContainerInput],
+    host: &[IpAddr],
+    from: &FlowEnd,
+    to: &FlowEnd,
+    port: u16,
+    request: &HttpRequest,
+) -> Result<CheckResult, CheckError> {
+    let mut result = check(compiled, containers, host, from, to, abi::IPPROTO_TCP, port)?;
+    let sender = address_of(from, containers, host)?;
+    let receiver = address_of(to, containers, host)?;
+    let mut ends = Vec::new();
+    if let FlowEnd::Container(i) = from {
+        ends.push((*i, Direction::Egress, receiver));
+    }
+    if let FlowEnd::Container(i) = to {
+        ends.push((*i, Direction::Ingress, sender));
+    }
+    for (side, (index, direction, remote)) in result.sides.iter_mut().zip(ends) {
+        if !side.allowed || side.reason.starts_with("not attached") {
+            continue;
+        }
+        side.http = http_side(
+            compiled, containers, index, direction, remote, port, request,
+        )?;
+        if let Some(v) = &side.http {
+            side.allowed = v.allowed();
+            side.reason = format!("{}; {request}: {}", side.reason, v.describe());
+        }
+    }
+    result.allowed = result.sides.iter().all(|s| s.allowed);
+    Ok(result)
 }
 
 /// Would a new connection from `from` to `to` on (protocol, port) pass?
@@ -243,6 +356,9 @@ pub struct RuleLine {
     pub matching_containers: Vec<String>,
     /// The ports, or "all".
     pub ports: String,
+    /// Its HTTP rules as written (none for an L3/L4 rule).
+    #[serde(default)]
+    pub http: Vec<String>,
     /// Where the rule was written.
     pub origin: String,
 }
@@ -304,6 +420,7 @@ fn rule_line(rule: &Rule, containers: &[ContainerInput]) -> RuleLine {
         } else {
             ports.join(",")
         },
+        http: rule.http.iter().map(ToString::to_string).collect(),
         origin: rule.origin.to_string(),
     }
 }

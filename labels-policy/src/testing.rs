@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 
 use crate::compile::{compile, Attachment, CompileInput, Compiled, ContainerInput, Endpoint};
-use crate::datapath_abi::{self as abi, DropReason};
+use crate::datapath_abi::{self as abi, DropReason, L7DropReason};
 use crate::decision::{CtState, Decision, Packet};
 use crate::identity::{IdentityAllocator, IdentityExhausted};
 use crate::model::{Direction, LabelSet};
@@ -76,6 +76,7 @@ const DENY: Decision = Decision::Drop(DropReason::PolicyDeny);
 const DEFAULT: Decision = Decision::Drop(DropReason::PolicyDefault);
 const ERROR: Decision = Decision::Drop(DropReason::PolicyError);
 const SPOOFED: Decision = Decision::Drop(DropReason::Spoofed);
+const BYPASS: Decision = Decision::DropL7(L7DropReason::Bypass);
 
 const fn case(
     name: &'static str,
@@ -123,6 +124,18 @@ const EGRESS_WORLD: &[(&str, &str)] = &[("bpfwall.egress", "allow to world port 
 const HOST_ONLY: &[(&str, &str)] = &[("bpfwall.ingress", "allow from host")];
 const ICMP_ONLY: &[(&str, &str)] = &[("bpfwall.ingress", "allow from id=app2 port icmp")];
 const BROKEN: &[(&str, &str)] = &[("bpfwall.ingress", "allow form id=app2")];
+const HTTP: &[(&str, &str)] = &[(
+    "bpfwall.ingress",
+    "allow from id=app2 port 80/tcp http GET /public(/.*)?; allow from id=app2 port 8080/tcp",
+)];
+const HTTP_DENY_ONLY: &[(&str, &str)] = &[(
+    "bpfwall.ingress",
+    "deny from any port 80/tcp http * /admin.*",
+)];
+const HTTP_EGRESS: &[(&str, &str)] = &[(
+    "bpfwall.egress",
+    "allow to id=app2 port 80/tcp http GET /v1/.*",
+)];
 const NAMED: &[(&str, &str)] = &[
     ("bpfwall.ingress.web", "allow from id=app2 port 80/tcp"),
     ("bpfwall.ingress.admin", "allow from id=app3 port 22/tcp"),
@@ -478,6 +491,72 @@ pub fn cases() -> Vec<Case> {
                 SPOOFED,
             )
         },
+        case(
+            "L7: a flow to a port steered to the proxy that went around it",
+            HTTP,
+            app2,
+            IN,
+            TCP,
+            80,
+            BYPASS,
+        ),
+        case(
+            "L7: a peer the policy refuses is refused as before",
+            HTTP,
+            app3,
+            IN,
+            TCP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "L7: the container's other ports are L3/L4 as before",
+            HTTP,
+            app2,
+            IN,
+            TCP,
+            8080,
+            PASS,
+        ),
+        case(
+            "L7: udp on the port is not steered",
+            HTTP,
+            app2,
+            IN,
+            UDP,
+            80,
+            DEFAULT,
+        ),
+        Case {
+            loopback: true,
+            ..case(
+                "L7: loopback (the proxy's hop to the server) passes",
+                HTTP,
+                app2,
+                IN,
+                TCP,
+                80,
+                PASS,
+            )
+        },
+        case(
+            "L7: an http deny alone admits no connection",
+            HTTP_DENY_ONLY,
+            app2,
+            IN,
+            TCP,
+            80,
+            DEFAULT,
+        ),
+        case(
+            "L7: an egress http rule admits nothing towards a peer bpfwall does not proxy",
+            HTTP_EGRESS,
+            app2,
+            OUT,
+            TCP,
+            80,
+            DEFAULT,
+        ),
         Case {
             local: CASE_PEER_ADDR,
             ..case(
@@ -636,6 +715,7 @@ mod tests {
             "deny precedence",
             "conntrack",
             "loopback",
+            "L7",
         ] {
             assert!(
                 names.iter().any(|n| n.starts_with(topic)),

@@ -15,6 +15,7 @@ use std::path::Path;
 const LAYOUT: &[(&str, &str)] = &[
     ("model", "model.rs"),
     ("datapath_abi", "datapath_abi.rs"),
+    ("http", "http.rs"),
     ("syntax::prefix", "syntax/prefix.rs"),
     ("syntax::labels", "syntax/labels.rs"),
     ("syntax::cilium", "syntax/cilium.rs"),
@@ -22,8 +23,10 @@ const LAYOUT: &[(&str, &str)] = &[
     ("identity", "identity.rs"),
     ("compile::policy_keys", "compile/policy_keys.rs"),
     ("compile::selector_index", "compile/selector_index.rs"),
+    ("compile::http_table", "compile/http_table.rs"),
     ("compile", "compile/mod.rs"),
     ("decision", "decision.rs"),
+    ("http_decision", "http_decision.rs"),
     ("attribution", "attribution.rs"),
     ("query", "query.rs"),
     ("testing", "testing.rs"),
@@ -139,7 +142,7 @@ fn the_reader_finds_paths() {
         crate_paths("use crate::syntax::prefix::parse_prefix; x(crate::model::Peer::Any)"),
         vec!["syntax::prefix::parse_prefix", "model::Peer::Any"]
     );
-    assert_eq!(module_of("syntax::prefix::parse_prefix"), Some(2));
-    assert_eq!(module_of("syntax::parse_prefix"), Some(5));
+    assert_eq!(module_of("syntax::prefix::parse_prefix"), Some(3));
+    assert_eq!(module_of("syntax::parse_prefix"), Some(6));
     assert_eq!(module_of("compiled"), None);
 }

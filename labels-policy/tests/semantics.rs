@@ -374,6 +374,7 @@ fn rule() -> impl Strategy<Value = Rule> {
             verdict: if deny { Verdict::Deny } else { Verdict::Allow },
             peers,
             ports,
+            http: Vec::new(),
             origin: RuleOrigin {
                 source: "generated".into(),
                 index: 0,
@@ -450,6 +451,7 @@ fn rule_of(direction: Direction, verdict: Verdict, peers: Vec<Peer>, ports: Vec<
         verdict,
         peers,
         ports,
+        http: Vec::new(),
         origin: RuleOrigin {
             source: "hand".into(),
             index: 0,

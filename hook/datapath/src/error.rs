@@ -42,6 +42,17 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    /// A program could not be attached to a network namespace.
+    #[error("cannot attach {name} to network namespace {netns}")]
+    AttachNetns {
+        /// The program name.
+        name: &'static str,
+        /// The namespace's inode.
+        netns: u64,
+        /// The cause.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     /// A link could not be turned into a pinnable fd link.
     #[error("link of {name} on {} is not an fd link", cgroup.display())]
     Link {

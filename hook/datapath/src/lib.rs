@@ -12,6 +12,8 @@
 //!   need neither root nor BPF.
 //! - [`maps`] has one module per map family, [`links`] the pinned cgroup
 //!   links, [`bpffs`] the pin root's layout.
+//! - [`steering`] is the HTTP proxy's part: the sk_lookup program, its
+//!   netns links, the proxy sockets and addresses it reads.
 //!
 //! Layout under the pin root (default /sys/fs/bpf/bpfwall_v1, versioned
 //! with the ABI):
@@ -22,6 +24,8 @@
 //! progs/bpfwall_egress           each start; links keep the ones they hold)
 //! links/<owner>_<cgroup id>_ingress
 //! links/<owner>_<cgroup id>_egress
+//! progs/bpfwall_l7_lookup        the sk_lookup program (steering)
+//! netns_links/<owner>_<netns inode>   its links to network namespaces
 //! ```
 //!
 //! (bpffs refuses names with a '.', so the parts are joined by '_'.)
@@ -42,6 +46,7 @@ pub mod netgate;
 pub mod pod;
 mod rcu;
 mod seam;
+pub mod steering;
 mod syscall;
 #[cfg(feature = "testing")]
 pub mod test_run;

@@ -10,8 +10,8 @@ use aya::maps::lpm_trie::Key;
 use aya::Pod;
 use labels_policy::datapath_abi::{
     CtConfig, CtKey, CtValue, EndpointCounters, EndpointInfo, EndpointKey, EventsConfig,
-    IpcacheKey, IpcacheValue, MetricsCounters, NetgateEndpoint, NetgateKey, PolicyKey,
-    PolicyRevision, PolicyValue, SourceKey, SourceValue,
+    IpcacheKey, IpcacheValue, L7AddressKey, L7AddressValue, MetricsCounters, NetgateEndpoint,
+    NetgateKey, PolicyKey, PolicyRevision, PolicyValue, SourceKey, SourceValue,
 };
 
 /// A mirror struct as an aya map key or value.
@@ -51,6 +51,10 @@ unsafe impl Pod for P<CtConfig> {}
 unsafe impl Pod for P<NetgateKey> {}
 // SAFETY: as above.
 unsafe impl Pod for P<NetgateEndpoint> {}
+// SAFETY: as above.
+unsafe impl Pod for P<L7AddressKey> {}
+// SAFETY: as above.
+unsafe impl Pod for P<L7AddressValue> {}
 // SAFETY: as above.
 unsafe impl Pod for P<EventsConfig> {}
 // SAFETY: as above.

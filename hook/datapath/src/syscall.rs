@@ -12,6 +12,8 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+#[cfg(feature = "testing")]
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
@@ -153,4 +155,69 @@ pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> std::io
         old_prog_fd: 0,
     };
     bpf(BPF_LINK_UPDATE, &attr).map(|_| ())
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN (linux/bpf.h `test`).
+#[cfg(feature = "testing")]
+#[repr(C)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    pad: u32,
+}
+
+/// Runs a program once on a context alone (no packet), as sk_lookup's test
+/// run takes it; the context comes back in `ctx`. Returns the program's
+/// return value.
+#[cfg(feature = "testing")]
+pub(crate) fn prog_test_run_ctx(prog: BorrowedFd<'_>, ctx: &mut [u8]) -> std::io::Result<u32> {
+    let len = u32::try_from(ctx.len())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        retval: 0,
+        data_size_in: 0,
+        data_size_out: 0,
+        data_in: 0,
+        data_out: 0,
+        repeat: 1,
+        duration: 0,
+        ctx_size_in: len,
+        ctx_size_out: len,
+        ctx_in: ctx.as_ptr() as u64,
+        ctx_out: ctx.as_mut_ptr() as u64,
+        flags: 0,
+        cpu: 0,
+        batch_size: 0,
+        pad: 0,
+    };
+    // SAFETY: attr is a whole bpf_attr prefix for BPF_PROG_TEST_RUN; its
+    // ctx pointers point into `ctx`, which outlives the call and is
+    // `ctx_size_*` bytes long; the kernel writes the results back into
+    // `attr` (through the mutable pointer) and into `ctx`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(attr.retval)
 }

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use aya::programs::{TestRun, TestRunOptions};
 use bpfwall_datapath::test_run::{self, skb_ctx, SKB_CTX_SIZE};
 use bpfwall_datapath::{EventReader, EventSettings, KernelDatapath};
-use labels_policy::datapath_abi::{self as abi, DropReason, FlowEvent};
+use labels_policy::datapath_abi::{self as abi, DropReason, FlowEvent, L7DropReason};
 use labels_policy::{compile, Attachment, CompileInput, ContainerInput, IdentityAllocator};
 
 const LOCAL: &str = "172.31.0.2";
@@ -39,14 +39,20 @@ fn addr(s: &str) -> IpAddr {
 /// The local container (`id=local`, ingress: app2 on 80/tcp; with `mode`
 /// as its bpfwall.mode label) and its peers app2 and app3, in the maps.
 fn world(mode: Option<&str>, settings: EventSettings) -> World {
+    world_with(
+        "allow from id=app2 port 80/tcp; deny from id=app3 port 81/tcp",
+        mode,
+        settings,
+    )
+}
+
+/// The same with `ingress` as the local container's bpfwall.ingress label.
+fn world_with(ingress: &str, mode: Option<&str>, settings: EventSettings) -> World {
     let ifindex = test_run::enter_own_netns().expect("a netns of the test's own");
     let cgroup_id = test_run::own_cgroup_id().unwrap();
     let mut labels: labels_policy::LabelSet = [
         ("id".to_string(), "local".to_string()),
-        (
-            "bpfwall.ingress".to_string(),
-            "allow from id=app2 port 80/tcp; deny from id=app3 port 81/tcp".to_string(),
-        ),
+        ("bpfwall.ingress".to_string(), ingress.to_string()),
     ]
     .into_iter()
     .collect();
@@ -361,4 +367,36 @@ fn audit_passes_policy_drops_reports_them_and_nothing_else() {
     assert_eq!(m.verdicts[abi::EVENT_AUDIT as usize][0], 2);
     assert_eq!(m.drops[DropReason::PolicyDefault as usize], [0, 0]);
     assert_eq!(m.drops[DropReason::Spoofed as usize][1], 1);
+}
+
+#[test]
+fn audit_never_opens_a_port_steered_to_the_proxy() {
+    let mut w = world_with(
+        "allow from id=app2 port 80/tcp http GET /public; deny from id=app3 port 81/tcp",
+        Some("audit"),
+        EventSettings::default(),
+    );
+    // A new flow to the steered port that meets the container's own
+    // program went around the proxy: dropped, from a peer policy admits
+    // and from one audit would let through alike, and reported as a drop.
+    for (peer, sport) in [(APP2, 40011), (APP3, 40012)] {
+        assert_eq!(
+            w.run(abi::PROG_INGRESS, &tcp(peer, LOCAL, sport, 80, SYN), 1),
+            0,
+            "a SYN from {peer} to the steered port"
+        );
+        let events = w.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, abi::EVENT_DENIED);
+        assert_eq!(events[0].reason, L7DropReason::Bypass as u8);
+    }
+    // Another port: audit as before.
+    assert_eq!(
+        w.run(abi::PROG_INGRESS, &tcp(APP3, LOCAL, 40013, 81, SYN), 1),
+        1
+    );
+    assert_eq!(w.events()[0].kind, abi::EVENT_AUDIT);
+    let m = w.metrics();
+    assert_eq!(m.verdicts[abi::EVENT_DENIED as usize][0], 2);
+    assert_eq!(m.verdicts[abi::EVENT_AUDIT as usize][0], 1);
 }

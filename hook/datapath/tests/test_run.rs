@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use aya::programs::{TestRun, TestRunOptions};
 use bpfwall_datapath::test_run::{self, SKB_CTX_IFINDEX, SKB_CTX_SIZE};
 use bpfwall_datapath::{CtShares, Datapath as _, KernelDatapath, MapContents};
-use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason};
+use labels_policy::datapath_abi::{self as abi, CtKey, CtValue, DropReason, L7DropReason};
 use labels_policy::decision::{CtState, Decision};
 use labels_policy::testing::{case_setup, cases, CaseSetup};
 use labels_policy::{
@@ -118,15 +118,24 @@ fn drops(dp: &mut KernelDatapath) -> std::collections::BTreeMap<DropReason, u64>
 /// One packet through a program, and the drop reason it counted (None: passed).
 fn verdict(dp: &mut KernelDatapath, name: &'static str, ctx: &[u8], bytes: &[u8]) -> Decision {
     let before = drops(dp);
+    let l7_before = dp.l7_drops().unwrap();
     let rv = run_program(dp, name, ctx, bytes);
     let after = drops(dp);
-    let counted: Vec<DropReason> = DropReason::ALL
+    let l7_after = dp.l7_drops().unwrap();
+    let counted: Vec<Decision> = DropReason::ALL
         .into_iter()
         .filter(|r| after[r] > before[r])
+        .map(Decision::Drop)
+        .chain(
+            L7DropReason::ALL
+                .into_iter()
+                .filter(|r| l7_after[r] > l7_before[r])
+                .map(Decision::DropL7),
+        )
         .collect();
     match (rv, counted.as_slice()) {
         (1, []) => Decision::Pass,
-        (0, [reason]) => Decision::Drop(*reason),
+        (0, [decision]) => *decision,
         (rv, counted) => panic!("returned {rv} with drop counters {counted:?}"),
     }
 }

@@ -20,17 +20,21 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+mod http_table;
 mod policy_keys;
 mod selector_index;
+
+pub use http_table::{covers_tcp, HttpEntry, HttpKey, PeerSet};
 
 pub use policy_keys::key_covers;
 pub use policy_keys::{datapath_direction, port_prefixes, port_spec_keys};
 
+use self::http_table::{identity_table, peer_set};
 use self::policy_keys::resolve_deny_precedence;
 use self::selector_index::SelectorIndex;
 use crate::datapath_abi::{self as abi, EndpointKey, IpcacheKey, PolicyKey, SourceKey};
 use crate::identity::{IdentityAllocator, IdentityExhausted, IdentityKind};
-use crate::model::{Direction, HostPolicy, LabelSet, Peer, Rule, Verdict};
+use crate::model::{Direction, HostPolicy, LabelSet, Peer, Rule, RuleOrigin, Verdict};
 use crate::syntax::{policy_from_labels, LabelError};
 
 /// A container attached to the datapath: its cgroup and counter slot.
@@ -137,6 +141,17 @@ pub enum CompileWarning {
         /// The container ignored for it.
         ignored: String,
     },
+    /// An egress HTTP rule selects peers whose side bpfwall does not proxy
+    /// (not managed, the host's or another's network namespace, the host,
+    /// the world): it admits nothing towards them.
+    HttpPeerNotProxied {
+        /// The rule.
+        rule: RuleOrigin,
+        /// The container whose rule it is.
+        container: String,
+        /// The identities it cannot reach, described.
+        peers: Vec<String>,
+    },
 }
 
 /// The desired content of every map bpfwall writes, as one generation
@@ -153,6 +168,12 @@ pub struct Compiled {
     pub sources: BTreeSet<SourceKey>,
     /// Every identity in use and what it stands for.
     pub identities: BTreeMap<u32, IdentityKind>,
+    /// What the HTTP proxy applies, per (identity, direction, TCP port)
+    /// that an HTTP rule names.
+    pub http: BTreeMap<HttpKey, Vec<HttpEntry>>,
+    /// Container identities whose every container is attached in a network
+    /// namespace of its own: the proxy can stand in front of them.
+    pub proxied: BTreeSet<u32>,
     /// One report per container, in input order.
     pub containers: Vec<ContainerReport>,
     /// Problems that did not stop the compile.
@@ -301,12 +322,47 @@ pub fn compile(
             .insert(abi::ipcache_key(&IpNet::from(*addr)), abi::IDENTITY_HOST);
     }
 
+    // Identities the proxy can stand in front of: every container of them
+    // attached, in a network namespace of its own.
+    let mut proxied: BTreeMap<u32, bool> = BTreeMap::new();
+    for c in input.containers {
+        let ok = c.attachment.is_some() && c.network == Network::Own;
+        let slot = proxied.entry(label_identity[&c.labels]).or_insert(true);
+        *slot &= ok;
+    }
+    out.proxied = proxied
+        .into_iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(id, _)| id)
+        .collect();
+    let owner_name: BTreeMap<u32, &str> = input
+        .containers
+        .iter()
+        .map(|c| (label_identity[&c.labels], c.name.as_str()))
+        .collect();
+
     // Policy entries per local identity.
     let selector_index = SelectorIndex::new(&out.identities);
     let mut entries: BTreeMap<PolicyKey, u8> = BTreeMap::new();
+    let mut steered: BTreeSet<(u32, u16)> = BTreeSet::new();
     for (&local, policy) in &policies {
-        for rule in &policy.rules {
-            if policy.in_error(rule.direction) {
+        let in_force: Vec<&Rule> = policy
+            .rules
+            .iter()
+            .filter(|r| !policy.in_error(r.direction))
+            .collect();
+        identity_table(
+            local,
+            &in_force,
+            &selector_index,
+            &out.identities,
+            &out.proxied,
+            &mut out.http,
+            &mut steered,
+        );
+        for rule in in_force {
+            // An HTTP deny refuses requests, not connections: the proxy's.
+            if rule.is_http() && rule.verdict == Verdict::Deny {
                 continue;
             }
             let verdict = match rule.verdict {
@@ -314,12 +370,38 @@ pub fn compile(
                 Verdict::Deny => abi::VERDICT_DENY,
             };
             let mut peers = BTreeSet::new();
-            for peer in &rule.peers {
-                if *peer == Peer::Any {
-                    peers.insert(abi::IDENTITY_ANY);
-                    continue;
+            if rule.is_http() && rule.direction == Direction::Egress {
+                // Enforced at the server's proxy: only proxied servers.
+                let selected = peer_set(&rule.peers, &selector_index, &out.identities);
+                let unreached: Vec<String> = out
+                    .identities
+                    .iter()
+                    .filter(|(id, _)| selected.contains(**id) && !out.proxied.contains(*id))
+                    .map(|(id, kind)| match kind {
+                        IdentityKind::Containers(_) => {
+                            format!("containers like {}", owner_name.get(id).unwrap_or(&"?"))
+                        }
+                        IdentityKind::Host => "the host".to_string(),
+                        IdentityKind::World => "the world".to_string(),
+                        IdentityKind::Cidr(p) => format!("cidr {p}"),
+                    })
+                    .collect();
+                if !unreached.is_empty() {
+                    out.warnings.push(CompileWarning::HttpPeerNotProxied {
+                        rule: rule.origin.clone(),
+                        container: owner_name.get(&local).unwrap_or(&"?").to_string(),
+                        peers: unreached,
+                    });
                 }
-                peers.extend(selector_index.select(peer, &out.identities));
+                peers.extend(out.proxied.iter().filter(|p| selected.contains(**p)));
+            } else {
+                for peer in &rule.peers {
+                    if *peer == Peer::Any {
+                        peers.insert(abi::IDENTITY_ANY);
+                        continue;
+                    }
+                    peers.extend(selector_index.select(peer, &out.identities));
+                }
             }
             let l4: Vec<(u8, u16, u32)> = if rule.ports.is_empty() {
                 vec![(0, 0, abi::POLICY_PREFIX_ANY_PROTO)]
@@ -342,6 +424,20 @@ pub fn compile(
             }
         }
     }
+    // Which (identity, TCP port) the datapath hands to the proxy.
+    for (identity, port) in steered {
+        entries.insert(
+            PolicyKey {
+                prefixlen: abi::POLICY_PREFIX_FULL,
+                local_identity: identity,
+                peer_identity: abi::IDENTITY_PROXY,
+                direction: abi::DIR_INGRESS,
+                protocol: abi::IPPROTO_TCP,
+                dport_be: port.to_be(),
+            },
+            abi::VERDICT_PROXY,
+        );
+    }
     out.policy = resolve_deny_precedence(entries);
 
     // Endpoints and reports.
@@ -354,6 +450,28 @@ pub fn compile(
         }
         if c.default_deny {
             flags |= abi::EP_ENFORCE_INGRESS | abi::EP_ENFORCE_EGRESS;
+        }
+        // The proxy stands in a network namespace of the container's own:
+        // ingress HTTP rules elsewhere close ingress rather than go unchecked.
+        let mut errors = policy.errors.clone();
+        if c.network != Network::Own && !policy.in_error(Direction::Ingress) {
+            if let Some(rule) = policy
+                .rules
+                .iter()
+                .find(|r| r.direction == Direction::Ingress && r.is_http())
+            {
+                flags |= abi::EP_ERROR_INGRESS;
+                errors.push(LabelError {
+                    label: rule.origin.source.clone(),
+                    column: 1,
+                    message: format!(
+                        "rule {}: http rules need a container with a network namespace of its own (this one is in {}): ingress closed",
+                        rule.origin,
+                        if c.network == Network::Host { "the host's" } else { "another container's" }
+                    ),
+                    closes: vec![Direction::Ingress],
+                });
+            }
         }
         if let Some(a) = c.attachment {
             out.endpoints.insert(
@@ -378,7 +496,7 @@ pub fn compile(
             );
         }
         let in_force = |d: Direction| -> Vec<Rule> {
-            if policy.in_error(d) {
+            if errors.iter().any(|e| e.closes.contains(&d)) {
                 return Vec::new();
             }
             policy
@@ -393,7 +511,7 @@ pub fn compile(
             identity: id,
             ingress_rules: in_force(Direction::Ingress),
             egress_rules: in_force(Direction::Egress),
-            errors: policy.errors.clone(),
+            errors,
             flags,
             default_deny: c.default_deny,
         });

@@ -20,8 +20,8 @@ use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::model::{
-    Direction, HostPolicy, Peer, PortSpec, Protocol, Requirement, Rule, RuleOrigin, Selector,
-    SelectorOperator, Verdict,
+    Direction, HeaderMatch, HostPolicy, HttpPattern, HttpRule, Peer, PortSpec, Protocol,
+    Requirement, Rule, RuleOrigin, Selector, SelectorOperator, Verdict,
 };
 use crate::syntax::prefix::parse_prefix;
 
@@ -218,10 +218,197 @@ impl TryFrom<String> for Entity {
     }
 }
 
+/// One `toPorts` entry: ports, and optionally L7 rules for them.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawPortRule")]
+struct PortRule {
+    ports: Vec<PortSpec>,
+    /// HTTP rules; empty for an L4-only entry.
+    http: Vec<HttpRule>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PortRule {
+struct RawPortRule {
     ports: Option<Vec<PortProtocol>>,
+    rules: Option<L7Rules>,
+}
+
+impl TryFrom<RawPortRule> for PortRule {
+    type Error = String;
+    fn try_from(r: RawPortRule) -> Result<Self, String> {
+        let ports: Vec<PortSpec> = r
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        let http: Vec<HttpRule> = r
+            .rules
+            .and_then(|rules| rules.http)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        if http.is_empty() {
+            return Ok(PortRule { ports, http });
+        }
+        if ports.is_empty() {
+            return Err(
+                "rules.http needs ports: one TCP port each, such as {port: \"80\", protocol: TCP}"
+                    .into(),
+            );
+        }
+        // L7 rules apply to single TCP ports (as in Cilium, no ranges); a
+        // port of protocol ANY is taken as its TCP port.
+        let ports = ports
+            .into_iter()
+            .map(|p| match p.protocol {
+                Protocol::Tcp | Protocol::Any if p.first == p.last && p.first != 0 => Ok(PortSpec {
+                    protocol: Protocol::Tcp,
+                    ..p
+                }),
+                _ => Err(format!(
+                    "rules.http applies to single TCP ports, not {p} (no endPort, no port 0, protocol TCP or ANY)"
+                )),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(PortRule { ports, http })
+    }
+}
+
+/// A field bpfwall rejects by name, wherever it is written: deserialising
+/// it fails at once, so the error carries its position.
+#[derive(Debug)]
+struct Rejected<T>(std::marker::PhantomData<T>);
+
+/// Why a field is rejected.
+trait RejectReason {
+    const MESSAGE: &'static str;
+}
+
+impl<'de, T: RejectReason> Deserialize<'de> for Rejected<T> {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(de::Error::custom(T::MESSAGE))
+    }
+}
+
+macro_rules! rejected {
+    ($($name:ident: $message:literal;)*) => {$(
+        #[derive(Debug)]
+        struct $name;
+        impl RejectReason for $name {
+            const MESSAGE: &'static str = $message;
+        }
+    )*};
+}
+
+rejected! {
+    Kafka: "rules.kafka is not supported by bpfwall (only rules.http)";
+    Dns: "rules.dns is not supported by bpfwall (only rules.http)";
+    L7Proto: "rules.l7proto is not supported by bpfwall (only rules.http)";
+    L7Generic: "rules.l7 is not supported by bpfwall (only rules.http)";
+    Mismatch: "headerMatches[].mismatch is not supported by bpfwall: a header rule only matches";
+    Secret: "headerMatches[].secret is not supported by bpfwall: write the value";
+}
+
+/// `toPorts[].rules`: the L7 rules of a port rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct L7Rules {
+    http: Option<Vec<CiliumHttp>>,
+    #[allow(dead_code, reason = "never built: deserialising it fails, naming it")]
+    kafka: Option<Rejected<Kafka>>,
+    #[allow(dead_code, reason = "never built: deserialising it fails, naming it")]
+    dns: Option<Rejected<Dns>>,
+    #[allow(dead_code, reason = "never built: deserialising it fails, naming it")]
+    l7proto: Option<Rejected<L7Proto>>,
+    #[allow(dead_code, reason = "never built: deserialising it fails, naming it")]
+    l7: Option<Rejected<L7Generic>>,
+}
+
+/// One `rules.http[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawHttp")]
+struct CiliumHttp(HttpRule);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawHttp {
+    method: Option<String>,
+    path: Option<String>,
+    host: Option<String>,
+    headers: Option<Vec<String>>,
+    header_matches: Option<Vec<RawHeaderMatch>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    name: String,
+    value: Option<String>,
+    #[allow(dead_code, reason = "never built: deserialising it fails, naming it")]
+    mismatch: Option<Rejected<Mismatch>>,
+    #[allow(dead_code, reason = "never built: deserialising it fails, naming it")]
+    secret: Option<Rejected<Secret>>,
+}
+
+fn http_pattern(field: &str, text: Option<String>) -> Result<Option<HttpPattern>, String> {
+    match text.as_deref() {
+        None | Some("") => Ok(None),
+        Some(t) => HttpPattern::new(t).map(Some).map_err(|e| {
+            format!(
+                "{field} `{t}`: {} (at character {})",
+                e.message,
+                e.offset + 1
+            )
+        }),
+    }
+}
+
+fn header_match(name: &str, value: Option<String>) -> Result<HeaderMatch, String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(format!("header name `{name}` is not an HTTP token"));
+    }
+    if let Some(v) = &value {
+        if v.chars().any(char::is_control) {
+            return Err(format!("header `{name}`: the value has control characters"));
+        }
+    }
+    Ok(HeaderMatch {
+        name: name.to_ascii_lowercase(),
+        value: value.filter(|v| !v.is_empty()),
+    })
+}
+
+impl TryFrom<RawHttp> for CiliumHttp {
+    type Error = String;
+    fn try_from(r: RawHttp) -> Result<Self, String> {
+        let mut headers = Vec::new();
+        // Cilium's `headers: ["Name: value", "Name"]`: split at the first
+        // space, the name without its trailing ':'.
+        for h in r.headers.unwrap_or_default() {
+            let (name, value) = match h.split_once(' ') {
+                Some((n, v)) => (n.trim_end_matches(':'), Some(v.to_string())),
+                None => (h.trim_end_matches(':'), None),
+            };
+            headers.push(header_match(name, value).map_err(|e| format!("headers: {e}"))?);
+        }
+        for m in r.header_matches.unwrap_or_default() {
+            headers
+                .push(header_match(&m.name, m.value).map_err(|e| format!("headerMatches: {e}"))?);
+        }
+        Ok(CiliumHttp(HttpRule {
+            method: http_pattern("method", r.method)?,
+            path: http_pattern("path", r.path)?,
+            host: http_pattern("host", r.host)?,
+            headers,
+        }))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -464,12 +651,14 @@ impl From<EgressRule> for L3L4 {
     }
 }
 
-/// One Cilium ingress/egress entry as a model rule. As in Cilium, the L3
+/// One Cilium ingress/egress entry as model rules. As in Cilium, the L3
 /// parts are alternatives, the L4 parts (ports and ICMP types) are
 /// alternatives, and the two are combined; no L3 part with some L4 part
-/// means every peer; an empty entry (`{}`) selects nothing but still puts
-/// the direction into default deny.
-fn model_rule(r: L3L4, direction: Direction, verdict: Verdict, origin: RuleOrigin) -> Rule {
+/// means every peer; an empty entry (`{}`) selects nobody but still puts
+/// the direction into default deny. A `toPorts` entry with `rules.http`
+/// becomes a rule of its own (its ports, its HTTP rules); the entry's other
+/// ports and ICMP types make one L4 rule.
+fn model_rules(r: L3L4, direction: Direction, verdict: Verdict, origin: RuleOrigin) -> Vec<Rule> {
     let mut peers = Vec::new();
     peers.extend(
         r.endpoints
@@ -483,13 +672,15 @@ fn model_rule(r: L3L4, direction: Direction, verdict: Verdict, origin: RuleOrigi
     }));
     peers.extend(r.cidr_set.unwrap_or_default().into_iter().map(|c| c.0));
     peers.extend(r.entities.unwrap_or_default().into_iter().map(|e| e.0));
-    let mut ports: Vec<PortSpec> = r
-        .to_ports
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|p| p.ports.unwrap_or_default())
-        .map(|p| p.0)
-        .collect();
+    let mut ports: Vec<PortSpec> = Vec::new();
+    let mut http_rules: Vec<(Vec<PortSpec>, Vec<HttpRule>)> = Vec::new();
+    for p in r.to_ports.unwrap_or_default() {
+        if p.http.is_empty() {
+            ports.extend(p.ports);
+        } else {
+            http_rules.push((p.ports, p.http));
+        }
+    }
     ports.extend(
         r.icmps
             .unwrap_or_default()
@@ -497,16 +688,31 @@ fn model_rule(r: L3L4, direction: Direction, verdict: Verdict, origin: RuleOrigi
             .flat_map(|i| i.fields)
             .map(|f| f.0),
     );
-    if peers.is_empty() && !ports.is_empty() {
+    if peers.is_empty() && (!ports.is_empty() || !http_rules.is_empty()) {
         peers.push(Peer::Any);
     }
-    Rule {
-        direction,
-        verdict,
-        peers,
-        ports,
-        origin,
+    let mut out = Vec::new();
+    if !ports.is_empty() || http_rules.is_empty() {
+        out.push(Rule {
+            direction,
+            verdict,
+            peers: peers.clone(),
+            ports,
+            http: Vec::new(),
+            origin: origin.clone(),
+        });
     }
+    for (ports, http) in http_rules {
+        out.push(Rule {
+            direction,
+            verdict,
+            peers: peers.clone(),
+            ports,
+            http,
+            origin: origin.clone(),
+        });
+    }
+    out
 }
 
 struct Spec {
@@ -524,7 +730,7 @@ fn spec_rules(spec: Spec, source: &str, spec_index: usize) -> Vec<Rule> {
         index: i,
     };
     for (i, r) in spec.ingress.into_iter().enumerate() {
-        out.push(model_rule(
+        out.extend(model_rules(
             r.into(),
             Direction::Ingress,
             Verdict::Allow,
@@ -532,7 +738,7 @@ fn spec_rules(spec: Spec, source: &str, spec_index: usize) -> Vec<Rule> {
         ));
     }
     for (i, r) in spec.ingress_deny.into_iter().enumerate() {
-        out.push(model_rule(
+        out.extend(model_rules(
             r.into(),
             Direction::Ingress,
             Verdict::Deny,
@@ -540,7 +746,7 @@ fn spec_rules(spec: Spec, source: &str, spec_index: usize) -> Vec<Rule> {
         ));
     }
     for (i, r) in spec.egress.into_iter().enumerate() {
-        out.push(model_rule(
+        out.extend(model_rules(
             r.into(),
             Direction::Egress,
             Verdict::Allow,
@@ -548,7 +754,7 @@ fn spec_rules(spec: Spec, source: &str, spec_index: usize) -> Vec<Rule> {
         ));
     }
     for (i, r) in spec.egress_deny.into_iter().enumerate() {
-        out.push(model_rule(
+        out.extend(model_rules(
             r.into(),
             Direction::Egress,
             Verdict::Deny,

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! value    = rule *( ";" rule ) [ ";" ]
-//! rule     = ( "allow" / "deny" ) ( "from" / "to" ) peer [ "port" ports ]
+//! rule     = ( "allow" / "deny" ) ( "from" / "to" ) peer [ "port" ports [ http ] ]
+//! http     = "http" METHOD PATH *( "host" HOST / "header" NAME [ "=" VALUE ] )
 //! peer     = "any" / "host" / "world" / cidr / selector
 //! cidr     = "cidr" PREFIX [ "except" PREFIX *( "," PREFIX ) ]
 //! selector = KEY "=" VALUE *( "," KEY "=" VALUE )
@@ -14,6 +15,12 @@
 //! `from` belongs to ingress labels and `to` to egress labels. Columns in
 //! errors count characters of the label's value from 1.
 //!
+//! After `http`, words are separated by white space only (a `,` is part of
+//! a word) and a `;` ends the rule; a word in double quotes (`\"` and `\\`
+//! inside) may hold white space and `;`. METHOD, PATH and HOST are regular
+//! expressions matched against the whole string (`*` for METHOD or PATH:
+//! any); an `http` rule's ports must be single TCP ports.
+//!
 //! This module reads one label's value; which labels are read, and by which
 //! language, is decided in [`crate::syntax`].
 //!
@@ -23,7 +30,10 @@ use std::fmt;
 
 use ipnet::IpNet;
 
-use crate::model::{Direction, Peer, PortSpec, Protocol, Rule, RuleOrigin, Selector, Verdict};
+use crate::model::{
+    Direction, HeaderMatch, HttpPattern, HttpRule, Peer, PortSpec, Protocol, Rule, RuleOrigin,
+    Selector, Verdict,
+};
 use crate::syntax::prefix::parse_prefix;
 
 /// A label value bpfwall cannot read, with where and why.
@@ -46,7 +56,12 @@ pub fn parse_rules(
     direction: Direction,
     value: &str,
 ) -> Result<Vec<Rule>, LabelError> {
-    let tokens = lex(value);
+    let tokens = lex(value).map_err(|(column, message)| LabelError {
+        label: label.to_string(),
+        column,
+        message,
+        closes: vec![direction],
+    })?;
     let mut parser = Parser {
         label,
         direction,
@@ -84,43 +99,110 @@ enum Tok {
 struct Token {
     tok: Tok,
     column: usize,
+    /// For a word: the column of each of its characters (a quoted word's
+    /// characters sit after its quote and escapes).
+    columns: Vec<usize>,
 }
 
-fn lex(value: &str) -> Vec<Token> {
+/// The word that starts an HTTP clause, after which words are separated by
+/// white space only.
+const HTTP_WORD: &str = "http";
+
+/// Splits a value into words, `,` and `;`. Fails (column, message) only on
+/// an unterminated quoted word of an HTTP clause.
+fn lex(value: &str) -> Result<Vec<Token>, (usize, String)> {
     let mut out = Vec::new();
     let mut word = String::new();
-    let mut word_col = 0;
-    for (i, c) in value.chars().enumerate() {
+    let mut columns = Vec::new();
+    let mut http = false;
+    let chars: Vec<char> = value.chars().collect();
+    let mut i = 0;
+    let flush = |word: &mut String, columns: &mut Vec<usize>, out: &mut Vec<Token>| {
+        if !word.is_empty() {
+            let columns = std::mem::take(columns);
+            out.push(Token {
+                tok: Tok::Word(std::mem::take(word)),
+                column: columns[0],
+                columns,
+            });
+        }
+    };
+    while i < chars.len() {
+        let c = chars[i];
         let column = i + 1;
+        i += 1;
+        if http && c == '"' && word.is_empty() {
+            // A quoted word: up to the next unescaped quote.
+            let start = column;
+            let mut closed = false;
+            while i < chars.len() {
+                let d = chars[i];
+                i += 1;
+                match d {
+                    '"' => {
+                        closed = true;
+                        break;
+                    }
+                    '\\' if i < chars.len() && matches!(chars[i], '"' | '\\') => {
+                        word.push(chars[i]);
+                        columns.push(i + 1);
+                        i += 1;
+                    }
+                    d => {
+                        word.push(d);
+                        columns.push(i);
+                    }
+                }
+            }
+            if !closed {
+                return Err((
+                    start,
+                    "expected a closing '\"' for the quoted word, found the end of the label"
+                        .into(),
+                ));
+            }
+            if word.is_empty() {
+                return Err((
+                    start,
+                    "expected a word inside the quotes, found '\"\"'".into(),
+                ));
+            }
+            let columns_taken = std::mem::take(&mut columns);
+            out.push(Token {
+                tok: Tok::Word(std::mem::take(&mut word)),
+                column: start,
+                columns: columns_taken,
+            });
+            continue;
+        }
         let separator = match c {
-            ',' => Some(Tok::Comma),
+            ',' if !http => Some(Tok::Comma),
             ';' => Some(Tok::Semicolon),
             c if c.is_whitespace() => None,
             c => {
-                if word.is_empty() {
-                    word_col = column;
-                }
                 word.push(c);
+                columns.push(column);
                 continue;
             }
         };
-        if !word.is_empty() {
-            out.push(Token {
-                tok: Tok::Word(std::mem::take(&mut word)),
-                column: word_col,
-            });
+        let was_http_word = !http && word == HTTP_WORD;
+        flush(&mut word, &mut columns, &mut out);
+        if was_http_word {
+            http = true;
         }
         if let Some(tok) = separator {
-            out.push(Token { tok, column });
+            if tok == Tok::Semicolon {
+                http = false;
+            }
+            out.push(Token {
+                tok,
+                column,
+                columns: Vec::new(),
+            });
         }
     }
-    if !word.is_empty() {
-        out.push(Token {
-            tok: Tok::Word(word),
-            column: word_col,
-        });
-    }
-    out
+    flush(&mut word, &mut columns, &mut out);
+    Ok(out)
 }
 
 struct Parser<'a> {
@@ -195,6 +277,7 @@ impl Parser<'_> {
             Some(Token {
                 tok: Tok::Word(w),
                 column,
+                ..
             }) => {
                 let out = (w.clone(), *column);
                 self.pos += 1;
@@ -208,7 +291,7 @@ impl Parser<'_> {
         if self.eat(&Tok::Semicolon) {
             Ok(())
         } else {
-            Err(self.error_here("';' between rules, 'port', or the end of the label"))
+            Err(self.error_here("';' between rules, 'port', 'http', or the end of the label"))
         }
     }
 
@@ -238,11 +321,35 @@ impl Parser<'_> {
             self.pos += 1;
             ports = self.ports()?;
         }
+        let mut http = Vec::new();
+        if self.peek_word() == Some(HTTP_WORD) {
+            let column = self.peek().map_or(self.end_column, |t| t.column);
+            self.pos += 1;
+            if ports.is_empty() {
+                return Err(self.error_at(
+                    column,
+                    "'port PORT/tcp' before 'http' (http rules apply to TCP ports)",
+                    "'http'",
+                ));
+            }
+            if let Some((spec, column)) = ports
+                .iter()
+                .find(|(spec, _)| spec.protocol != Protocol::Tcp || spec.first != spec.last)
+            {
+                return Err(self.error_at(
+                    *column,
+                    "single TCP ports such as 80/tcp before 'http'",
+                    format!("'{spec}'"),
+                ));
+            }
+            http.push(self.http_rule()?);
+        }
         Ok(Rule {
             direction: self.direction,
             verdict,
             peers: vec![peer],
-            ports,
+            ports: ports.into_iter().map(|(spec, _)| spec).collect(),
+            http,
             origin: RuleOrigin {
                 source: self.label.to_string(),
                 index,
@@ -347,20 +454,137 @@ impl Parser<'_> {
         Ok(Peer::Cidr { prefix, except })
     }
 
-    fn ports(&mut self) -> Result<Vec<PortSpec>, LabelError> {
+    fn ports(&mut self) -> Result<Vec<(PortSpec, usize)>, LabelError> {
         let mut out = Vec::new();
         loop {
             let (word, column) =
                 self.word("a port such as 80/tcp, 8000-8100/tcp, any/udp or icmp")?;
-            out.push(parse_port(&word).map_err(|(offset, expected)| {
+            let spec = parse_port(&word).map_err(|(offset, expected)| {
                 self.error_at(column + offset, expected, format!("'{word}'"))
-            })?);
+            })?;
+            out.push((spec, column));
             if !self.eat(&Tok::Comma) {
                 break;
             }
         }
         Ok(out)
     }
+}
+
+impl Parser<'_> {
+    /// Takes the next word with the column of each of its characters.
+    fn word_token(&mut self, expected: &str) -> Result<(String, Vec<usize>), LabelError> {
+        match self.peek() {
+            Some(Token {
+                tok: Tok::Word(w),
+                columns,
+                ..
+            }) => {
+                let out = (w.clone(), columns.clone());
+                self.pos += 1;
+                Ok(out)
+            }
+            _ => Err(self.error_here(expected)),
+        }
+    }
+
+    /// A regular expression of an HTTP clause (`*` is any when `star` is).
+    fn pattern(&mut self, what: &str, star: bool) -> Result<Option<HttpPattern>, LabelError> {
+        let expected = if star {
+            format!("{what} (a regular expression, or '*' for any)")
+        } else {
+            format!("{what} (a regular expression)")
+        };
+        let (word, columns) = self.word_token(&expected)?;
+        if star && word == "*" {
+            return Ok(None);
+        }
+        HttpPattern::new(&word).map(Some).map_err(|e| {
+            let column = columns
+                .get(e.offset)
+                .copied()
+                .unwrap_or_else(|| columns.last().map_or(self.end_column, |c| c + 1));
+            LabelError {
+                label: self.label.to_string(),
+                column,
+                message: format!("expected {expected}, found '{word}': {}", e.message),
+                closes: vec![self.direction],
+            }
+        })
+    }
+
+    /// `http METHOD PATH [host HOST] [header NAME[=VALUE]]...`, after `http`.
+    fn http_rule(&mut self) -> Result<HttpRule, LabelError> {
+        let method = self.pattern("an HTTP method such as GET", true)?;
+        let path = self.pattern("a path such as /public(/.*)?", true)?;
+        let mut rule = HttpRule {
+            method,
+            path,
+            ..HttpRule::default()
+        };
+        loop {
+            match self.peek_word() {
+                Some("host") => {
+                    let column = self.peek().map_or(self.end_column, |t| t.column);
+                    self.pos += 1;
+                    if rule.host.is_some() {
+                        return Err(self.error_at(
+                            column,
+                            "one 'host' per http rule",
+                            "a second 'host'",
+                        ));
+                    }
+                    rule.host = self.pattern("a host such as api\\.example\\.com", false)?;
+                }
+                Some("header") => {
+                    self.pos += 1;
+                    let (word, columns) =
+                        self.word_token("a header NAME or NAME=VALUE after 'header'")?;
+                    let (name, value) = match word.split_once('=') {
+                        Some((n, v)) => (n, Some(v.to_string())),
+                        None => (word.as_str(), None),
+                    };
+                    let column = columns.first().copied().unwrap_or(self.end_column);
+                    if name.is_empty() || !name.bytes().all(is_header_name_byte) {
+                        return Err(self.error_at(
+                            column,
+                            "a header name of letters, digits and !#$%&'*+-.^_`|~",
+                            format!("'{name}'"),
+                        ));
+                    }
+                    if let Some(v) = &value {
+                        if let Some(i) = v.chars().position(|c| c.is_control()) {
+                            let at = columns
+                                .get(name.chars().count() + 1 + i)
+                                .copied()
+                                .unwrap_or(column);
+                            return Err(self.error_at(
+                                at,
+                                "a header value without control characters",
+                                format!("'{word}'"),
+                            ));
+                        }
+                    }
+                    rule.headers.push(HeaderMatch {
+                        name: name.to_ascii_lowercase(),
+                        value,
+                    });
+                }
+                _ => break,
+            }
+        }
+        if !self.at_end() && self.peek().is_some_and(|t| t.tok != Tok::Semicolon) {
+            return Err(
+                self.error_here("'host', 'header', ';' between rules, or the end of the label")
+            );
+        }
+        Ok(rule)
+    }
+}
+
+/// RFC 9110 `tchar`: what a header name is made of.
+fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Parses one port word. On error returns the character offset within the

@@ -33,6 +33,11 @@
 //!   names (prefixes and excepts) that holds it, as a CIDR identity, else
 //!   the world.
 
+#![allow(
+    dead_code,
+    reason = "each test crate that includes the oracle uses a part of it"
+)]
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -289,4 +294,202 @@ pub fn expected(
     } else {
         Expected::Open
     }
+}
+
+// ---- HTTP (L7) -------------------------------------------------------------
+//
+// The semantics, as docs/labels.md states them:
+// - At L3/L4, an HTTP deny matches no connection (it refuses requests), but
+//   it still mentions its direction; an egress HTTP allow admits a
+//   connection only to a peer bpfwall proxies (a managed container in a
+//   network namespace of its own), where its HTTP rules are checked.
+// - A side (the server's ingress rules, the client's egress rules) has a say
+//   on requests to TCP port P when one of its HTTP rules names P. Its rules
+//   that apply to a request are those whose peer matches the other end and
+//   whose ports hold P (an L3/L4 deny never reaches a request).
+// - The side restricts the connection when an HTTP deny applies, or an HTTP
+//   allow applies and no L3/L4 allow does (an L3/L4 allow lifts the HTTP
+//   rules of an allow). A side that does not restrict lets every request by.
+// - A restricting side: the first HTTP deny (rule order) one of whose HTTP
+//   rules matches denies; else the first L3/L4 allow allows; else the first
+//   HTTP allow one of whose HTTP rules matches allows (naming that HTTP
+//   rule); else the request is denied by default.
+// - An HTTP rule matches when each part it names matches: the method, the
+//   target (path and query) or, for a deny, the path alone; the host; every
+//   header (present, or its occurrences joined by ", " equal to the value,
+//   or for a deny any one occurrence equal). Patterns match whole strings.
+
+/// A request as the oracle sees it (targets are already in normal form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    pub host: String,
+    /// (name in lower case, value).
+    pub headers: Vec<(String, String)>,
+}
+
+/// The oracle's own reading of a pattern: `\A(?:text)\z`.
+fn whole(text: &str, s: &str) -> bool {
+    regex::Regex::new(&format!(r"\A(?:{text})\z")).is_ok_and(|r| r.is_match(s))
+}
+
+fn http_part_holds(h: &labels_policy::HttpRule, request: &Request, deny: bool) -> bool {
+    if let Some(m) = &h.method {
+        if !whole(m.text(), &request.method) {
+            return false;
+        }
+    }
+    if let Some(p) = &h.path {
+        let path_only = match request.target.find('?') {
+            Some(i) => &request.target[..i],
+            None => request.target.as_str(),
+        };
+        let target = whole(p.text(), &request.target);
+        if !(target || (deny && whole(p.text(), path_only))) {
+            return false;
+        }
+    }
+    if let Some(host) = &h.host {
+        if !whole(host.text(), &request.host) {
+            return false;
+        }
+    }
+    for want in &h.headers {
+        let mut values = Vec::new();
+        for (name, value) in &request.headers {
+            if name.eq_ignore_ascii_case(&want.name) {
+                values.push(value.clone());
+            }
+        }
+        if values.is_empty() {
+            return false;
+        }
+        if let Some(v) = &want.value {
+            let joined = values.join(", ");
+            let any_one = values.iter().any(|x| x == v);
+            if !(joined == *v || (deny && any_one)) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn tcp_port_in(rule: &Rule, port: u16) -> bool {
+    if rule.ports.is_empty() {
+        return true;
+    }
+    rule.ports.iter().any(|s| port_holds(s, TCP, port))
+}
+
+/// What one side says of a request on TCP `port` with the other end
+/// `remote`: None when it does not restrict the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedRequest {
+    /// Allowed by this rule; the HTTP rule (as written) that matched, or
+    /// None for an L3/L4 allow.
+    Allowed(RuleOrigin, Option<String>),
+    /// Denied by this HTTP deny, through this HTTP rule.
+    Denied(RuleOrigin, String),
+    /// No rule allows it.
+    DeniedByDefault,
+}
+
+pub fn expected_request(
+    rules: &[Rule],
+    direction: Direction,
+    remote: &Remote,
+    port: u16,
+    request: &Request,
+) -> Option<ExpectedRequest> {
+    let mut has_say = false;
+    let mut applying = Vec::new();
+    for rule in rules {
+        if rule.direction != direction {
+            continue;
+        }
+        if !rule.http.is_empty() && rule.ports.iter().any(|s| s.first == port && s.last == port) {
+            has_say = true;
+        }
+        let peer = rule.peers.iter().any(|p| peer_holds(p, remote));
+        let l4_deny = rule.http.is_empty() && rule.verdict == Verdict::Deny;
+        if peer && tcp_port_in(rule, port) && !l4_deny {
+            applying.push(rule);
+        }
+    }
+    if !has_say {
+        return None;
+    }
+    let mut lift = None;
+    let mut http_deny = false;
+    let mut http_allow = false;
+    for r in &applying {
+        match (r.verdict, r.http.is_empty()) {
+            (Verdict::Allow, true) => {
+                if lift.is_none() {
+                    lift = Some(*r);
+                }
+            }
+            (Verdict::Allow, false) => http_allow = true,
+            (Verdict::Deny, false) => http_deny = true,
+            (Verdict::Deny, true) => {}
+        }
+    }
+    if !(http_deny || (http_allow && lift.is_none())) {
+        return None;
+    }
+    for r in &applying {
+        if r.verdict != Verdict::Deny {
+            continue;
+        }
+        for h in &r.http {
+            if http_part_holds(h, request, true) {
+                return Some(ExpectedRequest::Denied(r.origin.clone(), h.to_string()));
+            }
+        }
+    }
+    if let Some(r) = lift {
+        return Some(ExpectedRequest::Allowed(r.origin.clone(), None));
+    }
+    for r in &applying {
+        if r.verdict != Verdict::Allow {
+            continue;
+        }
+        for h in &r.http {
+            if http_part_holds(h, request, false) {
+                return Some(ExpectedRequest::Allowed(
+                    r.origin.clone(),
+                    Some(h.to_string()),
+                ));
+            }
+        }
+    }
+    Some(ExpectedRequest::DeniedByDefault)
+}
+
+/// [`expected`] with HTTP rules at L3/L4: HTTP denies match no connection;
+/// an egress HTTP allow only admits a `proxied` remote.
+pub fn expected_connection(
+    rules: &[Rule],
+    direction: Direction,
+    remote: &Remote,
+    proxied: bool,
+    protocol: u8,
+    dport: u16,
+) -> Expected {
+    let kept: Vec<Rule> = rules
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let blind = !r.http.is_empty()
+                && (r.verdict == Verdict::Deny || (r.direction == Direction::Egress && !proxied));
+            if blind {
+                // Mentions its direction, matches nobody.
+                r.peers.clear();
+            }
+            r
+        })
+        .collect();
+    expected(&kept, direction, remote, protocol, dport)
 }

@@ -21,6 +21,15 @@
 //! until EOF and answers the count). A client prints one line of
 //! `key=value` pairs; `probe` exits 0 if one transaction succeeds within a
 //! second (`--timeout-ms`) and 1 otherwise.
+//!
+//! A connection whose first byte is `G` is HTTP/1.1: every `GET` gets a
+//! 2-byte answer, on the same connection unless it asked `Connection:
+//! close`. `--test http` sends small GETs on one kept-alive connection,
+//! `--test http-new` one GET per new connection (requests/s, p50, p99);
+//! `--test wait-http` tries a GET every 5 ms until one succeeds (at most
+//! `--seconds`) and prints when it did (`ok_unix_ns`). A `GET /bytes/N`
+//! gets N bytes: `--test http-bulk` asks for 16 MiB at a time on one
+//! kept-alive connection (MB/s, and p50/p99 of one answer).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -31,7 +40,7 @@ const STREAM_CHUNK: usize = 128 * 1024;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bpfwall-loadgen server [--port P]\n       bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|probe [--seconds S] [--timeout-ms T]\n       bpfwall-loadgen synflood --to IP:PORT [--rate N] [--seconds S] [--ports K]"
+        "usage: bpfwall-loadgen server [--port P]\n       bpfwall-loadgen client --to IP:PORT --test rr|crr|stream|http|http-new|http-bulk|wait-http|probe [--seconds S] [--timeout-ms T]\n       bpfwall-loadgen synflood --to IP:PORT [--rate N] [--seconds S] [--ports K]"
     );
     ExitCode::from(2)
 }
@@ -78,6 +87,10 @@ fn main() -> ExitCode {
                 Some("rr") => rr(to, duration),
                 Some("crr") => crr(to, duration),
                 Some("stream") => stream(to, duration),
+                Some("http") => http_keepalive(to, duration),
+                Some("http-new") => http_new(to, duration),
+                Some("wait-http") => wait_http(to, duration),
+                Some("http-bulk") => http_bulk(to, duration),
                 Some("probe") => {
                     let Ok(ms) = flag(&args, "--timeout-ms").unwrap_or("1000").parse::<u64>()
                     else {
@@ -134,6 +147,9 @@ fn server(port: u16) -> std::io::Result<()> {
                         }
                     }
                 });
+            }
+            b'G' => {
+                std::thread::spawn(move || http_serve(conn));
             }
             b'S' => {
                 std::thread::spawn(move || {
@@ -356,4 +372,219 @@ fn probe(to: SocketAddr, timeout: Duration) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::other("unexpected answer"))
     }
+}
+
+/// Reads one HTTP head (to its blank line) into `buf`; the head's length.
+fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(i + 4);
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The value of a header in a head, by name in lower case.
+fn head_value(head: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+fn http_serve(mut conn: TcpStream) {
+    // The `G` the dispatch read is the first byte of the first head.
+    let mut buf = b"G".to_vec();
+    loop {
+        let Ok(len) = read_head(&mut conn, &mut buf) else {
+            return;
+        };
+        let close =
+            head_value(&buf[..len], "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let size = bulk_size(&buf[..len]);
+        buf.drain(..len);
+        if let Some(size) = size {
+            if http_send_bulk(&mut conn, size, close).is_err() || close {
+                return;
+            }
+            continue;
+        }
+        let answer: &[u8] = if close {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        if conn.write_all(answer).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// N of a `GET /bytes/N` head.
+fn bulk_size(head: &[u8]) -> Option<u64> {
+    let line = head.split(|b| *b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    line.strip_prefix("GET /bytes/")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Answers `size` bytes of zeros.
+fn http_send_bulk(conn: &mut TcpStream, size: u64, close: bool) -> std::io::Result<()> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    conn.write_all(
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n{connection}\r\n").as_bytes(),
+    )?;
+    let chunk = vec![0u8; STREAM_CHUNK];
+    let mut left = size;
+    while left > 0 {
+        let n = usize::try_from(left.min(STREAM_CHUNK as u64)).unwrap_or(STREAM_CHUNK);
+        conn.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Sends one GET and reads its answer whole.
+fn http_exchange(s: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> std::io::Result<()> {
+    s.write_all(request)?;
+    let len = read_head(s, buf)?;
+    let status_ok = buf.starts_with(b"HTTP/1.1 200");
+    let body: usize = head_value(&buf[..len], "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut chunk = [0u8; 4096];
+    while buf.len() < len + body {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.drain(..len + body);
+    if !status_ok {
+        return Err(std::io::Error::other("not 200 OK"));
+    }
+    Ok(())
+}
+
+fn report(test: &str, samples: Vec<u32>, secs: f64) {
+    let n = samples.len();
+    let (p50, p99) = percentiles(samples);
+    println!(
+        "test={test} transactions={n} seconds={secs:.3} per_second={:.0} p50_us={p50:.1} p99_us={p99:.1}",
+        n as f64 / secs
+    );
+}
+
+fn http_keepalive(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let request = b"GET /bench HTTP/1.1\r\nHost: bench\r\n\r\n";
+    let mut s = connect(to)?;
+    let mut buf = Vec::with_capacity(8192);
+    let mut samples = Vec::with_capacity(1 << 20);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        http_exchange(&mut s, request, &mut buf)?;
+        samples.push(elapsed_ns(t));
+    }
+    report("http", samples, start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn http_new(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let request = b"GET /bench HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    let mut buf = Vec::with_capacity(8192);
+    let mut samples = Vec::with_capacity(1 << 18);
+    let mut byte = [0u8; 1];
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        let mut s = connect(to)?;
+        buf.clear();
+        http_exchange(&mut s, request, &mut buf)?;
+        // The server closes first: wait for its FIN.
+        let _ = s.read(&mut byte);
+        samples.push(elapsed_ns(t));
+    }
+    report("http-new", samples, start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn wait_http(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let request = b"GET /bench HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    let start = Instant::now();
+    let mut tries = 0u32;
+    while start.elapsed() < duration {
+        tries += 1;
+        let attempt = (|| -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(50))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let mut buf = Vec::new();
+            http_exchange(&mut s, request, &mut buf)
+        })();
+        if attempt.is_ok() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            println!("test=wait-http tries={tries} ok_unix_ns={now}");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(std::io::Error::other("no GET succeeded in time"))
+}
+
+const BULK: u64 = 16 << 20;
+
+fn http_bulk(to: SocketAddr, duration: Duration) -> std::io::Result<()> {
+    let request = format!("GET /bytes/{BULK} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let mut s = connect(to)?;
+    let mut head = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; STREAM_CHUNK];
+    let mut samples = Vec::new();
+    let mut bytes: u64 = 0;
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        s.write_all(request.as_bytes())?;
+        head.clear();
+        let len = read_head(&mut s, &mut head)?;
+        if !head.starts_with(b"HTTP/1.1 200") {
+            return Err(std::io::Error::other("not 200 OK"));
+        }
+        // What came after the head is body already.
+        let mut got = (head.len() - len) as u64;
+        while got < BULK {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            got += n as u64;
+        }
+        if got != BULK {
+            return Err(std::io::Error::other("more bytes than asked for"));
+        }
+        bytes += got;
+        samples.push(elapsed_ns(t));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = samples.len();
+    let (p50, p99) = percentiles(samples);
+    println!(
+        "test=http-bulk transactions={n} seconds={secs:.3} per_second={:.1} p50_us={p50:.1} p99_us={p99:.1} mbyte_per_second={:.1}",
+        n as f64 / secs,
+        bytes as f64 / secs / 1e6
+    );
+    Ok(())
 }

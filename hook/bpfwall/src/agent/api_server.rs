@@ -63,6 +63,8 @@ pub struct Server {
         watch::Receiver<bpfwall_plugin::PluginStatus>,
         Option<Arc<bpfwall_datapath::NetgateDropsReader>>,
     )>,
+    /// The HTTP proxy's counters and state, when it runs.
+    pub proxy: Option<Arc<super::proxy::ProxyStats>>,
     /// The flow stream and the edge record (None: the event ring could
     /// not be opened).
     pub flows: Option<FlowHub>,
@@ -191,6 +193,9 @@ impl Server {
                     }
                     Box::new(p)
                 });
+                if let Some(proxy) = &self.proxy {
+                    proxy.fill(&mut status);
+                }
                 Ok(Answer::Status(status))
             }
             Request::Check {
@@ -198,8 +203,9 @@ impl Server {
                 to,
                 protocol,
                 port,
+                http,
             } => snapshot
-                .check(&from, &to, protocol, port)
+                .check(&from, &to, protocol, port, http.as_ref())
                 .map(Answer::Check),
             Request::Explain { container } => snapshot.explain(&container).map(Answer::Explain),
             Request::Monitor(_) => Err(DaemonError::BadRequest {

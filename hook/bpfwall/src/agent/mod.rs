@@ -12,6 +12,7 @@
 //!   the loop;
 //! - [`host`]: what the reconciler reads of the host, behind a trait;
 //! - [`instance_lock`]: one daemon per pin root;
+//! - [`proxy`]: the HTTP proxy (L7 policy), following the snapshots.
 //! - [`flows`]: the datapath's flow events (monitor, the edge record,
 //!   advise), and [`metrics`]: Prometheus.
 
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod network_plugin;
 pub mod policy_store;
 pub mod policy_watch;
+pub mod proxy;
 pub mod reconcile_loop;
 pub mod reconciler;
 pub mod snapshot;
@@ -250,6 +252,35 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         files_tx,
     ));
 
+    // The HTTP proxy (L7 policy): its sk_lookup program on the shared pins,
+    // links an earlier daemon pinned moved onto it; it follows the snapshots.
+    let proxy_stats = match bpfwall_datapath::steering::Steering::load(&config.pin_root) {
+        Ok((steering, adopted)) => {
+            for e in &adopted.failed {
+                tracing::error!(error = %error_chain(e), "a pinned netns link keeps an older program");
+            }
+            tracing::info!(
+                moved = adopted.moved,
+                defunct = adopted.defunct,
+                "http proxy steering loaded"
+            );
+            let drops = steering
+                .drop_reader()
+                .map_err(|e| tracing::error!(error = %error_chain(&e), "cannot open the L7 drop counters"))
+                .ok();
+            let stats = Arc::new(proxy::ProxyStats::new(drops));
+            let proxy = proxy::Proxy::new(steering, snapshots_rx.clone(), Arc::clone(&stats))
+                .context("cannot start the http proxy")?;
+            tokio::spawn(proxy.run());
+            Some(stats)
+        }
+        Err(e) => {
+            // Steered ports stay closed (their connections are dropped).
+            tracing::error!(error = %error_chain(&e), "cannot load the http proxy's steering: http-policed ports stay closed");
+            None
+        }
+    };
+
     // Flow events: read, described, streamed and learned on a task of
     // their own; metrics on another.
     if let (Some(reader), Some(hub)) = (events, &flow_hub) {
@@ -280,6 +311,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         counters,
         inputs: inputs_tx,
         network_plugin,
+        proxy: proxy_stats,
         flows: flow_hub.clone(),
         events_enabled: config.observe.events.enabled,
     };

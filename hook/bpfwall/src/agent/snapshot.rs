@@ -12,7 +12,9 @@ use labels_policy::query::{CheckResult, Explanation, FlowEnd};
 use labels_policy::{Compiled, ContainerInput};
 
 use super::policy_watch::PolicyDirStatus;
-use crate::api::{DaemonError, DirectionStatus, EndpointStatus, FlowEndArg, MapStatus, Status};
+use crate::api::{
+    DaemonError, DirectionStatus, EndpointStatus, FlowEndArg, HttpCheck, MapStatus, Status,
+};
 use crate::runtime::{ContainerRecord, Runtime};
 
 /// One managed container as the reconciler last saw it.
@@ -163,9 +165,40 @@ impl Snapshot {
         to: &FlowEndArg,
         protocol: u8,
         port: u16,
+        http: Option<&HttpCheck>,
     ) -> Result<CheckResult, DaemonError> {
         let from = self.flow_end(from)?;
         let to = self.flow_end(to)?;
+        if let Some(h) = http {
+            if protocol != abi::IPPROTO_TCP {
+                return Err(DaemonError::BadRequest {
+                    reason: "an http request needs a TCP port".into(),
+                });
+            }
+            let request = labels_policy::http::HttpRequest::from_parts(
+                &h.method,
+                &h.target,
+                h.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+            )
+            .map_err(|e| DaemonError::BadRequest {
+                reason: format!(
+                    "http request '{} {}': {e} (the proxy answers 400)",
+                    h.method, h.target
+                ),
+            })?;
+            return labels_policy::query::check_http(
+                &self.compiled,
+                &self.inputs,
+                &self.host_addresses,
+                &from,
+                &to,
+                port,
+                &request,
+            )
+            .map_err(|e| DaemonError::Internal {
+                reason: e.to_string(),
+            });
+        }
         labels_policy::query::check(
             &self.compiled,
             &self.inputs,
@@ -246,6 +279,8 @@ impl Snapshot {
                 rules,
                 allowed_packets: counters.allowed_packets[d],
                 dropped_packets: counters.dropped_packets[d],
+                http_allowed: 0,
+                http_denied: 0,
             };
             let labels = c
                 .record
@@ -301,6 +336,7 @@ impl Snapshot {
                     report.map_or(0, |r| r.egress_rules.len()),
                 ),
                 errors,
+                proxy: None,
             });
         }
         endpoints.sort_by(|a, b| a.name.cmp(&b.name));
@@ -319,6 +355,7 @@ impl Snapshot {
             sources: self.sources.clone(),
             endpoints,
             drops,
+            proxy_closed: BTreeMap::new(),
             policy_entries: self.entries_of(&[abi::MAP_POLICY, abi::MAP_POLICY_EXACT]),
             ipcache_entries: self.entries_of(&[abi::MAP_IPCACHE, abi::MAP_IPCACHE_EXACT]),
             maps: self

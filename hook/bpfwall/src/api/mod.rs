@@ -18,7 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 pub use status::{
-    DirectionStatus, EndpointStatus, FileStatus, MapStatus, SourceStatus, Status, VersionInForce,
+    DirectionStatus, EndpointStatus, FileStatus, MapStatus, ProxyState, SourceStatus, Status,
+    VersionInForce,
 };
 
 /// Where the daemon listens unless told otherwise.
@@ -40,6 +41,10 @@ pub enum Request {
         protocol: u8,
         /// Destination port (ICMP: type).
         port: u16,
+        /// An HTTP request the connection carries (TCP only): answered
+        /// with the HTTP rule that decides it.
+        #[serde(default)]
+        http: Option<HttpCheck>,
     },
     /// A container's effective policy.
     Explain {
@@ -92,6 +97,18 @@ pub struct EnforceRequest {
     /// Its containerd namespace (`moby` for Docker's).
     #[serde(default)]
     pub namespace: String,
+}
+
+/// An HTTP request to check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpCheck {
+    /// The method.
+    pub method: String,
+    /// The request target as a client sends it (`/path?query`).
+    pub target: String,
+    /// Headers, as a client sends them (a `Host` header sets the host).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
 }
 
 /// One end of a flow in a check.

@@ -16,6 +16,23 @@ pub struct DirectionStatus {
     pub allowed_packets: u64,
     /// Packets dropped.
     pub dropped_packets: u64,
+    /// HTTP requests this direction's rules allowed (at the proxy).
+    #[serde(default)]
+    pub http_allowed: u64,
+    /// HTTP requests this direction's rules denied (403 from the proxy).
+    #[serde(default)]
+    pub http_denied: u64,
+}
+
+/// The HTTP proxy of one container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProxyState {
+    /// The ports steered to it.
+    pub ports: Vec<u16>,
+    /// Serving: its socket is in the datapath's map and the namespace steered.
+    pub ready: bool,
+    /// Why it is not (the steered ports stay closed meanwhile).
+    pub error: Option<String>,
 }
 
 /// One map's fill.
@@ -70,6 +87,9 @@ pub struct EndpointStatus {
     pub egress: DirectionStatus,
     /// Policy errors and attach problems.
     pub errors: Vec<String>,
+    /// Its HTTP proxy, when ports of it are http-policed.
+    #[serde(default)]
+    pub proxy: Option<ProxyState>,
     /// "enforce", or "audit": what its policy would drop is reported
     /// (verdict audit) and passes (label `bpfwall.mode=audit`, or the
     /// daemon's `--audit`).
@@ -97,8 +117,11 @@ pub struct Status {
     pub sources: Vec<SourceStatus>,
     /// Managed containers.
     pub endpoints: Vec<EndpointStatus>,
-    /// Drops per named reason, host-wide.
+    /// Drops per named reason, host-wide (the L7 reasons start `l7-`).
     pub drops: BTreeMap<String, u64>,
+    /// Connections the HTTP proxy closed, by reason.
+    #[serde(default)]
+    pub proxy_closed: BTreeMap<String, u64>,
     /// Entries in the policy map.
     pub policy_entries: usize,
     /// Entries in the ipcache.

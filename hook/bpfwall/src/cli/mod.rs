@@ -307,6 +307,14 @@ enum PolicyCommand {
         /// PORT/tcp, PORT/udp, or icmp (an echo request).
         #[arg(long)]
         port: String,
+        /// An HTTP request on the connection, 'METHOD TARGET' (such as
+        /// 'GET /restricted/x'): answered with the HTTP rule that decides it.
+        #[arg(long, value_name = "METHOD TARGET")]
+        http: Option<String>,
+        /// A header of that request, 'Name: value' (repeatable; 'Host: ...'
+        /// sets the host).
+        #[arg(long, value_name = "NAME: VALUE", requires = "http")]
+        header: Vec<String>,
         /// The daemon's API socket.
         #[arg(long, default_value = api::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -395,6 +403,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             to_cidr,
             port,
+            http,
+            header,
             socket,
             json,
         }) => {
@@ -404,6 +414,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 to: policy::flow_end(to, to_cidr, "to")?,
                 protocol,
                 port: port_number,
+                http: http
+                    .as_deref()
+                    .map(|h| policy::parse_check_http(h, &header))
+                    .transpose()?,
             };
             match api::call(&socket, &request).await? {
                 Answer::Check(result) => {
@@ -411,8 +425,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!("{}", serde_json::to_string_pretty(&result)?);
                     } else {
                         println!(
-                            "{} on {port}",
-                            if result.allowed { "ALLOWED" } else { "DENIED" }
+                            "{} on {port}{}",
+                            if result.allowed { "ALLOWED" } else { "DENIED" },
+                            http.as_deref()
+                                .map(|h| format!(": {h}"))
+                                .unwrap_or_default()
                         );
                         for s in &result.sides {
                             println!("  {} of {}: {}", s.direction, s.container, s.reason);

@@ -29,6 +29,28 @@ pub(super) fn parse_check_port(text: &str) -> anyhow::Result<(u8, u16)> {
     Ok((protocol, port))
 }
 
+/// `--http 'METHOD TARGET'` and `--header 'Name: value'` of `policy check`.
+pub(super) fn parse_check_http(text: &str, headers: &[String]) -> anyhow::Result<api::HttpCheck> {
+    let mut words = text.split_whitespace();
+    let (Some(method), Some(target), None) = (words.next(), words.next(), words.next()) else {
+        anyhow::bail!("--http '{text}': expected 'METHOD TARGET', such as 'GET /restricted/x'");
+    };
+    let headers = headers
+        .iter()
+        .map(|h| {
+            let (name, value) = h
+                .split_once(':')
+                .with_context(|| format!("--header '{h}': expected 'Name: value'"))?;
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(api::HttpCheck {
+        method: method.to_string(),
+        target: target.to_string(),
+        headers,
+    })
+}
+
 pub(super) fn flow_end(
     container: Option<String>,
     cidr: Option<String>,

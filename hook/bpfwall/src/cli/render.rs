@@ -117,11 +117,35 @@ pub fn status(s: &Status) -> String {
             let _ = writeln!(out, "  label {k}={v}");
         }
         for (name, d) in [("ingress", &ep.ingress), ("egress", &ep.egress)] {
+            let http = if d.http_allowed + d.http_denied > 0 || ep.proxy.is_some() {
+                format!(
+                    "   http allowed {} denied {}",
+                    d.http_allowed, d.http_denied
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {name:<7} {:<20} rules {:<3} allowed {:<8} dropped {}",
+                "  {name:<7} {:<20} rules {:<3} allowed {:<8} dropped {}{http}",
                 d.state, d.rules, d.allowed_packets, d.dropped_packets
             );
+        }
+        if let Some(p) = &ep.proxy {
+            let ports: Vec<String> = p.ports.iter().map(|p| format!("{p}/tcp")).collect();
+            match &p.error {
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  http proxy on {} {}",
+                        ports.join(","),
+                        if p.ready { "ready" } else { "NOT READY" }
+                    );
+                }
+                Some(e) => {
+                    let _ = writeln!(out, "  ERROR http proxy: {e}");
+                }
+            }
         }
         for e in &ep.errors {
             let _ = writeln!(out, "  ERROR {e}");
@@ -138,6 +162,15 @@ pub fn status(s: &Status) -> String {
     }
     if let Some(p) = &s.network_plugin {
         network_plugin(&mut out, p);
+    }
+    let closed: Vec<String> = s
+        .proxy_closed
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if !closed.is_empty() {
+        let _ = writeln!(out, "http proxy closed: {}", closed.join(" "));
     }
     out
 }
@@ -222,9 +255,14 @@ pub fn explanation(e: &labels_policy::query::Explanation) -> String {
             } else {
                 format!(" [now: {}]", r.matching_containers.join(", "))
             };
+            let http = if r.http.is_empty() {
+                String::new()
+            } else {
+                format!(" http {}", r.http.join(" | "))
+            };
             let _ = writeln!(
                 out,
-                "  {:<5} {}{} port {}   ({})",
+                "  {:<5} {}{} port {}{http}   ({})",
                 r.verdict, r.peers, who, r.ports, r.origin
             );
         }

@@ -150,6 +150,7 @@ fn main() -> anyhow::Result<()> {
                     first: 80,
                     last: 80,
                 }],
+                http: Vec::new(),
                 origin: RuleOrigin {
                     source: "bench".into(),
                     index: k,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use labels_policy::attribution::{evaluate_rules, RuleVerdict};
-use labels_policy::datapath_abi::{self as abi, DropReason, FlowEvent};
+use labels_policy::datapath_abi::{self as abi, DropReason, FlowEvent, L7DropReason};
 use labels_policy::{ContainerInput, Direction, IdentityKind, LabelSet};
 
 use crate::agent::snapshot::Snapshot;
@@ -37,6 +37,22 @@ pub fn protocol_name(protocol: u8) -> String {
 
 fn reason_of(code: u8) -> Option<DropReason> {
     DropReason::ALL.into_iter().find(|r| *r as u8 == code)
+}
+
+/// A drop of the HTTP proxy's (step 10b of the cgroup programs).
+fn l7_reason_of(code: u8) -> Option<L7DropReason> {
+    L7DropReason::ALL
+        .into_iter()
+        .find(|r| *r as u32 == u32::from(code))
+}
+
+fn l7_reason_words(r: L7DropReason) -> String {
+    let words = match r {
+        L7DropReason::NoProxy => "the port is http-policed and its proxy is not there",
+        L7DropReason::Assign => "the kernel refused the proxy's socket",
+        L7DropReason::Bypass => "a new connection to an http-policed port went around the proxy",
+    };
+    format!("{words} ({})", r.name())
 }
 
 /// The event as a record, and the edge it adds (None for drops that are
@@ -205,11 +221,14 @@ pub fn describe(event: &FlowEvent, snap: &Snapshot, wall_offset_ns: i128) -> Des
                 format!("dropped: no {direction} rule allows it (policy-default-deny)"),
             ),
             (Some(r), _) => ("dropped", None, format!("dropped: {}", reason_words(r))),
-            (None, _) => (
-                "dropped",
-                None,
-                format!("dropped (reason {})", event.reason),
-            ),
+            (None, _) => match l7_reason_of(event.reason) {
+                Some(r) => ("dropped", None, format!("dropped: {}", l7_reason_words(r))),
+                None => (
+                    "dropped",
+                    None,
+                    format!("dropped (reason {})", event.reason),
+                ),
+            },
         },
     };
     let (source, destination) = match direction {
@@ -227,8 +246,10 @@ pub fn describe(event: &FlowEvent, snap: &Snapshot, wall_offset_ns: i128) -> Des
         port,
         rule,
         drop_reason: reason
+            .map(|r| r.name())
+            .or_else(|| l7_reason_of(event.reason).map(L7DropReason::name))
             .filter(|_| event.kind != abi::EVENT_ALLOWED)
-            .map(|r| r.name().to_string()),
+            .map(str::to_string),
         summary,
         suppressed: event.suppressed,
         policy_revision: event.policy_revision,
@@ -430,6 +451,30 @@ mod tests {
             (local.as_deref(), peer.as_deref()),
             (Some("web"), Some("app2"))
         );
+    }
+
+    #[test]
+    fn a_connection_around_the_http_proxy_is_named_as_such() {
+        let snap = snapshot();
+        let d = describe(
+            &event(
+                &snap,
+                abi::EVENT_DENIED,
+                L7DropReason::Bypass as u8,
+                "app2",
+                80,
+            ),
+            &snap,
+            0,
+        );
+        assert_eq!(d.record.verdict, "dropped");
+        assert_eq!(d.record.drop_reason.as_deref(), Some("l7-proxy-bypass"));
+        assert!(
+            d.record.summary.contains("went around the proxy"),
+            "{}",
+            d.record.summary
+        );
+        assert!(d.edge.is_none(), "not a policy decision of the graph");
     }
 
     #[test]

@@ -1,0 +1,148 @@
+//! What the proxy counts and reports in `status`: HTTP requests allowed and
+//! denied per container and direction, connections it closed and why,
+//! whether each served container's proxy is ready, and the L7 drops of the
+//! datapath.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use bpfwall_datapath::steering::L7Drops;
+use labels_policy::Direction;
+
+use crate::api::{ProxyState, Status};
+
+/// Why the proxy closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Closed {
+    /// HTTP/2 prior knowledge on an http-policed port.
+    Http2,
+    /// Not HTTP/1.x on an http-policed port.
+    NotHttp,
+    /// A malformed request (400).
+    Malformed,
+    /// A request line or headers above the bound (431).
+    Oversized,
+    /// The policy no longer admits the connection.
+    Revoked,
+    /// A connection to a port or container the proxy does not serve.
+    NotSteered,
+}
+
+impl Closed {
+    /// The name in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Closed::Http2 => "http2-prior-knowledge",
+            Closed::NotHttp => "not-http",
+            Closed::Malformed => "malformed-request",
+            Closed::Oversized => "request-head-too-large",
+            Closed::Revoked => "policy-revoked",
+            Closed::NotSteered => "not-steered",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Container id -> [ingress, egress] x [allowed, denied].
+    requests: BTreeMap<String, [[u64; 2]; 2]>,
+    closed: BTreeMap<Closed, u64>,
+    /// Container id -> its proxy's state.
+    served: BTreeMap<String, ProxyState>,
+}
+
+/// The proxy's counters, shared with the API.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    inner: Mutex<Inner>,
+    drops: Option<L7Drops>,
+}
+
+fn index(direction: Direction) -> usize {
+    match direction {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+impl ProxyStats {
+    /// Counters that also report the datapath's L7 drops.
+    pub fn new(drops: Option<L7Drops>) -> ProxyStats {
+        ProxyStats {
+            inner: Mutex::default(),
+            drops,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Option<T> {
+        self.inner.lock().ok().map(|mut i| f(&mut i))
+    }
+
+    /// One request decided by a container's rules in a direction.
+    pub fn request(&self, container: &str, direction: Direction, allowed: bool) {
+        self.with(|i| {
+            let slot = i.requests.entry(container.to_string()).or_default();
+            slot[index(direction)][usize::from(!allowed)] += 1;
+        });
+    }
+
+    /// One connection closed.
+    pub fn closed(&self, why: Closed) {
+        self.with(|i| *i.closed.entry(why).or_default() += 1);
+    }
+
+    /// The proxy's state for a container (None: it serves it no more).
+    pub fn set_served(&self, container: &str, state: Option<ProxyState>) {
+        self.with(|i| match state {
+            Some(s) => {
+                i.served.insert(container.to_string(), s);
+            }
+            None => {
+                i.served.remove(container);
+            }
+        });
+    }
+
+    /// The containers with a proxy state.
+    pub fn served(&self) -> Vec<String> {
+        self.with(|i| i.served.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds what the proxy knows to a status.
+    pub fn fill(&self, status: &mut Status) {
+        self.with(|i| {
+            for ep in &mut status.endpoints {
+                let full = i
+                    .served
+                    .keys()
+                    .chain(i.requests.keys())
+                    .find(|id| id.starts_with(&ep.id))
+                    .cloned();
+                let Some(id) = full else { continue };
+                if let Some(counts) = i.requests.get(&id) {
+                    ep.ingress.http_allowed = counts[0][0];
+                    ep.ingress.http_denied = counts[0][1];
+                    ep.egress.http_allowed = counts[1][0];
+                    ep.egress.http_denied = counts[1][1];
+                }
+                ep.proxy = i.served.get(&id).cloned();
+            }
+            status.proxy_closed = i
+                .closed
+                .iter()
+                .map(|(k, v)| (k.name().to_string(), *v))
+                .collect();
+        });
+        if let Some(drops) = &self.drops {
+            match drops.read() {
+                Ok(d) => {
+                    for (reason, n) in d {
+                        status.drops.insert(reason.name().to_string(), n);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the L7 drops"),
+            }
+        }
+    }
+}
