@@ -14,8 +14,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, watch};
 
 use super::flows::FlowHub;
+use super::input::Input;
 use super::policy_watch::PolicyDirStatus;
-use super::reconcile_loop::Input;
 use super::snapshot::Snapshot;
 use crate::api::{Answer, DaemonError, Request};
 

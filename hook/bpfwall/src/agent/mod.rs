@@ -20,6 +20,7 @@ pub mod api_server;
 pub mod flows;
 pub mod hook_store;
 pub mod host;
+pub mod input;
 pub mod instance_lock;
 pub mod metrics;
 pub mod network_plugin;
@@ -41,9 +42,9 @@ use bpfwall_sys::error_chain;
 use tokio::sync::{mpsc, watch};
 
 use self::host::SystemHost;
+use self::input::Input;
 use self::policy_store::PolicyStore;
 use self::policy_watch::PolicyDir;
-use self::reconcile_loop::Input;
 use self::reconciler::{Reconciler, ReconcilerConfig};
 use self::snapshot::Snapshot;
 use crate::runtime::{containerd, docker, RuntimeEvent, Source};

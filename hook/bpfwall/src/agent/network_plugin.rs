@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use bpfwall_plugin::{Bindings, PluginConfig, PluginLink, PluginStatus};
 use tokio::sync::{mpsc, watch};
 
-use super::reconcile_loop::Input;
+use super::input::Input;
 use super::snapshot::Snapshot;
 
 /// The default driver name (`docker network create -d bpfwall`).

@@ -391,7 +391,7 @@ impl PolicyDir {
 pub async fn run(
     mut dir: PolicyDir,
     every: std::time::Duration,
-    inputs: std::sync::mpsc::Sender<super::reconcile_loop::Input>,
+    inputs: std::sync::mpsc::Sender<super::input::Input>,
     files: tokio::sync::watch::Sender<PolicyDirStatus>,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -405,10 +405,7 @@ pub async fn run(
                 continue;
             }
             in_force = now.clone();
-            if inputs
-                .send(super::reconcile_loop::Input::HostPolicies(now))
-                .is_err()
-            {
+            if inputs.send(super::input::Input::HostPolicies(now)).is_err() {
                 return;
             }
         }

@@ -1,5 +1,6 @@
 //! The reconcile loop: a thread of its own that owns the [`Reconciler`]
-//! (and so the datapath). Everything reaches it as an [`Input`]; it takes
+//! (and so the datapath). Everything reaches it as an [`Input`] (its own
+//! module, so that those who send need not know the loop); it takes
 //! in every input that is waiting, reconciles once, answers the OCI hooks
 //! whose containers that reconcile covered, and publishes a [`Snapshot`]
 //! for the API. A hook request therefore waits for at most the reconcile
@@ -11,15 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bpfwall_datapath::Datapath;
-use labels_policy::HostPolicy;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use super::host::Host;
+use super::input::Input;
 use super::metrics::ReconcileStats;
 use super::reconciler::Reconciler;
 use super::snapshot::Snapshot;
-use crate::api::{DaemonError, EnforceRequest};
-use crate::runtime::RuntimeEvent;
 
 /// Events arriving within this window are handled by one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(5);
@@ -28,24 +27,6 @@ const DEBOUNCE: Duration = Duration::from_millis(5);
 const HOOK_PRUNE: Duration = Duration::from_secs(1);
 /// A reconcile runs at least this often (host addresses change without events).
 const PERIODIC: Duration = Duration::from_secs(10);
-
-/// What the loop is told.
-#[derive(Debug)]
-pub enum Input {
-    /// A runtime source's event.
-    Runtime(RuntimeEvent),
-    /// The host-wide policies in force changed.
-    HostPolicies(Vec<HostPolicy>),
-    /// The OCI hook asks to police a container before it starts.
-    Enforce {
-        /// The container.
-        request: EnforceRequest,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Result<String, DaemonError>>,
-    },
-    /// The network plugin's endpoints on default-deny networks.
-    NetworkDefaults(bpfwall_plugin::NetworkDefaults),
-}
 
 /// Runs until every sender of `inputs` is gone.
 pub fn run<D: Datapath, H: Host>(
