@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::netns_sockets::{NetnsSockets, SocketKind};
+use super::request_flows::{Decided, RequestFlows};
 use super::stats::{Closed, ProxyStats};
 use crate::agent::snapshot::Snapshot;
 
@@ -69,6 +70,8 @@ pub struct Shared {
     pub sockets: NetnsSockets,
     /// Counters.
     pub stats: Arc<ProxyStats>,
+    /// Records of decided requests, for `bpfwall monitor`.
+    pub flows: RequestFlows,
 }
 
 /// Why a connection is refused before any request.
@@ -479,8 +482,8 @@ impl Conn {
             }
         };
         let (egress, ingress) = policy.rules().decide(&request);
-        self.count(&policy, Direction::Egress, egress.as_ref());
-        self.count(&policy, Direction::Ingress, ingress.as_ref());
+        self.count(&policy, &request, Direction::Egress, egress.as_ref());
+        self.count(&policy, &request, Direction::Ingress, ingress.as_ref());
         let denied = [
             (Direction::Egress, egress.as_ref()),
             (Direction::Ingress, ingress.as_ref()),
@@ -577,15 +580,32 @@ impl Conn {
         resp.map(BodyExt::boxed)
     }
 
-    fn count(&self, policy: &Policy, direction: Direction, verdict: Option<&RequestVerdict>) {
+    /// Counts one side's verdict on a request and reports it to monitors.
+    fn count(
+        &self,
+        policy: &Policy,
+        request: &HttpRequest,
+        direction: Direction,
+        verdict: Option<&RequestVerdict>,
+    ) {
         let Some(verdict) = verdict else { return };
         let container = match direction {
             Direction::Ingress => Some(self.served.id.as_str()),
             Direction::Egress => policy.client_container.as_deref(),
         };
-        if let Some(id) = container {
-            self.shared.stats.request(id, direction, verdict.allowed());
-        }
+        self.shared
+            .stats
+            .request(container, direction, verdict.allowed());
+        self.shared.flows.report(&Decided {
+            snapshot: &policy.snapshot,
+            server: (&self.served.id, &self.served.name),
+            identities: (policy.server, policy.client),
+            local: self.local,
+            peer: self.peer,
+            direction,
+            verdict,
+            request,
+        });
     }
 
     /// Sends a request on the connection to the server, (re)connecting first.

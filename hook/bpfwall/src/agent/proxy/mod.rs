@@ -22,6 +22,7 @@
 
 pub mod connection;
 pub mod netns_sockets;
+pub mod request_flows;
 pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,7 +41,8 @@ use tokio::task::JoinHandle;
 
 use self::connection::{Served, Shared};
 use self::netns_sockets::{NetnsSockets, SocketKind};
-pub use self::stats::ProxyStats;
+pub use self::request_flows::RequestFlows;
+pub use self::stats::{ProxyStats, ProxyTotals};
 use super::snapshot::Snapshot;
 use crate::api::ProxyState;
 
@@ -164,6 +166,7 @@ impl Proxy {
         steering: Steering,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         stats: Arc<ProxyStats>,
+        flows: RequestFlows,
     ) -> std::io::Result<Proxy> {
         Ok(Proxy {
             steering,
@@ -171,6 +174,7 @@ impl Proxy {
                 snapshots,
                 sockets: NetnsSockets::start()?,
                 stats,
+                flows,
             }),
             serving: BTreeMap::new(),
             host_netns: std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino()),
