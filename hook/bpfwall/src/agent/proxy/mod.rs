@@ -24,6 +24,7 @@ pub mod connection;
 pub mod netns_sockets;
 pub mod request_flows;
 pub mod stats;
+pub mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
