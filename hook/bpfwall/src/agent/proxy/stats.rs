@@ -109,7 +109,10 @@ impl ProxyStats {
         self.with(|i| {
             i.totals[index(direction)][usize::from(!allowed)] += 1;
             if let Some(container) = container {
-                let slot = i.requests.entry(container.to_string()).or_default();
+                let slot = match i.requests.get_mut(container) {
+                    Some(slot) => slot,
+                    None => i.requests.entry(container.to_string()).or_default(),
+                };
                 slot[index(direction)][usize::from(!allowed)] += 1;
             }
         });

@@ -23,8 +23,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// The most headers an answer may have.
 const MAX_RESPONSE_HEADERS: usize = 128;
-/// Bytes read from the server at a time.
-const READ_CHUNK: usize = 64 * 1024;
+/// Room made for a read of an answer's head.
+const READ_CHUNK: usize = 16 * 1024;
+/// Room made for a read of a body (larger: fewer reads and writes for a
+/// large body; given back once the answer is read whole).
+const BODY_CHUNK: usize = 256 * 1024;
 
 /// Why a request could not be carried to the server and back.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +86,11 @@ impl Upstream {
     }
 
     async fn fill(&mut self) -> Result<usize, ExchangeError> {
-        self.buf.reserve(READ_CHUNK);
+        self.fill_up_to(READ_CHUNK).await
+    }
+
+    async fn fill_up_to(&mut self, room: usize) -> Result<usize, ExchangeError> {
+        self.buf.reserve(room);
         self.stream
             .read_buf(&mut self.buf)
             .await
@@ -388,6 +395,10 @@ impl BodyState {
         if let Some(mut up) = self.upstream.take() {
             if self.keep {
                 up.reused = true;
+                if up.buf.is_empty() && up.buf.capacity() > READ_CHUNK {
+                    // An idle connection keeps no large buffer.
+                    up.buf = BytesMut::new();
+                }
                 if let Ok(mut slot) = self.slot.lock() {
                     *slot = Some(up);
                 }
@@ -413,7 +424,8 @@ impl BodyState {
                 Ok(None)
             }
             Framing::Length(left) => {
-                if up.buf.is_empty() && up.fill().await? == 0 {
+                let room = usize::try_from(left).unwrap_or(BODY_CHUNK).min(BODY_CHUNK);
+                if up.buf.is_empty() && up.fill_up_to(room).await? == 0 {
                     return Err(ExchangeError::Closed);
                 }
                 let n = (up.buf.len() as u64).min(left) as usize;
@@ -425,7 +437,7 @@ impl BodyState {
                 Ok(Some(data))
             }
             Framing::UntilClose => {
-                if up.buf.is_empty() && up.fill().await? == 0 {
+                if up.buf.is_empty() && up.fill_up_to(BODY_CHUNK).await? == 0 {
                     self.upstream = None;
                     self.framing = Framing::Empty;
                     return Ok(None);
@@ -442,7 +454,10 @@ impl BodyState {
                 return Ok(None);
             };
             if self.chunk_left > 0 {
-                if up.buf.is_empty() && up.fill().await? == 0 {
+                let room = usize::try_from(self.chunk_left)
+                    .unwrap_or(BODY_CHUNK)
+                    .min(BODY_CHUNK);
+                if up.buf.is_empty() && up.fill_up_to(room).await? == 0 {
                     return Err(ExchangeError::Closed);
                 }
                 let n = (up.buf.len() as u64).min(self.chunk_left) as usize;
