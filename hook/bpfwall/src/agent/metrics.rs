@@ -146,6 +146,24 @@ impl MetricsSource {
                         .inc_by(m.drops[reason as usize][d]);
                 }
             }
+            // The HTTP proxy's drops (no proxy socket, a connection around
+            // the proxy): of new inbound connections, so ingress.
+            for (reason, n) in self
+                .proxy
+                .as_ref()
+                .map(|p| p.l7_drops())
+                .unwrap_or_default()
+            {
+                for direction in DIRECTIONS {
+                    let counter = drops.get_or_create(&DropLabels {
+                        reason: reason.into(),
+                        direction: direction.into(),
+                    });
+                    if direction == "ingress" {
+                        counter.inc_by(n);
+                    }
+                }
+            }
             registry.register(
                 "bpfwall_drop_count",
                 "Packets dropped, by reason and direction",

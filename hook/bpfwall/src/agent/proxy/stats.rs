@@ -118,6 +118,21 @@ impl ProxyStats {
         });
     }
 
+    /// The datapath's drops for the proxy (sk_lookup's, and step 10b's),
+    /// by reason name; all of them are of new inbound connections.
+    pub fn l7_drops(&self) -> Vec<(&'static str, u64)> {
+        let Some(drops) = &self.drops else {
+            return Vec::new();
+        };
+        match drops.read() {
+            Ok(d) => d.into_iter().map(|(r, n)| (r.name(), n)).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the L7 drops");
+                Vec::new()
+            }
+        }
+    }
+
     /// The host-wide counts, for the metrics.
     pub fn totals(&self) -> ProxyTotals {
         self.with(|i| ProxyTotals {
