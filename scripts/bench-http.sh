@@ -14,7 +14,7 @@
 # http-policed (each gets its proxy socket, its netns link, its accept loop),
 # against the same containers under an L3/L4 policy.
 #
-#   RUNS=5 SECS=2 CONTAINERS=100 scripts/bench-http.sh
+#   RUNS=5 SECS=2 CONTAINERS=100 [BENCH_NAME=bpfwall-bench-l7] scripts/bench-http.sh
 # Prints a markdown report; raw runs go to $BENCH_OUT/http.csv (per_second
 # is MB/s for http-bulk). Removes what
 # it created (containers, network, pins) on exit, also on failure.
@@ -34,10 +34,12 @@ csv=$out/http.csv
 bin=$top/target/release/bpfwall
 loadgen=$top/target/x86_64-unknown-linux-gnu/release/bpfwall-loadgen
 image=${BPFWALL_TEST_IMAGE:-bpfwall-test:latest}
-net=bpfwall-bench-l7
-pfx=bpfwall-bench-l7
-pins=/sys/fs/bpf/bpfwall_v1_benchl7
-sock=/run/bpfwall-benchl7.sock
+# BENCH_NAME: the containers', network's, pins' and socket's name, for
+# a run beside another one on the same host.
+pfx=${BENCH_NAME:-bpfwall-bench-l7}
+net=$pfx
+pins=/sys/fs/bpf/bpfwall_v1_${pfx//-/_}
+sock=/run/$pfx.sock
 port=80
 log() { printf 'bench-http: %s\n' "$*" >&2; }
 

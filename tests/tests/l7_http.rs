@@ -654,3 +654,123 @@ fn l7_a_sigkilled_daemon_fails_closed_and_comes_back() {
         "the sk_lookup program counted its drops: {before:?} -> {after:?}"
     );
 }
+
+/// Every request the proxy decides is a `monitor` record (the 403'd one
+/// naming both containers, their labels, the path and the deny rule) and a
+/// Prometheus count: `bpfwall_policy_l7_total` moves by exactly the
+/// requests made. Monitor filters apply to these records too.
+#[test]
+fn l7_requests_in_monitor_and_metrics() {
+    use bpfwall_e2e::{parse_prometheus, scrape_metrics};
+    let port = bpfwall_e2e::free_loopback_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut env = TestEnv::with_daemon_args("l7p-mon", &["--metrics-addr", &addr]);
+    let net = env.network("n");
+    let netopt = format!("--network={net}");
+    let app1 = env.start_attached(
+        "app1",
+        &[
+            &netopt,
+            "--label",
+            "id=app1",
+            "--label",
+            "bpfwall.ingress=allow from id=app2 port 80/tcp; deny from any port 80/tcp http * /admin(/.*)?",
+        ],
+        &site(),
+    );
+    let app2 = env.start_attached("app2", &[&netopt, "--label", "id=app2"], SLEEP);
+    env.wait_proxy_ready(&app1);
+    let l7 = |m: &std::collections::BTreeMap<String, f64>, rule: &str| {
+        m.get(&format!(
+            "bpfwall_policy_l7_total{{rule=\"{rule}\",direction=\"ingress\"}}"
+        ))
+        .copied()
+        .unwrap_or_else(|| panic!("no bpfwall_policy_l7_total for {rule}: {m:?}"))
+    };
+    let before = parse_prometheus(&scrape_metrics(&addr));
+    let denied = env.monitor(&["--json", "--verdict", "denied", "--container", &app1.name]);
+    let allowed = env.monitor(&["--json", "--verdict", "allowed", "--port", "80"]);
+    let other_port = env.monitor(&["--json", "--port", "8080"]);
+    let by_app3 = env.monitor(&["--json", "--container", "id=app3"]);
+    let human = env.monitor(&["--verdict", "denied"]);
+    let host = &app1.name;
+    for _ in 0..3 {
+        assert_eq!(
+            env.http_get(&app2, &format!("http://{host}/public/")),
+            HttpOutcome::Ok("public\n".into())
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            env.http_get(&app2, &format!("http://{host}/admin/x")),
+            HttpOutcome::Status(403)
+        );
+    }
+    let r = denied
+        .wait_for(Duration::from_secs(10), |r| r["type"] == "flow")
+        .unwrap_or_else(|| panic!("no denied request record: {}", env.daemon_log()));
+    assert_eq!(r["verdict"], "denied", "{r}");
+    assert_eq!(r["direction"], "ingress", "{r}");
+    assert_eq!(r["container"], app1.name.as_str(), "{r}");
+    assert_eq!(r["source"]["container"], app2.name.as_str(), "{r}");
+    assert_eq!(r["source"]["labels"]["id"], "app2", "{r}");
+    assert_eq!(r["destination"]["container"], app1.name.as_str(), "{r}");
+    assert_eq!(r["destination"]["labels"]["id"], "app1", "{r}");
+    assert_eq!(r["protocol"], "tcp", "{r}");
+    assert_eq!(r["port"], 80, "{r}");
+    assert_eq!(r["http"]["method"], "GET", "{r}");
+    assert_eq!(r["http"]["path"], "/admin/x", "{r}");
+    assert_eq!(r["rule"], "bpfwall.ingress[1]", "{r}");
+    assert!(
+        r["summary"].as_str().unwrap().contains("/admin(/.*)?"),
+        "{r}"
+    );
+    let a = allowed
+        .wait_for(Duration::from_secs(10), |r| r["http"]["path"] == "/public/")
+        .expect("an allowed request record");
+    assert_eq!(a["rule"], "bpfwall.ingress[0]", "{a}");
+    assert_eq!(a["source"]["container"], app2.name.as_str(), "{a}");
+    // Filters: no denied record in the allowed stream, nothing on 8080,
+    // nothing of a container that took no part.
+    assert!(denied.records().iter().all(|r| r["verdict"] == "denied"));
+    assert!(allowed
+        .records()
+        .iter()
+        .all(|r| r["verdict"] == "allowed" && r["port"] == 80));
+    assert!(
+        other_port.records().is_empty(),
+        "{:?}",
+        other_port.records()
+    );
+    assert!(by_app3.records().is_empty(), "{:?}", by_app3.records());
+    let start = Instant::now();
+    while !human.lines().iter().any(|l| {
+        l.contains("DENIED  ingress")
+            && l.contains(&format!(" {} (", app2.name))
+            && l.contains("id=app2) -> ")
+            && l.contains("tcp/80 http GET /admin/x: http denied by bpfwall.ingress[1]")
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no such line in {:#?}",
+            human.lines()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Exact counts, whatever the records' rate limit kept.
+    let after = parse_prometheus(&scrape_metrics(&addr));
+    assert_eq!(l7(&after, "allowed") - l7(&before, "allowed"), 3.0);
+    assert_eq!(l7(&after, "denied") - l7(&before, "denied"), 2.0);
+    assert_eq!(l7(&after, "parse_errors"), l7(&before, "parse_errors"));
+    // A malformed request is a parse error.
+    let answer = env.raw_tcp(
+        &app2,
+        host,
+        80,
+        "printf 'GET /public/ HTTP/1.1\\r\\nHost: a\\r\\nBad Header\\r\\n\\r\\n'",
+        5,
+    );
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    let last = parse_prometheus(&scrape_metrics(&addr));
+    assert_eq!(l7(&last, "parse_errors") - l7(&after, "parse_errors"), 1.0);
+}

@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::proxy::ProxyStats;
 use super::snapshot::Snapshot;
 
 /// Why the metrics server cannot start.
@@ -77,6 +78,8 @@ pub struct MetricsSource {
     pub reconcile: ReconcileStats,
     /// Series per container.
     pub per_container: bool,
+    /// The HTTP proxy's counts (None: it did not start).
+    pub proxy: Option<Arc<ProxyStats>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,6 +97,17 @@ struct DirectionLabels {
 struct VerdictLabels {
     direction: String,
     action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct L7Labels {
+    rule: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +144,24 @@ impl MetricsSource {
                             direction: (*direction).into(),
                         })
                         .inc_by(m.drops[reason as usize][d]);
+                }
+            }
+            // The HTTP proxy's drops (no proxy socket, a connection around
+            // the proxy): of new inbound connections, so ingress.
+            for (reason, n) in self
+                .proxy
+                .as_ref()
+                .map(|p| p.l7_drops())
+                .unwrap_or_default()
+            {
+                for direction in DIRECTIONS {
+                    let counter = drops.get_or_create(&DropLabels {
+                        reason: reason.into(),
+                        direction: direction.into(),
+                    });
+                    if direction == "ingress" {
+                        counter.inc_by(n);
+                    }
                 }
             }
             registry.register(
@@ -181,6 +213,47 @@ impl MetricsSource {
                 "bpfwall_flow_events_lost",
                 "Flow events lost because the ring buffer was full",
                 lost,
+            );
+        }
+
+        if let Some(proxy) = &self.proxy {
+            // Cilium's cilium_policy_l7_total{rule="forwarded|denied|parse_errors"},
+            // with bpfwall's words and the side whose rules decided.
+            let totals = proxy.totals();
+            let l7 = Family::<L7Labels, Counter>::default();
+            for (d, direction) in DIRECTIONS.iter().enumerate() {
+                for (v, rule) in ["allowed", "denied"].iter().enumerate() {
+                    l7.get_or_create(&L7Labels {
+                        rule: (*rule).into(),
+                        direction: (*direction).into(),
+                    })
+                    .inc_by(totals.requests[d][v]);
+                }
+            }
+            // A request that cannot be parsed is decided by no side's rules:
+            // it is counted where the proxy stands, the server's ingress.
+            l7.get_or_create(&L7Labels {
+                rule: "parse_errors".into(),
+                direction: "ingress".into(),
+            })
+            .inc_by(totals.parse_errors);
+            registry.register(
+                "bpfwall_policy_l7",
+                "HTTP requests the proxy decided (allowed, denied) or could not parse, by the direction whose rules decided",
+                l7,
+            );
+            let closed = Family::<ReasonLabels, Counter>::default();
+            for (reason, n) in &totals.closed {
+                closed
+                    .get_or_create(&ReasonLabels {
+                        reason: (*reason).into(),
+                    })
+                    .inc_by(*n);
+            }
+            registry.register(
+                "bpfwall_proxy_connections_closed",
+                "Connections the HTTP proxy closed, by reason",
+                closed,
             );
         }
 

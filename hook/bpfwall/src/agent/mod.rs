@@ -270,8 +270,15 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 .map_err(|e| tracing::error!(error = %error_chain(&e), "cannot open the L7 drop counters"))
                 .ok();
             let stats = Arc::new(proxy::ProxyStats::new(drops));
-            let proxy = proxy::Proxy::new(steering, snapshots_rx.clone(), Arc::clone(&stats))
-                .context("cannot start the http proxy")?;
+            // Decided requests go to `monitor` like the datapath's events,
+            // limited by the same interval.
+            let flows = proxy::RequestFlows::new(
+                flow_hub.as_ref().map(|hub| hub.records.clone()),
+                Duration::from_nanos(config.observe.events.interval_ns),
+            );
+            let proxy =
+                proxy::Proxy::new(steering, snapshots_rx.clone(), Arc::clone(&stats), flows)
+                    .context("cannot start the http proxy")?;
             tokio::spawn(proxy.run());
             Some(stats)
         }
@@ -301,6 +308,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 datapath: datapath_metrics,
                 reconcile: reconcile_stats,
                 per_container: config.observe.metrics_per_container,
+                proxy: proxy_stats.clone(),
             },
         ));
     }

@@ -48,7 +48,8 @@ impl FlowPeer {
 pub struct FlowRecord {
     /// When (unix time, nanoseconds).
     pub time_unix_ns: u64,
-    /// "allowed", "dropped" or "audit" (passed, but policy would drop it).
+    /// "allowed", "dropped" or "audit" (passed, but policy would drop it);
+    /// an HTTP request the proxy denied (403): "denied".
     pub verdict: String,
     /// "ingress" or "egress", at the container that decided.
     pub direction: String,
@@ -77,6 +78,22 @@ pub struct FlowRecord {
     pub suppressed: u32,
     /// The policy revision that decided.
     pub policy_revision: u32,
+    /// The HTTP request the proxy decided (L7 records only; their verdict
+    /// is "allowed" or "denied", a denied request answered with 403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpFlow>,
+}
+
+/// The HTTP request of an L7 record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpFlow {
+    /// The method, as sent.
+    pub method: String,
+    /// The request target in normal form (path, then `?query`).
+    pub path: String,
+    /// The host, lower-cased ("" when none was sent).
+    #[serde(default)]
+    pub host: String,
 }
 
 /// What `bpfwall monitor` receives, one a line.
@@ -95,8 +112,9 @@ pub enum MonitorRecord {
         time_unix_ns: u64,
         /// How many.
         count: u64,
-        /// Where: "datapath" (the ring buffer was full) or "monitor" (this
-        /// client read too slowly).
+        /// Where: "datapath" (the ring buffer was full), "proxy" (its table
+        /// of request keys was full) or "monitor" (this client read too
+        /// slowly).
         source: String,
     },
 }
@@ -109,7 +127,8 @@ pub struct MonitorFilter {
     /// that either end's labels match.
     #[serde(default)]
     pub container: Option<String>,
-    /// "allowed", "dropped" or "audit".
+    /// "allowed", "dropped", "audit" or "denied" (HTTP requests answered
+    /// with 403).
     #[serde(default)]
     pub verdict: Option<String>,
     /// "ingress" or "egress".
@@ -158,9 +177,9 @@ impl MonitorFilter {
     /// Checks the fields' values; Err names the bad one.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(v) = &self.verdict {
-            if !["allowed", "dropped", "audit"].contains(&v.as_str()) {
+            if !["allowed", "dropped", "audit", "denied"].contains(&v.as_str()) {
                 return Err(format!(
-                    "--verdict '{v}': expected allowed, dropped or audit"
+                    "--verdict '{v}': expected allowed, dropped, audit or denied"
                 ));
             }
         }

@@ -223,7 +223,8 @@ enum Command {
         /// these labels (KEY=VALUE[,KEY=VALUE]), at either end.
         #[arg(long, value_name = "NAME|SELECTOR")]
         container: Option<String>,
-        /// Only allowed, dropped or audit flows.
+        /// Only allowed, dropped or audit flows, or HTTP requests the proxy
+        /// denied (denied; allowed ones are allowed).
         #[arg(long)]
         verdict: Option<String>,
         /// Only ingress or egress.

@@ -43,6 +43,9 @@ pub fn flow_line(f: &FlowRecord) -> String {
         f.protocol,
         f.port
     );
+    if let Some(h) = &f.http {
+        let _ = write!(out, " http {} {}", h.method, h.path);
+    }
     let _ = write!(out, ": {}", f.summary);
     if f.suppressed > 0 {
         let _ = write!(out, " (+{} like it)", f.suppressed);
@@ -61,10 +64,10 @@ pub fn line(record: &MonitorRecord) -> String {
         } => format!(
             "{} LOST    {count} events ({})",
             time_text(*time_unix_ns),
-            if source == "monitor" {
-                "this monitor read too slowly"
-            } else {
-                "the datapath's ring buffer was full"
+            match source.as_str() {
+                "monitor" => "this monitor read too slowly",
+                "proxy" => "the http proxy's table of request keys was full",
+                _ => "the datapath's ring buffer was full",
             }
         ),
     }

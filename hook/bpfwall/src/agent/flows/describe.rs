@@ -72,13 +72,23 @@ fn input_by_name<'a>(snap: &'a Snapshot, name: &str) -> Option<(usize, &'a Conta
 /// The peer end, by address first (a container's own address names it),
 /// then by identity.
 fn peer_of(snap: &Snapshot, event: &FlowEvent) -> (FlowPeer, Option<EdgePeer>) {
-    let address = event.remote();
     let port = match event.protocol {
         abi::IPPROTO_TCP | abi::IPPROTO_UDP | abi::IPPROTO_SCTP => {
             Some(u16::from_be(event.remote_port_be))
         }
         _ => None,
     };
+    end_of(snap, event.remote(), port, event.peer_identity)
+}
+
+/// One end of a flow, by address first (a container's own address names
+/// it), then by identity; and what an edge records of it.
+pub fn end_of(
+    snap: &Snapshot,
+    address: Option<std::net::IpAddr>,
+    port: Option<u16>,
+    identity: u32,
+) -> (FlowPeer, Option<EdgePeer>) {
     let by_address = address.and_then(|a| {
         snap.inputs
             .iter()
@@ -86,7 +96,7 @@ fn peer_of(snap: &Snapshot, event: &FlowEvent) -> (FlowPeer, Option<EdgePeer>) {
             .find(|c| c.addresses.contains(&a))
     });
     let mut peer = FlowPeer {
-        identity: event.peer_identity,
+        identity,
         address,
         port,
         ..FlowPeer::default()
@@ -100,7 +110,7 @@ fn peer_of(snap: &Snapshot, event: &FlowEvent) -> (FlowPeer, Option<EdgePeer>) {
         };
         return (peer, Some(edge));
     }
-    let edge = match snap.compiled.identities.get(&event.peer_identity) {
+    let edge = match snap.compiled.identities.get(&identity) {
         Some(IdentityKind::Host) => {
             peer.kind = "host".into();
             Some(EdgePeer::Host)
@@ -113,7 +123,7 @@ fn peer_of(snap: &Snapshot, event: &FlowEvent) -> (FlowPeer, Option<EdgePeer>) {
             })
         }
         Some(IdentityKind::Cidr(_)) | Some(IdentityKind::World) => {
-            peer.kind = if event.peer_identity == abi::IDENTITY_WORLD {
+            peer.kind = if identity == abi::IDENTITY_WORLD {
                 "world".into()
             } else {
                 "cidr".into()
@@ -253,6 +263,7 @@ pub fn describe(event: &FlowEvent, snap: &Snapshot, wall_offset_ns: i128) -> Des
         summary,
         suppressed: event.suppressed,
         policy_revision: event.policy_revision,
+        http: None,
     };
     // Edges: decisions of policy only (a forged or malformed packet is no
     // edge of the service graph).

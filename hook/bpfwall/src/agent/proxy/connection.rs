@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bpfwall_sys::error_chain;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -32,7 +33,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::netns_sockets::{NetnsSockets, SocketKind};
+use super::request_flows::{Decided, RequestFlows};
 use super::stats::{Closed, ProxyStats};
+use super::upstream::{self, Answer, BoxError, ExchangeError, Upstream};
 use crate::agent::snapshot::Snapshot;
 
 /// The most a request line and headers may take (then 431).
@@ -45,7 +48,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection usable; past it the connection is closed after the 403.
 const DRAIN_LIMIT: usize = 1 << 20;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = BoxBody<Bytes, BoxError>;
 
 /// A container the proxy serves.
 #[derive(Debug)]
@@ -69,6 +72,8 @@ pub struct Shared {
     pub sockets: NetnsSockets,
     /// Counters.
     pub stats: Arc<ProxyStats>,
+    /// Records of decided requests, for `bpfwall monitor`.
+    pub flows: RequestFlows,
 }
 
 /// Why a connection is refused before any request.
@@ -197,7 +202,8 @@ pub async fn serve(shared: Arc<Shared>, served: Arc<Served>, stream: TcpStream, 
         served: Arc::clone(&served),
         local,
         peer,
-        upstream: Mutex::new(None),
+        upstream: upstream::Slot::default(),
+        policy: Mutex::new(policy),
     });
     let service = hyper::service::service_fn(move |req| {
         let conn = Arc::clone(&conn);
@@ -353,9 +359,12 @@ struct Conn {
     served: Arc<Served>,
     local: SocketAddr,
     peer: SocketAddr,
-    /// The connection to the server, made at the first allowed request and
-    /// made again when the server closed it.
-    upstream: Mutex<Option<hyper::client::conn::http1::SendRequest<Incoming>>>,
+    /// The connection to the server, made at the first allowed request,
+    /// back here after each answer the server lets it carry another.
+    upstream: upstream::Slot,
+    /// The connection's policy under the last snapshot seen: evaluated
+    /// again only when a new snapshot is in force.
+    policy: Mutex<Policy>,
 }
 
 fn text(status: StatusCode, body: &'static str, close: bool) -> Response<Body> {
@@ -441,9 +450,20 @@ async fn drain(body: Incoming) -> bool {
 }
 
 impl Conn {
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+    /// The connection's policy under the snapshot in force.
+    fn policy(&self) -> Result<Policy, Refusal> {
         let snapshot = self.shared.snapshots.borrow().clone();
-        let policy = match evaluate(&snapshot, &self.served, self.local, self.peer) {
+        let Ok(mut cached) = self.policy.lock() else {
+            return evaluate(&snapshot, &self.served, self.local, self.peer);
+        };
+        if !Arc::ptr_eq(&cached.snapshot, &snapshot) {
+            *cached = evaluate(&snapshot, &self.served, self.local, self.peer)?;
+        }
+        Ok(cached.clone())
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let policy = match self.policy() {
             Ok(p) => p,
             Err(refusal) => {
                 tracing::info!(container = %self.served.name, peer = %self.peer, ?refusal, "policy no longer admits this connection: closed");
@@ -479,8 +499,8 @@ impl Conn {
             }
         };
         let (egress, ingress) = policy.rules().decide(&request);
-        self.count(&policy, Direction::Egress, egress.as_ref());
-        self.count(&policy, Direction::Ingress, ingress.as_ref());
+        self.count(&policy, &request, Direction::Egress, egress.as_ref());
+        self.count(&policy, &request, Direction::Ingress, ingress.as_ref());
         let denied = [
             (Direction::Egress, egress.as_ref()),
             (Direction::Ingress, ingress.as_ref()),
@@ -493,7 +513,7 @@ impl Conn {
                 Direction::Egress => policy
                     .client_container
                     .as_deref()
-                    .and_then(|id| snapshot.containers.iter().find(|c| c.id == id))
+                    .and_then(|id| policy.snapshot.containers.iter().find(|c| c.id == id))
                     .map_or_else(|| self.peer.ip().to_string(), |c| c.record.name.clone()),
             };
             tracing::warn!(
@@ -532,97 +552,119 @@ impl Conn {
         if let Ok(v) = HeaderValue::from_str(&forwarded) {
             parts.headers.insert("x-forwarded-for", v);
         }
-        let out = Request::from_parts(parts, body);
-        let mut resp = match self.send(out).await {
+        let mut body = body;
+        let (head, answer) = match self
+            .exchange(&parts.method, &request.target, &parts.headers, &mut body)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(container = %self.served.name, error = %e, "cannot reach the server");
+                tracing::warn!(container = %self.served.name, error = %error_chain(&e), "cannot reach the server");
                 return text(StatusCode::BAD_GATEWAY, "Bad Gateway\n", true);
             }
         };
-        if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let server_upgrade = hyper::upgrade::on(&mut resp);
-            // The server's connection now carries the new protocol.
-            if let Ok(mut up) = self.upstream.lock() {
-                *up = None;
-            }
-            if let Some(client_upgrade) = client_upgrade {
+        let (mut parts, ()) = head.into_parts();
+        match answer {
+            Answer::Upgraded(up) => {
+                // The server's connection now carries the new protocol.
+                let Some(client_upgrade) = client_upgrade else {
+                    tracing::warn!(container = %self.served.name, "the server switched protocols unasked");
+                    return text(StatusCode::BAD_GATEWAY, "Bad Gateway\n", true);
+                };
                 let shared = Arc::clone(&self.shared);
                 let served = Arc::clone(&self.served);
                 let (local, peer) = (self.local, self.peer);
                 tokio::spawn(async move {
-                    let (Ok(client), Ok(server)) = tokio::join!(client_upgrade, server_upgrade)
-                    else {
+                    let Ok(client) = client_upgrade.await else {
                         return;
                     };
-                    splice(
-                        &shared,
-                        &served,
-                        TokioIo::new(client),
-                        TokioIo::new(server),
-                        local,
-                        peer,
-                        Some(request),
-                    )
-                    .await;
+                    let mut client = TokioIo::new(client);
+                    let (server, ahead) = upstream::into_upgraded(up);
+                    if !ahead.is_empty() {
+                        use tokio::io::AsyncWriteExt as _;
+                        if client.write_all(&ahead).await.is_err() {
+                            return;
+                        }
+                    }
+                    splice(&shared, &served, client, server, local, peer, Some(request)).await;
                 });
+                Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
             }
-            let (parts, _) = resp.into_parts();
-            return Response::from_parts(
-                parts,
-                Empty::new().map_err(|never| match never {}).boxed(),
-            );
+            Answer::Body {
+                upstream,
+                framing,
+                keep,
+            } => {
+                strip_hop_by_hop(&mut parts.headers, false);
+                let body = upstream::body(upstream, framing, keep, Arc::clone(&self.upstream));
+                Response::from_parts(parts, body.boxed())
+            }
         }
-        strip_hop_by_hop(resp.headers_mut(), false);
-        resp.map(BodyExt::boxed)
     }
 
-    fn count(&self, policy: &Policy, direction: Direction, verdict: Option<&RequestVerdict>) {
+    /// Counts one side's verdict on a request and reports it to monitors.
+    fn count(
+        &self,
+        policy: &Policy,
+        request: &HttpRequest,
+        direction: Direction,
+        verdict: Option<&RequestVerdict>,
+    ) {
         let Some(verdict) = verdict else { return };
         let container = match direction {
             Direction::Ingress => Some(self.served.id.as_str()),
             Direction::Egress => policy.client_container.as_deref(),
         };
-        if let Some(id) = container {
-            self.shared.stats.request(id, direction, verdict.allowed());
-        }
+        self.shared
+            .stats
+            .request(container, direction, verdict.allowed());
+        self.shared.flows.report(&Decided {
+            snapshot: &policy.snapshot,
+            server: (&self.served.id, &self.served.name),
+            identities: (policy.server, policy.client),
+            local: self.local,
+            peer: self.peer,
+            direction,
+            verdict,
+            request,
+        });
     }
 
-    /// Sends a request on the connection to the server, (re)connecting first.
-    async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
-        let existing = self.upstream.lock().ok().and_then(|mut u| u.take());
-        let mut sender = match existing {
-            Some(mut s) => {
-                if !s.is_closed() && s.ready().await.is_ok() {
-                    s
-                } else {
-                    self.connect().await?
-                }
-            }
+    /// Carries a request to the server and reads its answer's head, on
+    /// the kept connection when it is still usable (again on a new one
+    /// when the server had closed it unseen and nothing was consumed).
+    async fn exchange(
+        &self,
+        method: &http::Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: &mut Incoming,
+    ) -> Result<(Response<()>, Answer), UpstreamError> {
+        let kept = self
+            .upstream
+            .lock()
+            .ok()
+            .and_then(|mut u| u.take())
+            .filter(Upstream::idle_usable);
+        let first = match kept {
+            Some(up) => up,
             None => self.connect().await?,
         };
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Http)?;
-        if let Ok(mut up) = self.upstream.lock() {
-            *up = Some(sender);
+        match upstream::exchange(first, method, target, headers, body).await {
+            Ok(r) => Ok(r),
+            Err((_, true)) => {
+                let fresh = self.connect().await?;
+                upstream::exchange(fresh, method, target, headers, body)
+                    .await
+                    .map_err(|(e, _)| UpstreamError::Exchange(e))
+            }
+            Err((e, false)) => Err(UpstreamError::Exchange(e)),
         }
-        Ok(resp)
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, UpstreamError> {
+    async fn connect(&self) -> Result<Upstream, UpstreamError> {
         let stream = connect_server(&self.shared.sockets, &self.served, self.local).await?;
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Http)?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
-        Ok(sender)
+        Ok(Upstream::new(stream))
     }
 }
 
@@ -643,7 +685,7 @@ pub enum UpstreamError {
     },
     /// HTTP with the server failed.
     #[error("http with the server")]
-    Http(#[source] hyper::Error),
+    Exchange(#[source] ExchangeError),
 }
 
 /// A connection to the server: from inside the container's namespace, to

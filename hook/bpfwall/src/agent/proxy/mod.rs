@@ -22,7 +22,9 @@
 
 pub mod connection;
 pub mod netns_sockets;
+pub mod request_flows;
 pub mod stats;
+pub mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -40,7 +42,8 @@ use tokio::task::JoinHandle;
 
 use self::connection::{Served, Shared};
 use self::netns_sockets::{NetnsSockets, SocketKind};
-pub use self::stats::ProxyStats;
+pub use self::request_flows::RequestFlows;
+pub use self::stats::{ProxyStats, ProxyTotals};
 use super::snapshot::Snapshot;
 use crate::api::ProxyState;
 
@@ -164,6 +167,7 @@ impl Proxy {
         steering: Steering,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         stats: Arc<ProxyStats>,
+        flows: RequestFlows,
     ) -> std::io::Result<Proxy> {
         Ok(Proxy {
             steering,
@@ -171,6 +175,7 @@ impl Proxy {
                 snapshots,
                 sockets: NetnsSockets::start()?,
                 stats,
+                flows,
             }),
             serving: BTreeMap::new(),
             host_netns: std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino()),

@@ -29,6 +29,16 @@ pub enum Closed {
 }
 
 impl Closed {
+    /// Every reason.
+    pub const ALL: [Closed; 6] = [
+        Closed::Http2,
+        Closed::NotHttp,
+        Closed::Malformed,
+        Closed::Oversized,
+        Closed::Revoked,
+        Closed::NotSteered,
+    ];
+
     /// The name in `status`.
     pub fn name(self) -> &'static str {
         match self {
@@ -42,10 +52,25 @@ impl Closed {
     }
 }
 
+/// The proxy's host-wide counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyTotals {
+    /// Decided requests: [ingress, egress] x [allowed, denied].
+    pub requests: [[u64; 2]; 2],
+    /// Requests that could not be parsed (400) or whose head was above
+    /// the bound (431).
+    pub parse_errors: u64,
+    /// Connections closed, by reason.
+    pub closed: Vec<(&'static str, u64)>,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// Container id -> [ingress, egress] x [allowed, denied].
     requests: BTreeMap<String, [[u64; 2]; 2]>,
+    /// Every decided request, whoever's rules decided it: [ingress,
+    /// egress] x [allowed, denied].
+    totals: [[u64; 2]; 2],
     closed: BTreeMap<Closed, u64>,
     /// Container id -> its proxy's state.
     served: BTreeMap<String, ProxyState>,
@@ -78,12 +103,50 @@ impl ProxyStats {
         self.inner.lock().ok().map(|mut i| f(&mut i))
     }
 
-    /// One request decided by a container's rules in a direction.
-    pub fn request(&self, container: &str, direction: Direction, allowed: bool) {
+    /// One request decided by a direction's rules (of a container, when
+    /// the side is one bpfwall knows).
+    pub fn request(&self, container: Option<&str>, direction: Direction, allowed: bool) {
         self.with(|i| {
-            let slot = i.requests.entry(container.to_string()).or_default();
-            slot[index(direction)][usize::from(!allowed)] += 1;
+            i.totals[index(direction)][usize::from(!allowed)] += 1;
+            if let Some(container) = container {
+                let slot = match i.requests.get_mut(container) {
+                    Some(slot) => slot,
+                    None => i.requests.entry(container.to_string()).or_default(),
+                };
+                slot[index(direction)][usize::from(!allowed)] += 1;
+            }
         });
+    }
+
+    /// The datapath's drops for the proxy (sk_lookup's, and step 10b's),
+    /// by reason name; all of them are of new inbound connections.
+    pub fn l7_drops(&self) -> Vec<(&'static str, u64)> {
+        let Some(drops) = &self.drops else {
+            return Vec::new();
+        };
+        match drops.read() {
+            Ok(d) => d.into_iter().map(|(r, n)| (r.name(), n)).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the L7 drops");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The host-wide counts, for the metrics.
+    pub fn totals(&self) -> ProxyTotals {
+        self.with(|i| ProxyTotals {
+            requests: i.totals,
+            parse_errors: [Closed::Malformed, Closed::Oversized]
+                .iter()
+                .map(|c| i.closed.get(c).copied().unwrap_or(0))
+                .sum(),
+            closed: Closed::ALL
+                .iter()
+                .map(|c| (c.name(), i.closed.get(c).copied().unwrap_or(0)))
+                .collect(),
+        })
+        .unwrap_or_default()
     }
 
     /// One connection closed.
