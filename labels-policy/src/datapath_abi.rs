@@ -495,18 +495,25 @@ pub struct L7AddressValue {
 
 /// The key of a container address in `bpfwall_l7_addresses_v1`.
 pub fn l7_address_key(addr: std::net::IpAddr) -> L7AddressKey {
-    let mut key = L7AddressKey::default();
+    let (family, addr) = family_and_bytes(addr);
+    L7AddressKey {
+        family,
+        addr,
+        ..L7AddressKey::default()
+    }
+}
+
+/// An address as the header's keys hold it: its family and 16 bytes (an
+/// IPv4 address in the first 4, the rest zero).
+pub fn family_and_bytes(addr: std::net::IpAddr) -> (u8, [u8; 16]) {
+    let mut bytes = [0u8; 16];
     match addr {
         std::net::IpAddr::V4(a) => {
-            key.family = FAMILY_IPV4;
-            key.addr[..4].copy_from_slice(&a.octets());
+            bytes[..4].copy_from_slice(&a.octets());
+            (FAMILY_IPV4, bytes)
         }
-        std::net::IpAddr::V6(a) => {
-            key.family = FAMILY_IPV6;
-            key.addr.copy_from_slice(&a.octets());
-        }
+        std::net::IpAddr::V6(a) => (FAMILY_IPV6, a.octets()),
     }
-    key
 }
 
 /// Mirrors `struct flow_event`.
@@ -827,40 +834,24 @@ pub fn policy_is_exact(key: &PolicyKey) -> bool {
 
 /// The key of an address an endpoint may send from.
 pub fn source_key(endpoint_id: u32, addr: std::net::IpAddr) -> SourceKey {
-    let mut key = SourceKey {
+    let (family, addr) = family_and_bytes(addr);
+    SourceKey {
         endpoint_id,
+        family,
+        addr,
         ..SourceKey::default()
-    };
-    match addr {
-        std::net::IpAddr::V4(a) => {
-            key.family = FAMILY_IPV4;
-            key.addr[..4].copy_from_slice(&a.octets());
-        }
-        std::net::IpAddr::V6(a) => {
-            key.family = FAMILY_IPV6;
-            key.addr.copy_from_slice(&a.octets());
-        }
     }
-    key
 }
 
 /// The ipcache key for an address prefix.
 pub fn ipcache_key(net: &ipnet::IpNet) -> IpcacheKey {
-    let mut key = IpcacheKey {
+    let (family, addr) = family_and_bytes(net.network());
+    IpcacheKey {
         prefixlen: IPCACHE_PREFIX_BASE + u32::from(net.prefix_len()),
+        family,
+        addr,
         ..IpcacheKey::default()
-    };
-    match net {
-        ipnet::IpNet::V4(n) => {
-            key.family = FAMILY_IPV4;
-            key.addr[..4].copy_from_slice(&n.network().octets());
-        }
-        ipnet::IpNet::V6(n) => {
-            key.family = FAMILY_IPV6;
-            key.addr.copy_from_slice(&n.network().octets());
-        }
     }
-    key
 }
 
 /// The prefix an ipcache key stands for, or None for a key no compiler
