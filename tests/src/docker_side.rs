@@ -138,19 +138,8 @@ impl TestEnv {
     /// socket, policy and state directories, and waits up to `limit` for
     /// it to exit. Err (after killing it) if it is still running then.
     pub fn run_second_daemon(&self, limit: Duration) -> Result<Output, String> {
-        let mut child = Command::new(bpfwall_bin())
-            .args(["daemon", "--bpffs-root"])
-            .arg(&self.pin_root)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--manage-label")
-            .arg(format!("{TEST_LABEL}={}", self.name))
-            .arg("--policy-dir")
-            .arg(&self.policy_dir)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .args(self.network_plugin_args())
-            .args(&self.daemon_args)
+        let mut child = self
+            .daemon_command()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

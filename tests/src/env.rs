@@ -48,6 +48,25 @@ impl TestEnv {
         Self::build(name, None, args)
     }
 
+    /// `bpfwall daemon` with this env's pin root, socket, label, policy
+    /// and state directories and its own arguments.
+    pub(crate) fn daemon_command(&self) -> Command {
+        let mut cmd = Command::new(bpfwall_bin());
+        cmd.args(["daemon", "--bpffs-root"])
+            .arg(&self.pin_root)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--manage-label")
+            .arg(format!("{TEST_LABEL}={}", self.name))
+            .arg("--policy-dir")
+            .arg(&self.policy_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(self.network_plugin_args())
+            .args(&self.daemon_args);
+        cmd
+    }
+
     pub(crate) fn build(name: &str, docker_socket: Option<&Path>, daemon_args: &[&str]) -> TestEnv {
         let out = run(docker().arg("image").arg("inspect").arg(IMAGE));
         assert!(
@@ -87,25 +106,12 @@ impl TestEnv {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(bpfwall_bin());
+        let mut cmd = self.daemon_command();
         if let Some(sock) = &self.docker_socket {
-            cmd.arg("daemon").arg("--docker-socket").arg(sock);
-        } else {
-            cmd.arg("daemon");
+            cmd.arg("--docker-socket").arg(sock);
         }
         let child = cmd
-            .args(["-v", "--bpffs-root"])
-            .arg(&self.pin_root)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--manage-label")
-            .arg(format!("{TEST_LABEL}={}", self.name))
-            .arg("--policy-dir")
-            .arg(&self.policy_dir)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .args(self.network_plugin_args())
-            .args(&self.daemon_args)
+            .arg("-v")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
