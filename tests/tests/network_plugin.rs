@@ -592,15 +592,14 @@ fn plug_network_rm_leaves_nothing_behind() {
 /// endpoint at the OCI hook (its namespace is the endpoint's sandbox) and
 /// opens the gate to exactly its policy before answering the hook, so
 /// before the container's first instruction: an allowed first connect
-/// goes through at its first SYN (no SYN sent again in its namespace, and
-/// none waits for TCP's resend after 1 s). Without the wrapper the sandbox
-/// watch usually does the same. 30 forbidden wrapped first connects still
-/// get nothing through, each dropped by bpfwall (the unwrapped ones:
-/// plug_first_packet_30_forbidden_starts_0_through_30_allowed_all_through).
+/// goes through at its first SYN (the gate's `closed` drops do not move
+/// while these clients start, and none waits for TCP's resend after 1 s),
+/// and 30 forbidden first connects still get nothing through, each dropped
+/// by bpfwall.
 #[test]
-fn plugb_first_connect_goes_at_the_first_syn_and_forbidden_ones_never() {
+fn plugb_wrapped_first_connect_goes_at_the_first_syn_and_forbidden_ones_never() {
     let mut env = PluginEnv::new("plugb-hook");
-    let net = env.plugin_network("n1", &["--subnet", "10.231.63.0/24"]);
+    let net = env.plugin_network("net", &["--subnet", "10.231.61.0/24"]);
     let on = net_opt(&net);
     let rt = Runtime::install(&env, "rt", false);
     let wrapped = format!("--runtime={}", rt.name);
@@ -673,42 +672,6 @@ fn plugb_first_connect_goes_at_the_first_syn_and_forbidden_ones_never() {
         env.remove(c);
     }
 
-    // Allowed, without the wrapper: the daemon watches the endpoint's
-    // sandbox from Join on and polices the container it finds there, which
-    // usually opens the gate before the container's first instruction (a
-    // race by design: Docker does not wait for it). All but one of 6 must
-    // connect at their first SYN; without the watch none does.
-    let bare: Vec<_> = (0..6)
-        .map(|i| env.run_plug(&format!("bare{i}"), &[&on, "--label", "id=ok"], &cmd))
-        .collect();
-    let mut first_syn = Vec::new();
-    for c in &bare {
-        env.wait_for(&format!("{} to connect or give up", c.name), |env| {
-            let out = env.logs(c);
-            out.contains("SYNRETRANS") || out.contains("blocked")
-        });
-        let out = env.logs(c);
-        assert!(
-            out.starts_with("CONNECTED"),
-            "an allowed start failed: {out}"
-        );
-        first_syn.push(out.contains("SYNRETRANS 0"));
-        eprintln!(
-            "without the wrapper, {}: {}",
-            c.name,
-            out.replace('\n', " ")
-        );
-    }
-    assert!(
-        first_syn.iter().filter(|ok| **ok).count() >= 5,
-        "without the wrapper, the first SYN of only {} of 6 allowed clients went through (the sandbox watch did not police them before their first instruction)\n{}",
-        first_syn.iter().filter(|ok| **ok).count(),
-        env.daemon_log()
-    );
-    for c in &bare {
-        env.remove(c);
-    }
-
     // Forbidden, wrapped: its egress allows web only; its first
     // instruction connects to `open` (which admits anyone).
     let dropped = |env: &TestEnv| {
@@ -745,17 +708,4 @@ fn plugb_first_connect_goes_at_the_first_syn_and_forbidden_ones_never() {
         after - before,
         env.status_text()
     );
-    // `docker run --rm` returns before Docker has removed the container:
-    // gone (its endpoint deleted through the plugin) before the env goes.
-    env.wait_for("the forbidden clients to be removed", |_| {
-        must(docker().args([
-            "ps",
-            "-aq",
-            "--filter",
-            "label=id=nope",
-            "--filter",
-            &format!("network={net}"),
-        ]))
-        .is_empty()
-    });
 }

@@ -124,10 +124,6 @@ pub struct NetworkDefaults {
     /// reports before Docker lists them.
     #[serde(default)]
     pub sandbox_keys: BTreeMap<String, String>,
-    /// The joined endpoints' addresses (Docker endpoint id to them): in
-    /// the sandbox once Docker has configured the container's interface.
-    #[serde(default)]
-    pub sandbox_addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 /// The driver.
@@ -609,12 +605,6 @@ impl<H: NetworkHost> Driver<H> {
                 .map(|e| e.id.clone())
                 .collect(),
             sandbox_keys: self.sandbox_keys.clone(),
-            sandbox_addresses: self
-                .sandbox_keys
-                .keys()
-                .filter_map(|id| self.state.endpoints.get(id))
-                .map(|e| (e.id.clone(), e.addresses()))
-                .collect(),
         }
     }
 

@@ -202,10 +202,6 @@ async fn leave_and_delete_remove_the_interface() {
             .is_some_and(|k| k.starts_with("/var/run/docker/netns/")),
         "{keys:?}"
     );
-    assert_eq!(
-        f.driver.defaults().sandbox_addresses[ENDPOINT],
-        ["10.231.0.2".parse::<std::net::IpAddr>().unwrap()]
-    );
     let gates = bpfwall_plugin::OpenGates::default();
     f.driver.set_open_gates(gates.clone());
     f.driver

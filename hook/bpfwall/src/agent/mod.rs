@@ -15,9 +15,6 @@
 //! - [`proxy`]: the HTTP proxy (L7 policy), following the snapshots.
 //! - [`flows`]: the datapath's flow events (monitor, the edge record,
 //!   advise), and [`metrics`]: Prometheus.
-//! - [`network_plugin`]: the Docker network plugin, and [`sandbox_watch`]:
-//!   its joined endpoints' sandboxes, watched to police the container found
-//!   there before Docker reports it (as the OCI hook does).
 
 pub mod api_server;
 pub mod flows;
@@ -31,7 +28,6 @@ pub mod policy_watch;
 pub mod proxy;
 pub mod reconcile_loop;
 pub mod reconciler;
-pub mod sandbox_watch;
 pub mod snapshot;
 
 use std::path::PathBuf;

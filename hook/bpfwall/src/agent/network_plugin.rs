@@ -15,7 +15,6 @@ use bpfwall_plugin::{Bindings, OpenGates, PluginConfig, PluginLink, PluginStatus
 use tokio::sync::{mpsc, watch};
 
 use super::reconcile_loop::Input;
-use super::sandbox_watch::SandboxWatch;
 use super::snapshot::Snapshot;
 
 /// The default driver name (`docker network create -d bpfwall`).
@@ -30,10 +29,6 @@ pub struct NetworkPluginConfig {
     pub name: String,
     /// Docker's plugin socket directory.
     pub socket_dir: PathBuf,
-    /// Docker's data root (containers' config.v2.json).
-    pub docker_root: PathBuf,
-    /// Watch joined endpoints' sandboxes ([`super::sandbox_watch`]).
-    pub sandbox_watch: bool,
 }
 
 /// Starts the plugin; returns its status once it serves its socket.
@@ -79,23 +74,12 @@ pub async fn start(
         .recv()
         .await
         .context("the network plugin stopped as it started")?;
-    let mut sandboxes = config
-        .sandbox_watch
-        .then(|| SandboxWatch::new(config.docker_root.clone(), inputs.clone()));
     inputs
         .send(Input::NetworkDefaults(first))
         .context("the reconcile loop stopped")?;
     tokio::spawn(async move {
         while let Some(defaults) = defaults_rx.recv().await {
-            // The loop hears of the sandbox keys before a watch asks it
-            // to police the container in one.
-            if let Some(watch) = &mut sandboxes {
-                let sent = defaults.clone();
-                if inputs.send(Input::NetworkDefaults(sent)).is_err() {
-                    return;
-                }
-                watch.saw(&defaults);
-            } else if inputs.send(Input::NetworkDefaults(defaults)).is_err() {
+            if inputs.send(Input::NetworkDefaults(defaults)).is_err() {
                 return;
             }
         }

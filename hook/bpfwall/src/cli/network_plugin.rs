@@ -16,15 +16,6 @@ pub struct NetworkPluginArgs {
     /// Docker's plugin socket directory.
     #[arg(long = "plugin-dir", default_value = DEFAULT_SOCKET_DIR)]
     socket_dir: PathBuf,
-    /// Docker's data root, where the daemon reads a container's labels when
-    /// it finds the container in a joined endpoint's sandbox.
-    #[arg(long = "plugin-docker-root", default_value = "/var/lib/docker")]
-    docker_root: PathBuf,
-    /// Do not watch joined endpoints' sandboxes: without the runtime
-    /// wrapper, a container's gate then opens when Docker reports it
-    /// started (its first packets wait for that).
-    #[arg(long = "no-sandbox-watch")]
-    no_sandbox_watch: bool,
     /// Do not serve the network plugin.
     #[arg(long = "no-network-plugin", conflicts_with = "name")]
     off: bool,
@@ -36,8 +27,6 @@ impl NetworkPluginArgs {
         (!self.off).then(|| NetworkPluginConfig {
             name: self.name.clone(),
             socket_dir: self.socket_dir.clone(),
-            docker_root: self.docker_root.clone(),
-            sandbox_watch: !self.no_sandbox_watch,
         })
     }
 }

@@ -284,43 +284,6 @@ async fn enforce(socket: &Path, sources: &LabelSources) -> anyhow::Result<String
     }
 }
 
-/// What the hook would ask of the daemon for Docker container `id` whose
-/// init is `pid`, from Docker's files alone (config.v2.json, hostconfig.json,
-/// the image store: never Docker's API, which may hold the container's lock).
-/// None when Docker has no such container on disk.
-pub(crate) async fn docker_request(
-    docker_root: &Path,
-    id: &str,
-    pid: u32,
-    pid_start_time: Option<u64>,
-) -> anyhow::Result<Option<EnforceRequest>> {
-    let sources = LabelSources {
-        docker_root: docker_root.to_path_buf(),
-        ..LabelSources::default()
-    };
-    let state = OciState {
-        id: id.to_string(),
-        pid: Some(pid),
-        annotations: BTreeMap::new(),
-    };
-    let facts = facts(&sources, &state, pid).await?;
-    if facts.runtime != Runtime::Docker {
-        return Ok(None);
-    }
-    Ok(Some(EnforceRequest {
-        id: id.to_string(),
-        name: facts.name,
-        pid,
-        labels: facts.labels,
-        pid_start_time,
-        image_labels: facts.image_labels,
-        joins: facts.joins,
-        endpoint_ids: facts.endpoint_ids,
-        runtime: Some(Runtime::Docker),
-        namespace: facts.namespace,
-    }))
-}
-
 /// Runs the hook. Exit 0 lets the container start; anything else makes the
 /// runtime (and `docker run`) fail with our message on stderr.
 pub async fn run(socket: &Path, sources: &LabelSources, fail_open: bool) -> std::process::ExitCode {

@@ -797,7 +797,6 @@ fn the_hook_binds_the_plugin_endpoints_whose_sandbox_is_its_namespace() {
                 // Joined, its namespace not mounted yet.
                 ("ep-c".to_string(), sandbox("ccc").display().to_string()),
             ]),
-            ..Default::default()
         });
     let docker = |name: &str, pid: u32| {
         let mut r = hook_request(name, pid, &[("id", name)]);
