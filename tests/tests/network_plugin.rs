@@ -224,7 +224,8 @@ fn plug_first_packet_30_forbidden_starts_0_through_30_allowed_all_through() {
     assert_eq!(leaked.len(), 30);
     assert!(
         leaked.iter().all(|o| o == "blocked"),
-        "forbidden first connections got through: {leaked:?}"
+        "forbidden first connections got through: {leaked:?}\n{}",
+        env.daemon_log()
     );
     let after = dropped(&env);
     assert!(
@@ -599,7 +600,7 @@ fn plug_network_rm_leaves_nothing_behind() {
 #[test]
 fn plugb_wrapped_first_connect_goes_at_the_first_syn_and_forbidden_ones_never() {
     let mut env = PluginEnv::new("plugb-hook");
-    let net = env.plugin_network("net", &["--subnet", "10.231.61.0/24"]);
+    let net = env.plugin_network("n1", &["--subnet", "10.231.63.0/24"]);
     let on = net_opt(&net);
     let rt = Runtime::install(&env, "rt", false);
     let wrapped = format!("--runtime={}", rt.name);
@@ -708,4 +709,17 @@ fn plugb_wrapped_first_connect_goes_at_the_first_syn_and_forbidden_ones_never() 
         after - before,
         env.status_text()
     );
+    // `docker run --rm` returns before Docker has removed the container:
+    // gone (its endpoint deleted through the plugin) before the env goes.
+    env.wait_for("the forbidden clients to be removed", |_| {
+        must(docker().args([
+            "ps",
+            "-aq",
+            "--filter",
+            "label=id=nope",
+            "--filter",
+            &format!("network={net}"),
+        ]))
+        .is_empty()
+    });
 }
