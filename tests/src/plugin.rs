@@ -150,9 +150,9 @@ pub struct PluginEnv {
 }
 
 impl PluginEnv {
-    /// Starts the env's daemon with the plugin.
+    /// Starts the env's daemon with the plugin (names start `plug`).
     pub fn new(name: &str) -> PluginEnv {
-        assert!(name.starts_with("plug-"), "plugin test names start plug-");
+        assert!(name.starts_with("plug"), "plugin test names start plug");
         PluginEnv {
             env: TestEnv::with_daemon_args(name, &["--network-plugin", name]),
         }

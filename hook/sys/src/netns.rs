@@ -16,6 +16,15 @@ pub fn netns_inode(pid: u32) -> Result<u64, IoError> {
         .map_err(io_error("read", &path))
 }
 
+/// The (device, inode) of the network namespace at `path` (a
+/// `/proc/PID/ns/net` link, or a bind mount of one such as Docker's
+/// sandbox keys). A path that is not a namespace has another device.
+pub fn netns_at(path: &std::path::Path) -> Result<(u64, u64), IoError> {
+    std::fs::metadata(path)
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(io_error("stat", path))
+}
+
 /// The addresses in `pid`'s network namespace, IPv6 link-local ones
 /// included (a container may send from them: they are its identity too),
 /// loopback left out. Empty when the process shares our namespace (host

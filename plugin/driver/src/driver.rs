@@ -14,7 +14,7 @@ use bpfwall_plugin_protocol::{
 use labels_policy::datapath_abi::{self as abi, NetgateEndpoint};
 use serde::{Deserialize, Serialize};
 
-use crate::binding::{BindState, Bindings};
+use crate::binding::{BindState, Bindings, OpenGates};
 use crate::host::{HostError, HostInterface, NetworkHost, Plug};
 use crate::network::{self, short, EndpointRecord, NetworkRecord};
 use crate::status::{EndpointStatus, NetworkStatus, PluginStatus};
@@ -117,6 +117,13 @@ pub enum DriverError {
 pub struct NetworkDefaults {
     /// Docker endpoint ids on `-o bpfwall.default=deny` networks.
     pub default_deny_endpoints: BTreeSet<String>,
+    /// The joined endpoints' sandbox keys (Docker endpoint id to the path
+    /// Docker gave at Join, `/var/run/docker/netns/<id>`, where the
+    /// container's network namespace is mounted before its OCI hooks run):
+    /// how the daemon finds the endpoints of a container its OCI hook
+    /// reports before Docker lists them.
+    #[serde(default)]
+    pub sandbox_keys: BTreeMap<String, String>,
 }
 
 /// The driver.
@@ -128,6 +135,10 @@ pub struct Driver<H> {
     state: State,
     /// Host ends by endpoint id, for the joined endpoints.
     interfaces: BTreeMap<String, HostInterface>,
+    /// Sandbox keys by endpoint id, for the endpoints joined since start.
+    sandbox_keys: BTreeMap<String, String>,
+    /// The endpoints whose gate is open, for whoever waits on one.
+    open_gates: OpenGates,
     /// The last bindings taken from a daemon in sync with Docker.
     bindings: Option<Bindings>,
     /// Docker's network names, when known.
@@ -156,12 +167,20 @@ impl<H: NetworkHost> Driver<H> {
             store,
             state,
             interfaces: BTreeMap::new(),
+            sandbox_keys: BTreeMap::new(),
+            open_gates: OpenGates::default(),
             bindings: None,
             names: BTreeMap::new(),
             errors: Vec::new(),
             last_held: BTreeMap::new(),
             now: unix_now,
         })
+    }
+
+    /// Publishes the open gates there (the daemon's reconcile thread waits
+    /// on them).
+    pub fn set_open_gates(&mut self, open_gates: OpenGates) {
+        self.open_gates = open_gates;
     }
 
     /// Uses another clock (tests).
@@ -490,6 +509,10 @@ impl<H: NetworkHost> Driver<H> {
                     })?;
                 tracing::info!(network = %net.short_id(), endpoint = %short(&ep.id), interface = %iface.name, ifindex = iface.ifindex, "joined: closed until its container is policed");
                 self.interfaces.insert(ep.id.clone(), iface);
+                if !req.sandbox_key.is_empty() {
+                    self.sandbox_keys
+                        .insert(ep.id.clone(), req.sandbox_key.clone());
+                }
                 if let Some(e) = self.state.endpoints.get_mut(&ep.id) {
                     e.joined = true;
                 }
@@ -540,6 +563,7 @@ impl<H: NetworkHost> Driver<H> {
     }
 
     async fn unplug(&mut self, ep: &EndpointRecord) -> Result<(), DriverError> {
+        self.sandbox_keys.remove(&ep.id);
         if let Some(iface) = self.interfaces.remove(&ep.id) {
             let _ = self.host.gate_remove(iface.ifindex);
         }
@@ -580,6 +604,7 @@ impl<H: NetworkHost> Driver<H> {
                 })
                 .map(|e| e.id.clone())
                 .collect(),
+            sandbox_keys: self.sandbox_keys.clone(),
         }
     }
 
@@ -640,6 +665,7 @@ impl<H: NetworkHost> Driver<H> {
         };
         let current = self.host.gate_entries().unwrap_or_default();
         let mut writes = Vec::new();
+        let mut open = BTreeSet::new();
         for (id, iface) in &self.interfaces {
             let Some(ep) = self.state.endpoints.get(id) else {
                 continue;
@@ -653,15 +679,23 @@ impl<H: NetworkHost> Driver<H> {
             }
             if current.get(&iface.ifindex) != Some(&entry) {
                 writes.push((iface.ifindex, iface.name.clone(), id.clone(), entry));
+            } else if entry.flags & abi::NETGATE_OPEN != 0 {
+                open.insert(id.clone());
             }
         }
         for (ifindex, name, id, entry) in writes {
-            let open = entry.flags & abi::NETGATE_OPEN != 0;
+            let opens = entry.flags & abi::NETGATE_OPEN != 0;
             match self.host.gate_set(ifindex, &entry) {
-                Ok(()) => tracing::info!(endpoint = %short(&id), interface = %name, open, "gate"),
+                Ok(()) => {
+                    tracing::info!(endpoint = %short(&id), interface = %name, open = opens, "gate");
+                    if opens {
+                        open.insert(id);
+                    }
+                }
                 Err(e) => self.error(format!("cannot write the gate entry of {name}: {e}")),
             }
         }
+        self.open_gates.set(open);
     }
 
     /// Periodic upkeep: the firewall's jumps first again (dockerd puts its

@@ -32,7 +32,7 @@ pub mod status;
 pub mod store;
 pub mod system;
 
-pub use binding::{BindState, Bindings};
+pub use binding::{BindState, Bindings, OpenGates};
 pub use driver::{Driver, DriverError, NetworkDefaults};
 pub use server::{PluginConfig, PluginLink};
 

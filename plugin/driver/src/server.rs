@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::binding::Bindings;
+use crate::binding::{Bindings, OpenGates};
 use crate::driver::{Driver, DriverError, NetworkDefaults};
 use crate::host::{HostError, NetworkHost};
 use crate::status::PluginStatus;
@@ -89,6 +89,8 @@ pub struct PluginLink {
     pub defaults: mpsc::UnboundedSender<NetworkDefaults>,
     /// The plugin's status.
     pub status: watch::Sender<PluginStatus>,
+    /// The endpoints whose gate is open, as last written.
+    pub open_gates: OpenGates,
 }
 
 /// Binds the socket, replacing a stale one (a socket that answers is not
@@ -194,6 +196,7 @@ pub async fn drive<H: NetworkHost>(
     mut link: PluginLink,
     socket: String,
 ) {
+    driver.set_open_gates(link.open_gates.clone());
     let mut defaults = driver.defaults();
     let _ = link.defaults.send(defaults.clone());
     link.status.send_replace(driver.status(&socket));

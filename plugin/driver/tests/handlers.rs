@@ -194,11 +194,30 @@ async fn leave_and_delete_remove_the_interface() {
     f.ok("create_endpoint").await;
     f.ok("join").await;
     let body = format!(r#"{{"NetworkID":"{NETWORK}","EndpointID":"{ENDPOINT}"}}"#);
+    // The daemon learns the sandbox key at Join (where Docker mounts the
+    // container's namespace), and the open gates once they are written.
+    let keys = f.driver.defaults().sandbox_keys;
+    assert!(
+        keys.get(ENDPOINT)
+            .is_some_and(|k| k.starts_with("/var/run/docker/netns/")),
+        "{keys:?}"
+    );
+    let gates = bpfwall_plugin::OpenGates::default();
+    f.driver.set_open_gates(gates.clone());
+    f.driver
+        .apply_bindings(bound(BindState::Policed, true))
+        .await;
+    assert!(gates.is_open(ENDPOINT));
+    f.driver
+        .apply_bindings(bound(BindState::NotPoliced("gone".into()), true))
+        .await;
+    assert!(!gates.is_open(ENDPOINT));
     let r = f.driver.call(Method::Leave, body.as_bytes()).await;
     assert_eq!(r, Response::Empty);
     assert!(
         f.host().interfaces.is_empty() && f.host().gate.is_empty() && f.host().routes.is_empty()
     );
+    assert!(f.driver.defaults().sandbox_keys.is_empty());
     assert!(!f.driver.state().endpoints[ENDPOINT].joined);
     let r = f.driver.call(Method::DeleteEndpoint, body.as_bytes()).await;
     assert_eq!(r, Response::Empty);

@@ -36,6 +36,9 @@ pub trait Host {
     fn netns_addresses(&self, pid: u32) -> Result<Vec<IpAddr>, IoError>;
     /// The host's own addresses.
     fn addresses(&self) -> Vec<IpAddr>;
+    /// The (device, inode) of the network namespace at a path (a process's
+    /// `/proc/PID/ns/net`, or a bind mount of one).
+    fn netns_at(&self, path: &std::path::Path) -> Result<(u64, u64), IoError>;
 }
 
 /// The real host.
@@ -96,5 +99,9 @@ impl Host for SystemHost {
 
     fn addresses(&self) -> Vec<IpAddr> {
         bpfwall_sys::host::addresses()
+    }
+
+    fn netns_at(&self, path: &std::path::Path) -> Result<(u64, u64), IoError> {
+        bpfwall_sys::netns::netns_at(path)
     }
 }

@@ -201,11 +201,15 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let listener = crate::agent::api_server::bind(&config.api_socket)?;
     let (inputs_tx, inputs_rx) = std::sync::mpsc::channel::<Input>();
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(Snapshot::default()));
+    // The plugin's open gates: a hook that bound an endpoint is answered
+    // once its gate is open.
+    let open_gates = bpfwall_plugin::OpenGates::default();
     let reconcile_thread = std::thread::Builder::new()
         .name("reconcile".into())
         .spawn({
             let stats = reconcile_stats.clone();
-            move || reconcile_loop::run(reconciler, inputs_rx, snapshots_tx, stats)
+            let gates = config.network_plugin.is_some().then(|| open_gates.clone());
+            move || reconcile_loop::run(reconciler, inputs_rx, snapshots_tx, stats, gates)
         })
         .context("cannot start the reconcile thread")?;
 
@@ -219,6 +223,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 config.state_dir.clone(),
                 snapshots_rx.clone(),
                 inputs_tx.clone(),
+                open_gates,
             )
             .await?;
             let drops = match bpfwall_datapath::NetgateDropsReader::open(&config.pin_root) {

@@ -11,7 +11,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use bpfwall_plugin::{Bindings, PluginConfig, PluginLink, PluginStatus};
+use bpfwall_plugin::{Bindings, OpenGates, PluginConfig, PluginLink, PluginStatus};
 use tokio::sync::{mpsc, watch};
 
 use super::input::Input;
@@ -38,6 +38,7 @@ pub async fn start(
     state_dir: PathBuf,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     inputs: Sender<Input>,
+    open_gates: OpenGates,
 ) -> anyhow::Result<watch::Receiver<PluginStatus>> {
     let (bindings_tx, bindings_rx) = watch::channel(Bindings::default());
     tokio::spawn(async move {
@@ -63,6 +64,7 @@ pub async fn start(
             bindings: bindings_rx,
             defaults: defaults_tx,
             status: status_tx,
+            open_gates,
         },
     )
     .await

@@ -27,6 +27,10 @@ const DEBOUNCE: Duration = Duration::from_millis(5);
 const HOOK_PRUNE: Duration = Duration::from_secs(1);
 /// A reconcile runs at least this often (host addresses change without events).
 const PERIODIC: Duration = Duration::from_secs(10);
+/// A hook that bound network plugin endpoints waits at most this long for
+/// their gates to open before it is answered (the gate then opens when the
+/// plugin's task gets to it, as without the hook).
+const GATE_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs until every sender of `inputs` is gone.
 pub fn run<D: Datapath, H: Host>(
@@ -34,6 +38,7 @@ pub fn run<D: Datapath, H: Host>(
     inputs: Receiver<Input>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     stats: ReconcileStats,
+    open_gates: Option<bpfwall_plugin::OpenGates>,
 ) {
     let mut revision = 0;
     let mut next_periodic = Instant::now() + PERIODIC;
@@ -74,7 +79,7 @@ pub fn run<D: Datapath, H: Host>(
                         dirty = true;
                     }
                     Input::NetworkDefaults(defaults) => {
-                        reconciler.set_default_deny_endpoints(defaults.default_deny_endpoints);
+                        reconciler.set_network_defaults(defaults);
                         dirty = true;
                     }
                     Input::Enforce { request, reply } => {
@@ -119,9 +124,24 @@ pub fn run<D: Datapath, H: Host>(
         revision = snapshot.policy_revision;
         // Published before the hooks hear back: whoever is told a container
         // is policed finds it in `status`.
+        let bindings_synced = snapshot.bindings.synced;
         snapshots.send_replace(Arc::new(snapshot));
         for (id, reply) in hooks {
             let answer = reconciler.admitted(&id);
+            // Its plugin endpoints open before its first instruction: the
+            // plugin's task writes the gates from the snapshot just sent
+            // (the policy is in force already).
+            if let (Ok(_), Some(gates)) = (&answer, &open_gates) {
+                let endpoints = reconciler.gated_endpoints(&id);
+                if !endpoints.is_empty() && bindings_synced {
+                    let waited = Instant::now();
+                    if gates.wait_open(&endpoints, GATE_WAIT) {
+                        tracing::info!(container = %id, endpoints = ?endpoints, waited_us = waited.elapsed().as_micros() as u64, "gate open before start");
+                    } else {
+                        tracing::warn!(container = %id, endpoints = ?endpoints, "the gate did not open within 1 s of the hook: it opens when the plugin gets to it");
+                    }
+                }
+            }
             match &answer {
                 Ok(message) => tracing::info!(container = %id, %message, "enforced before start"),
                 Err(e) => tracing::error!(container = %id, error = %e, "refused a container start"),

@@ -156,6 +156,8 @@ pub struct Reconciler<D, H> {
     inherited_links: Option<std::collections::BTreeSet<String>>,
     /// Docker endpoint ids on default-deny networks (the network plugin's).
     default_deny_endpoints: std::collections::BTreeSet<String>,
+    /// The plugin's joined endpoints' sandbox keys (endpoint id to path).
+    sandbox_keys: BTreeMap<String, String>,
 }
 
 impl<D: Datapath, H: Host> Reconciler<D, H> {
@@ -195,6 +197,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             hook_store: None,
             inherited_links: None,
             default_deny_endpoints: Default::default(),
+            sandbox_keys: Default::default(),
         }
     }
 
@@ -820,6 +823,14 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
         })?;
         let runtime = request.runtime.unwrap_or(Runtime::Oci);
         let key = container_key(runtime, &request.namespace, &request.id);
+        let mut endpoint_ids = request.endpoint_ids;
+        if runtime == Runtime::Docker && request.joins.is_none() {
+            for id in self.endpoints_in_netns_of(&key, request.pid, request.pid_start_time) {
+                if !endpoint_ids.contains(&id) {
+                    endpoint_ids.push(id);
+                }
+            }
+        }
         let record = ContainerRecord {
             id: key.clone(),
             name: request.name,
@@ -832,7 +843,7 @@ impl<D: Datapath, H: Host> Reconciler<D, H> {
             pid_start_time: request.pid_start_time,
             image_labels: request.image_labels.into_iter().collect(),
             joins: request.joins,
-            endpoint_ids: request.endpoint_ids,
+            endpoint_ids,
         };
         self.inventory.report(Source::OciHook, record);
         Ok(key)

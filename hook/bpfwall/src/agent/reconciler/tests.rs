@@ -29,7 +29,12 @@ struct HostState {
     netns: BTreeMap<u32, u64>,
     /// pid -> the addresses in its namespace.
     addresses: BTreeMap<u32, Vec<IpAddr>>,
+    /// Paths where a namespace is mounted (Docker's sandbox keys) -> it.
+    mounted: BTreeMap<PathBuf, u64>,
 }
+
+/// The device of the fake's namespaces (nsfs); other paths have another.
+const NSFS_DEV: u64 = 4;
 
 /// The host's own network namespace in the fake.
 const HOST_NETNS: u64 = 1;
@@ -114,6 +119,27 @@ impl Host for FakeHost {
 
     fn addresses(&self) -> Vec<IpAddr> {
         vec!["10.0.0.1".parse().unwrap()]
+    }
+
+    fn netns_at(&self, path: &std::path::Path) -> Result<(u64, u64), IoError> {
+        let text = path.to_string_lossy();
+        if let Some(pid) = text
+            .strip_prefix("/proc/")
+            .and_then(|t| t.strip_suffix("/ns/net"))
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            if self.alive(pid) {
+                return Ok((NSFS_DEV, self.netns(pid)?));
+            }
+        } else if let Some(ns) = self.state().mounted.get(path) {
+            return Ok((NSFS_DEV, *ns));
+        } else if text.starts_with("/var/run/docker/netns/") {
+            // The sandbox file before Docker mounts the namespace on it.
+            return Ok((30, 77));
+        }
+        Err(bpfwall_sys::io_error("stat", path)(std::io::Error::from(
+            std::io::ErrorKind::NotFound,
+        )))
     }
 }
 
@@ -737,4 +763,77 @@ fn a_late_runtime_never_opens_its_containers_and_an_absent_one_holds_nothing_up(
         "{:?}",
         snapshot.sources
     );
+}
+
+/// The wrapper's hook reports a Docker container before Docker lists it:
+/// the plugin endpoint whose sandbox is its namespace is bound to it then
+/// (and opens once it is policed); an endpoint whose sandbox is another
+/// namespace, or not mounted yet, is not; a container that joins another's
+/// namespace binds nothing; nor does a pid that is no longer the hook's.
+#[test]
+fn the_hook_binds_the_plugin_endpoints_whose_sandbox_is_its_namespace() {
+    use crate::runtime::Runtime;
+    let mut w = World::new();
+    w.docker_lists(&[]);
+    let sandbox = |n: &str| PathBuf::from(format!("/var/run/docker/netns/{n}"));
+    w.host.spawn(30, 300);
+    w.host.spawn(31, 310);
+    w.host.spawn(32, 320);
+    {
+        let mut s = w.host.state();
+        s.netns.insert(30, 5030);
+        s.netns.insert(31, 5031);
+        // 32 joins 30's namespace (--network container:...).
+        s.netns.insert(32, 5030);
+        s.mounted.insert(sandbox("aaa"), 5030);
+        s.mounted.insert(sandbox("bbb"), 5031);
+    }
+    w.reconciler
+        .set_network_defaults(bpfwall_plugin::NetworkDefaults {
+            default_deny_endpoints: BTreeSet::new(),
+            sandbox_keys: BTreeMap::from([
+                ("ep-a".to_string(), sandbox("aaa").display().to_string()),
+                ("ep-b".to_string(), sandbox("bbb").display().to_string()),
+                // Joined, its namespace not mounted yet.
+                ("ep-c".to_string(), sandbox("ccc").display().to_string()),
+            ]),
+        });
+    let docker = |name: &str, pid: u32| {
+        let mut r = hook_request(name, pid, &[("id", name)]);
+        r.runtime = Some(Runtime::Docker);
+        r.namespace = "moby".into();
+        r
+    };
+    // A pid that is no longer the hook's process binds nothing.
+    let mut stale = docker("stale", 31);
+    stale.pid_start_time = Some(1);
+    assert!(w.reconciler.admit(stale).is_err());
+
+    let a = docker("a", 30);
+    let key = w.reconciler.admit(a).unwrap();
+    let mut joiner = docker("joiner", 32);
+    joiner.joins = Some("a-0123456789".into());
+    let joiner_key = w.reconciler.admit(joiner).unwrap();
+    w.reconcile();
+    w.reconciler.admitted(&key).unwrap();
+    let bindings = w.reconciler.bindings();
+    assert_eq!(
+        bindings.holders.keys().collect::<Vec<_>>(),
+        ["ep-a"],
+        "{bindings:?}"
+    );
+    let (name, state) = bindings.state_of("ep-a").unwrap();
+    assert_eq!(name, "a");
+    assert!(state.opens(), "{state:?}");
+    assert_eq!(w.reconciler.gated_endpoints(&key), ["ep-a"]);
+    assert!(w.reconciler.gated_endpoints(&joiner_key).is_empty());
+
+    // An endpoint another container holds is not taken by a second hook
+    // in the same namespace (a restart of the same pid's hook aside).
+    let mut again = docker("other", 30);
+    again.id = "other-0123456789".into();
+    let other = w.reconciler.admit(again).unwrap();
+    w.reconcile();
+    assert!(w.reconciler.gated_endpoints(&other).is_empty());
+    assert_eq!(w.reconciler.bindings().state_of("ep-a").unwrap().0, "a");
 }
