@@ -178,9 +178,28 @@ impl Drop for PluginEnv {
             // Docker needs the plugin to delete its networks.
             self.env.start_daemon();
         }
-        self.env.remove_containers();
+        // A `--rm` client may still be on its way out (Docker removes it
+        // on its own, and needs the plugin for that): until it is gone the
+        // network has an active endpoint and cannot be removed, and once
+        // the daemon is killed its endpoint would stay in Docker for good.
+        let deadline = Instant::now() + Duration::from_secs(20);
         for n in std::mem::take(&mut self.env.networks) {
-            let _ = run(docker().args(["network", "rm", &n]));
+            loop {
+                self.env.remove_containers();
+                let out = run(docker().args(["network", "rm", &n]));
+                let gone = out.status.success()
+                    || String::from_utf8_lossy(&out.stderr).contains("not found");
+                if gone || Instant::now() > deadline {
+                    if !gone {
+                        eprintln!(
+                            "network {n} not removed: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     }
 }

@@ -294,12 +294,43 @@ impl Firewall {
         Ok(())
     }
 
-    /// Removes a network's rules (every copy).
+    /// Removes a network's rules (every copy), and the chain with its jump
+    /// once no network (of any plugin) has a rule in it.
     pub async fn remove(&self, network: &NetworkRecord) -> Result<(), HostError> {
         for rule in rules(&self.plugin, network) {
             let mut delete = vec!["-t", rule.table, "-D", rule.chain];
             delete.extend(rule.spec.iter().map(String::as_str));
             while succeeds(rule.tool, &delete).await {}
+        }
+        for tool in Self::tools(network) {
+            self.drop_chain_if_empty(tool).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the jump out of `DOCKER-USER` and deletes the chain when it
+    /// holds no rule, so a host whose last plugin network is gone is left
+    /// as it was. Several plugins (daemons) share the chain: if one adds a
+    /// rule meanwhile, the delete fails (the chain is not empty, or its
+    /// jump is back) and the jump is put first again.
+    async fn drop_chain_if_empty(&self, tool: &'static str) -> Result<(), HostError> {
+        let Ok(listing) = run(tool, &["-t", "filter", "-S", FILTER_CHAIN]).await else {
+            return Ok(());
+        };
+        if listing.lines().any(|l| l.starts_with("-A ")) {
+            return Ok(());
+        }
+        while succeeds(
+            tool,
+            &["-t", "filter", "-D", "DOCKER-USER", "-j", FILTER_CHAIN],
+        )
+        .await
+        {}
+        if !succeeds(tool, &["-t", "filter", "-X", FILTER_CHAIN]).await
+            && succeeds(tool, &["-t", "filter", "-S", FILTER_CHAIN]).await
+        {
+            self.jump_first(tool, "filter", "DOCKER-USER", FILTER_CHAIN)
+                .await?;
         }
         Ok(())
     }
@@ -374,6 +405,7 @@ impl Firewall {
                 }
                 if succeeds(tool, &["-t", table, "-S", chain]).await {
                     self.jump_first(tool, table, "DOCKER-USER", chain).await?;
+                    self.drop_chain_if_empty(tool).await?;
                 }
             }
         }
