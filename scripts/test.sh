@@ -40,7 +40,13 @@ cleanup() {
     for ns in $(ip netns list 2>/dev/null | awk '/^plug-/{print $1}'); do ip netns pids "$ns" | xargs -r kill -9; ip netns del "$ns" || true; done
     for t in iptables ip6tables; do
         "$t" -w -S BPFWALL-PLUGIN 2>/dev/null | grep -- '--comment "bpfwall plug-' | sed 's/^-A //' |
-            while read -r rule; do eval "$t -w -D $rule" || true; done
+            while read -r rule; do eval "$t -w -D $rule" || true; done || true
+        # The chain and its jump once no rule is left in it (a daemon that
+        # was killed did not take them out).
+        if "$t" -w -S BPFWALL-PLUGIN >/dev/null 2>&1 && ! "$t" -w -S BPFWALL-PLUGIN | grep -q '^-A '; then
+            while "$t" -w -D DOCKER-USER -j BPFWALL-PLUGIN 2>/dev/null; do :; done
+            "$t" -w -X BPFWALL-PLUGIN 2>/dev/null || true
+        fi
     done
     for fam in ip ip6; do
         for tb in $(nft list tables "$fam" 2>/dev/null | awk '{print $3}' | grep '^bpfwall_plug_'); do nft delete table "$fam" "$tb" || true; done
