@@ -417,6 +417,20 @@ pub struct Podman {
     pub name: String,
     /// The hooks directory the test's podman commands read (`--hooks-dir`).
     pub hooks_dir: PathBuf,
+    /// Whether podman's default bridge (`cni-podman0`) was there before
+    /// the test: podman makes it on first use and leaves it.
+    bridge_was_there: bool,
+    /// Whether podman had the test image before the test loaded it.
+    image_was_there: bool,
+}
+
+/// podman's default network's bridge on these machines (CNI).
+const PODMAN_BRIDGE: &str = "cni-podman0";
+
+fn link_exists(name: &str) -> bool {
+    run(Command::new("ip").args(["link", "show", name]))
+        .status
+        .success()
 }
 
 impl Podman {
@@ -426,6 +440,12 @@ impl Podman {
         let p = Podman {
             name: name.to_string(),
             hooks_dir: hooks_dir.to_path_buf(),
+            bridge_was_there: link_exists(PODMAN_BRIDGE),
+            image_was_there: run(Command::new("podman")
+                .args(["image", "exists"])
+                .arg(podman_image()))
+            .status
+            .success(),
         };
         p.remove_all();
         let tar = PathBuf::from(format!("/run/bpfwall-e2e/{name}-image.tar"));
@@ -475,6 +495,20 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         self.remove_all();
+        if !self.image_was_there {
+            let _ = run(Command::new("podman")
+                .args(["rmi", "-f"])
+                .arg(podman_image()));
+        }
+        // The bridge podman made for this test goes once no container of
+        // podman's is left on it.
+        let others = run(self.cmd().args(["ps", "-aq"]));
+        if !self.bridge_was_there
+            && link_exists(PODMAN_BRIDGE)
+            && String::from_utf8_lossy(&others.stdout).trim().is_empty()
+        {
+            let _ = run(Command::new("ip").args(["link", "del", PODMAN_BRIDGE]));
+        }
     }
 }
 
