@@ -30,9 +30,8 @@ use futures_util::StreamExt as _;
 use prost::Message as _;
 use tokio::sync::mpsc;
 
-use super::socket_watch::wait_for_socket;
+use super::socket_watch::supervise;
 use super::{container_key, ContainerRecord, Runtime, RuntimeEvent, Source, DOCKER_NAMESPACE};
-use bpfwall_sys::error_chain;
 
 /// Where containerd listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -364,46 +363,10 @@ const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(20);
 /// The list is taken again this often, while events flow.
 const RELIST: Duration = Duration::from_secs(30);
 
-/// After a failure of containerd's API (its socket answered), the first wait...
-const API_RETRY_FIRST: Duration = Duration::from_millis(50);
-/// ...doubling up to this.
-const API_RETRY_MAX: Duration = Duration::from_secs(1);
-/// A session that listed and lasted this long ended because containerd
-/// went away: reconnect as soon as the socket answers.
-const HEALTHY_SESSION: Duration = Duration::from_secs(1);
-
 /// Follows containerd forever: wait for its socket, subscribe, list,
 /// follow events; on any failure, report it and start over. Never panics.
 pub async fn run(socket: String, tx: mpsc::Sender<RuntimeEvent>) {
-    let mut api_retry = API_RETRY_FIRST;
-    loop {
-        if !wait_for_socket(Source::Containerd, &socket, &tx).await {
-            return;
-        }
-        let started = tokio::time::Instant::now();
-        let mut listed = false;
-        let result = follow(&socket, &tx, &mut listed).await;
-        match &result {
-            Ok(()) => tracing::warn!(socket, "containerd event stream ended"),
-            Err(e) => tracing::warn!(socket, error = %error_chain(e), "lost containerd"),
-        }
-        if tx.is_closed() {
-            return;
-        }
-        let event = match (&result, listed) {
-            (Err(e), false) => RuntimeEvent::Unavailable(Source::Containerd, error_chain(e)),
-            _ => RuntimeEvent::Disconnected(Source::Containerd),
-        };
-        if tx.send(event).await.is_err() {
-            return;
-        }
-        if listed && started.elapsed() >= HEALTHY_SESSION {
-            api_retry = API_RETRY_FIRST;
-        } else {
-            tokio::time::sleep(api_retry).await;
-            api_retry = (api_retry * 2).min(API_RETRY_MAX);
-        }
-    }
+    supervise(Source::Containerd, &socket, &tx, follow).await;
 }
 
 /// What one event means: the key of a container to look at again (with

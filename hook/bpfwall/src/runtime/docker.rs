@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use bollard::query_parameters::{
     EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
@@ -20,9 +19,8 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::socket_watch::wait_for_socket;
+use super::socket_watch::supervise;
 use super::{ContainerRecord, Runtime, RuntimeEvent, Source, DOCKER_NAMESPACE};
-use bpfwall_sys::error_chain;
 
 /// Errors talking to dockerd.
 #[derive(Debug, thiserror::Error)]
@@ -177,50 +175,11 @@ fn classify(event: &bollard::models::EventMessage) -> Option<(bool, String)> {
     }
 }
 
-/// After a failure of dockerd's API (its socket answered), the first wait...
-const API_RETRY_FIRST: Duration = Duration::from_millis(50);
-/// ...doubling up to this.
-const API_RETRY_MAX: Duration = Duration::from_secs(1);
-/// A session that listed and lasted this long ended because dockerd went
-/// away, not because its API fails: reconnect as soon as the socket answers.
-const HEALTHY_SESSION: Duration = Duration::from_secs(1);
-
 /// Follows dockerd forever: wait for its socket, connect, list, stream
 /// events; on any failure, report `Disconnected` and start over. Never
 /// panics.
 pub async fn run(socket: String, tx: mpsc::Sender<RuntimeEvent>) {
-    let mut api_retry = API_RETRY_FIRST;
-    loop {
-        if !wait_for_socket(Source::Docker, &socket, &tx).await {
-            return;
-        }
-        let started = tokio::time::Instant::now();
-        let mut listed = false;
-        let result = follow(&socket, &tx, &mut listed).await;
-        match &result {
-            Ok(()) => tracing::warn!(socket, "docker event stream ended"),
-            Err(e) => tracing::warn!(socket, error = %error_chain(e), "lost docker"),
-        }
-        if tx.is_closed() {
-            return;
-        }
-        // A session that never listed leaves the source off (its runtime
-        // answers, but not as it should): the first reconcile does not wait.
-        let event = match (&result, listed) {
-            (Err(e), false) => RuntimeEvent::Unavailable(Source::Docker, error_chain(e)),
-            _ => RuntimeEvent::Disconnected(Source::Docker),
-        };
-        if tx.send(event).await.is_err() {
-            return;
-        }
-        if listed && started.elapsed() >= HEALTHY_SESSION {
-            api_retry = API_RETRY_FIRST;
-        } else {
-            // dockerd answers but its API fails: do not hammer it.
-            tokio::time::sleep(api_retry).await;
-            api_retry = (api_retry * 2).min(API_RETRY_MAX);
-        }
-    }
+    supervise(Source::Docker, &socket, &tx, follow).await;
 }
 
 async fn follow(
